@@ -1,0 +1,280 @@
+"""Hyperspherical coordinates: the pure maps behind Geometric Parameterization.
+
+Chen & Ge (NeurIPS 2024), Eq. (11)/(18): an angle vector
+``theta = (theta_1, ..., theta_{n-1})`` maps to the unit vector ``u(theta)`` in R^n
+
+    u_1 = cos theta_1
+    u_i = cos theta_i * prod_{k<i} sin theta_k      (1 < i < n)
+    u_n = prod_{k<n} sin theta_k
+
+Every function here is pure, accepts any number of leading batch dimensions
+(angles on the last axis), works in float32 and float64, and is safe under
+``jax.jit``, ``jax.vmap`` and ``jax.grad`` -- including at ``sin theta_k = 0``,
+where no function divides by a sine.
+
+>>> import jax.numpy as jnp
+>>> u = angles_to_unit(jnp.array([jnp.pi / 2, 0.0]))
+>>> [round(float(v), 6) for v in u]
+[0.0, 1.0, 0.0]
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from gmpjax import _unit_impls
+
+Array = jax.Array
+
+__all__ = [
+    "angles_to_unit",
+    "unit_to_angles",
+    "sample_uniform_angles",
+    "sample_uniform_unit",
+    "angular_metric",
+    "angular_change",
+    "from_standard",
+    "to_standard",
+    "available_impls",
+    "default_impl",
+]
+
+
+def _check_float(x: Array, name: str) -> None:
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise TypeError(
+            f"{name} must be a floating-point array (got dtype {jnp.result_type(x)}); "
+            f"cast it with {name}.astype(jnp.float32)."
+        )
+
+
+def _check_angles(theta: Array) -> None:
+    if jnp.ndim(theta) < 1 or jnp.shape(theta)[-1] < 1:
+        raise ValueError(
+            f"theta must have shape (..., n-1) with n-1 >= 1 angles on the last axis "
+            f"(got shape {jnp.shape(theta)}); a unit vector in R^n needs n >= 2. "
+            "For fan-in 1 use a fixed sign instead of angles."
+        )
+    _check_float(theta, "theta")
+
+
+def available_impls() -> tuple[str, ...]:
+    """Names of the implementations of ``angles_to_unit`` (see ``gmpjax._unit_impls``)."""
+    return tuple(_unit_impls.IMPLS)
+
+
+def default_impl(backend: str | None = None) -> str:
+    """The implementation ``impl="auto"`` picks on ``backend`` (default: JAX's default backend)."""
+    return _unit_impls.default_for_backend(backend or jax.default_backend())
+
+
+def angles_to_unit(theta: Array, *, impl: str = "auto") -> Array:
+    """Unit vector of hyperspherical angles, Eq. (11) of the GmP paper.
+
+    Args:
+      theta: angles, shape ``(..., n-1)`` with ``n - 1 >= 1``, floating point.
+      impl: which implementation to use; ``"auto"`` picks the fastest one for the
+        current backend (``available_impls()`` lists them; all are exact and
+        division-free, they differ only in speed).
+
+    Returns:
+      ``u``, shape ``(..., n)``, ``||u||_2 = 1``:
+      ``u_i = cos(theta_i) * prod_{k<i} sin(theta_k)`` with ``cos(theta_n) := 1``.
+
+    >>> import jax.numpy as jnp
+    >>> float(jnp.linalg.norm(angles_to_unit(jnp.array([0.3, 1.2, -2.0]))))  # doctest: +ELLIPSIS
+    1.0...
+    """
+    theta = jnp.asarray(theta)
+    _check_angles(theta)
+    name = default_impl() if impl == "auto" else impl
+    try:
+        fn: Callable[[Array], Array] = _unit_impls.IMPLS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown impl {impl!r}; choose 'auto' or one of {available_impls()}"
+        ) from None
+    return fn(theta)
+
+
+def _safe_norm_from_sq(sq: Array) -> Array:
+    """sqrt with a finite (zero) gradient at 0."""
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
+def _safe_atan2(y: Array, x: Array) -> Array:
+    """atan2 with value 0 and finite gradient at the origin."""
+    zero = (y == 0) & (x == 0)
+    return jnp.where(zero, 0.0, jnp.arctan2(jnp.where(zero, 0.0, y), jnp.where(zero, 1.0, x)))
+
+
+def unit_to_angles(u: Array) -> Array:
+    """Hyperspherical angles of a (not necessarily unit) vector: the inverse of ``angles_to_unit``.
+
+    ``theta_k = atan2(||u_{k+1:n}||, u_k)`` in ``[0, pi]`` for ``k < n-1`` and
+    ``theta_{n-1} = atan2(u_n, u_{n-1})`` in ``(-pi, pi]``. Scale-invariant, so
+    ``unit_to_angles(w)`` gives the direction of any nonzero ``w``. Trailing zero
+    components give angles 0 or pi (never NaN), and gradients stay finite there.
+
+    Args:
+      u: shape ``(..., n)`` with ``n >= 2``, floating point.
+
+    Returns:
+      theta, shape ``(..., n-1)``.
+
+    >>> import jax.numpy as jnp
+    >>> [round(float(t), 6) for t in unit_to_angles(jnp.array([0.0, 0.0, -1.0]))]
+    [1.570796, -1.570796]
+    """
+    u = jnp.asarray(u)
+    if jnp.ndim(u) < 1 or jnp.shape(u)[-1] < 2:
+        raise ValueError(
+            f"u must have shape (..., n) with n >= 2 on the last axis (got shape {jnp.shape(u)})."
+        )
+    _check_float(u, "u")
+    sq = jnp.square(u)
+    # tail[k] = sum_{j >= k} u_j^2 (reverse cumulative sum; sums of squares, no cancellation).
+    tail = jnp.flip(jnp.cumsum(jnp.flip(sq, -1), axis=-1), -1)
+    rest = _safe_norm_from_sq(tail[..., 2:])  # ||u_{k+1:}|| for k = 0 .. n-3
+    first = _safe_atan2(rest, u[..., :-2])
+    last = _safe_atan2(u[..., -1:], u[..., -2:-1])
+    return jnp.concatenate([first, last], axis=-1)
+
+
+def sample_uniform_unit(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Unit vectors uniform on S^{n-1}: normalised standard Gaussians.
+
+    Args:
+      key: PRNG key.
+      shape: ``(..., n)``, ``n >= 2``.
+    """
+    g = jax.random.normal(key, shape, dtype)
+    return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+
+
+def sample_uniform_angles(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Angles whose ``u(theta)`` is exactly uniform on the sphere S^{n-1}.
+
+    Draws a standard Gaussian ``g`` of shape ``(..., n)`` and returns
+    ``unit_to_angles(g)`` (Remark 3.5 of the paper: the direction of an isotropic
+    Gaussian is uniform). Never draws angles i.i.d. uniform, which would collapse
+    ``u`` onto its first coordinates.
+
+    Args:
+      key: PRNG key.
+      shape: the angle shape ``(..., n-1)`` with ``n - 1 >= 1``.
+      dtype: floating dtype of the result.
+
+    >>> import jax
+    >>> sample_uniform_angles(jax.random.key(0), (5, 3)).shape
+    (5, 3)
+    """
+    shape = tuple(shape)
+    if len(shape) < 1 or shape[-1] < 1:
+        raise ValueError(
+            f"shape must be (..., n-1) with n-1 >= 1 (got {shape}); a sphere S^(n-1) needs n >= 2."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype must be floating point (got {dtype}).")
+    g = jax.random.normal(key, shape[:-1] + (shape[-1] + 1,), dtype)
+    return unit_to_angles(g)
+
+
+def angular_metric(theta: Array) -> Array:
+    """Diagonal of the hyperspherical metric tensor M_theta (Thm 3.7, App. B).
+
+    ``M_theta = J^T J`` with ``J = d u / d theta`` is diagonal with entries
+    ``(1, sin^2 theta_1, sin^2 theta_1 sin^2 theta_2, ..., prod_{k<n-1} sin^2 theta_k)``.
+
+    Args:
+      theta: shape ``(..., n-1)``.
+
+    Returns:
+      the diagonal, shape ``(..., n-1)``; the full tensor is ``jnp.vectorize(jnp.diag, signature="(k)->(k,k)")`` of it.
+
+    >>> import jax.numpy as jnp
+    >>> [round(float(m), 6) for m in angular_metric(jnp.array([jnp.pi / 2, 0.3, 1.0]))]
+    [1.0, 1.0, 0.087332]
+    """
+    theta = jnp.asarray(theta)
+    _check_angles(theta)
+    s2 = jnp.square(jnp.sin(theta[..., :-1]))
+    ones = jnp.ones(theta.shape[:-1] + (1,), theta.dtype)
+    return jnp.cumprod(jnp.concatenate([ones, s2], axis=-1), axis=-1)
+
+
+def angular_change(theta: Array, eps: Array) -> Array:
+    """First-order angle between ``u(theta)`` and ``u(theta + eps)`` (Thm 3.7).
+
+    ``delta = ||eps||_{M_theta} = sqrt(sum_k M_kk eps_k^2) <= ||eps||_2``.
+
+    Args:
+      theta: shape ``(..., n-1)``.
+      eps: perturbation, broadcastable to ``theta``.
+
+    Returns:
+      the angle in radians, shape ``(...)``.
+    """
+    theta = jnp.asarray(theta)
+    eps = jnp.asarray(eps, dtype=jnp.result_type(theta))
+    return _safe_norm_from_sq(jnp.sum(angular_metric(theta) * jnp.square(eps), axis=-1))
+
+
+def from_standard(kernel: Array, bias: Array | None = None) -> dict[str, Array]:
+    """Convert a standard Dense layer ``x @ kernel + bias`` to GmP parameters.
+
+    ``radius = ||w_j||``, ``u(theta_j) = w_j / ||w_j||``, ``offset = b_j / ||w_j||`` for every
+    output unit ``j`` (column of ``kernel``), so that
+    ``relu(x @ kernel + bias) == radius * relu(x @ u(theta).T + offset)``
+    (exact for ``activation=None`` and for any positively homogeneous activation).
+
+    Args:
+      kernel: shape ``(n, m)`` (flax layout: inputs x outputs), ``n >= 2``.
+      bias: shape ``(m,)`` or ``None`` (zero).
+
+    Returns:
+      ``{"theta": (m, n-1), "radius": (m,), "offset": (m,)}``.
+    """
+    kernel = jnp.asarray(kernel)
+    if kernel.ndim != 2 or kernel.shape[0] < 2:
+        raise ValueError(
+            f"kernel must have shape (n_in, n_out) with n_in >= 2 (got {kernel.shape})."
+        )
+    _check_float(kernel, "kernel")
+    w = kernel.T
+    radius = jnp.linalg.norm(w, axis=-1)
+    if bias is None:
+        bias = jnp.zeros_like(radius)
+    bias = jnp.asarray(bias, kernel.dtype)
+    if bias.shape != radius.shape:
+        raise ValueError(f"bias must have shape {radius.shape} (got {bias.shape}).")
+    safe_r = jnp.where(radius > 0, radius, 1.0)
+    return {"theta": unit_to_angles(w), "radius": radius, "offset": bias / safe_r}
+
+
+def to_standard(theta: Array, radius: Array, offset: Array) -> dict[str, Array]:
+    """Convert GmP parameters to a standard Dense layer: ``kernel = (radius * u(theta)).T``, ``bias = radius * offset``.
+
+    Args:
+      theta: shape ``(m, n-1)``.
+      radius: shape ``(m,)``.
+      offset: shape ``(m,)`` (lambda).
+
+    Returns:
+      ``{"kernel": (n, m), "bias": (m,)}``; the function is the same for
+      ``activation=None``, and for ReLU when ``radius >= 0``.
+    """
+    theta = jnp.asarray(theta)
+    _check_angles(theta)
+    u = angles_to_unit(theta)
+    radius = jnp.asarray(radius, theta.dtype)
+    offset = jnp.asarray(offset, theta.dtype)
+    if radius.shape != u.shape[:-1] or offset.shape != u.shape[:-1]:
+        raise ValueError(
+            f"radius and offset must have shape {u.shape[:-1]} (got {radius.shape}, {offset.shape})."
+        )
+    return {"kernel": (radius[:, None] * u).T, "bias": radius * offset}

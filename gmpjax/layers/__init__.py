@@ -1,0 +1,27 @@
+"""Flax NNX layers: GmP, its baselines, and the triangular-wave modules.
+
+>>> import jax.numpy as jnp
+>>> from flax import nnx
+>>> from gmpjax.layers import GmPDense
+>>> GmPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 3))).shape
+(2, 4)
+"""
+
+from gmpjax.layers.baselines import (
+    BNConv,
+    BNDense,
+    SPConv,
+    SPDense,
+    WNConv,
+    WNDense,
+    WNMBNConv,
+    WNMBNDense,
+)
+from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
+from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
+
+__all__ = [
+    "GmPDense", "GmPConv", "InputMeanNorm", "MeanOnlyBatchNorm",
+    "SPDense", "SPConv", "WNDense", "WNConv", "BNDense", "BNConv", "WNMBNDense", "WNMBNConv",
+    "PARAMETERIZATIONS", "check_parameterization", "make_dense", "make_conv",
+]

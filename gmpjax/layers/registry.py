@@ -1,0 +1,77 @@
+"""One place to build a layer by parameterization name, so experiments switch with a string."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+from flax import nnx
+
+from gmpjax.layers import baselines as B
+from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm
+
+__all__ = ["PARAMETERIZATIONS", "make_dense", "make_conv", "check_parameterization"]
+
+
+class _IMNThen(nnx.Module):
+    """IMN on the layer input, then the wrapped GmP layer (the paper's GmP+IMN unit)."""
+
+    def __init__(self, in_features: int, layer: nnx.Module):
+        self.imn = InputMeanNorm(in_features)
+        self.layer = layer
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.layer(self.imn(x))
+
+
+def _gmp_imn_dense(i, o, **kw):
+    return _IMNThen(i, GmPDense(i, o, **kw))
+
+
+def _gmp_imn_conv(i, o, k, **kw):
+    return _IMNThen(i, GmPConv(i, o, k, **kw))
+
+
+_DENSE: dict[str, Callable[..., nnx.Module]] = {
+    "sp": B.SPDense,
+    "wn": B.WNDense,
+    "wn_mbn": B.WNMBNDense,
+    "bn": B.BNDense,
+    "gmp": GmPDense,
+    "gmp_imn": _gmp_imn_dense,
+}
+_CONV: dict[str, Callable[..., nnx.Module]] = {
+    "sp": B.SPConv,
+    "wn": B.WNConv,
+    "wn_mbn": B.WNMBNConv,
+    "bn": B.BNConv,
+    "gmp": GmPConv,
+    "gmp_imn": _gmp_imn_conv,
+}
+PARAMETERIZATIONS: tuple[str, ...] = tuple(_DENSE)
+
+
+def check_parameterization(name: str) -> str:
+    """Normalise a parameterization name (case-insensitive, '+' or '-' allowed) or raise ValueError."""
+    key = name.lower().replace("+", "_").replace("-", "_") if isinstance(name, str) else name
+    if key not in _DENSE:
+        raise ValueError(f"unknown parameterization {name!r}; choose one of {', '.join(PARAMETERIZATIONS)}.")
+    return key
+
+
+def make_dense(name: str, in_features: int, out_features: int, **kwargs) -> nnx.Module:
+    """Dense layer of parameterization ``name`` ("sp", "wn", "wn_mbn", "bn", "gmp", "gmp_imn").
+
+    Keyword arguments (``activation``, ``rngs``, ...) go to the layer's constructor.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> make_dense("gmp", 3, 5, rngs=nnx.Rngs(0))(jnp.ones((4, 3))).shape
+    (4, 5)
+    """
+    return _DENSE[check_parameterization(name)](in_features, out_features, **kwargs)
+
+
+def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Module:
+    """2-D convolution of parameterization ``name``; keyword arguments as in ``nnx.Conv``."""
+    return _CONV[check_parameterization(name)](in_features, out_features, kernel_size, **kwargs)

@@ -1,0 +1,333 @@
+"""The training engine every gmpjax experiment uses.
+
+The model is an ``nnx.Module``; the engine splits it once into a static
+``graphdef`` and a pure ``TrainState`` (trainable ``params``, the ``rest`` of the
+module state such as batch statistics, the optax state and a step counter).
+Train and eval steps are pure functions of that state, so they can be
+``jax.jit``-ed, ``jax.vmap``-ed over independent replicas (seeds, data splits,
+learning rates -- a sweep compiles once), scanned over many steps with
+``lax.scan``, and sharded over devices (``gmpjax.train.sharding``).
+
+>>> import jax, jax.numpy as jnp, optax
+>>> from flax import nnx
+>>> from gmpjax.layers import GmPDense
+>>> def loss_fn(model, batch):
+...     x, y = batch
+...     return jnp.mean((model(x) - y) ** 2)
+>>> graphdef, state = init_train_state(GmPDense(2, 1, activation=None, rngs=nnx.Rngs(0)), optax.sgd(0.1))
+>>> step = jax.jit(make_train_step(graphdef, optax.sgd(0.1), loss_fn))
+>>> x = jnp.ones((8, 2)); y = jnp.zeros((8, 1))
+>>> state, metrics = step(state, (x, y))
+>>> int(state.step), sorted(metrics)
+(1, ['loss'])
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+Array = jax.Array
+PyTree = Any
+LossFn = Callable[[nnx.Module, Any], Array | tuple[Array, Mapping[str, Array]]]
+
+__all__ = [
+    "TrainState",
+    "init_train_state",
+    "init_replicas",
+    "merge_model",
+    "make_train_step",
+    "make_eval_step",
+    "scan_steps",
+    "scan_steps_same_batch",
+    "EarlyStopping",
+    "early_stopping_init",
+    "early_stopping_update",
+    "MetricsLogger",
+    "fit",
+]
+
+
+@struct.dataclass
+class TrainState:
+    """Pure training state: a pytree, so it jits, vmaps, shards and checkpoints.
+
+    Attributes:
+      step: scalar int32 number of optimizer updates applied.
+      params: the trainable variables (``nnx.State`` of the ``wrt`` filter).
+      rest: every other variable of the module (batch stats, moving means, fixed directions).
+      opt_state: the optax state of ``params``.
+    """
+
+    step: Array
+    params: PyTree
+    rest: PyTree
+    opt_state: PyTree
+
+
+def _split(model: nnx.Module, wrt) -> tuple[nnx.GraphDef, PyTree, PyTree]:
+    return nnx.split(model, wrt, ...)
+
+
+def init_train_state(
+    model: nnx.Module, tx: optax.GradientTransformation, *, wrt=nnx.Param
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Split ``model`` into ``(graphdef, TrainState)`` with a fresh optimizer state for ``tx``.
+
+    Args:
+      model: any nnx module.
+      tx: optax transformation.
+      wrt: nnx filter selecting the trainable variables (default ``nnx.Param``).
+    """
+    graphdef, params, rest = _split(model, wrt)
+    return graphdef, TrainState(jnp.zeros((), jnp.int32), params, rest, tx.init(params))
+
+
+def init_replicas(
+    make_model: Callable[[Array], nnx.Module],
+    keys: Array,
+    tx: optax.GradientTransformation,
+    *,
+    wrt=nnx.Param,
+) -> tuple[nnx.GraphDef, TrainState]:
+    """Initialise one replica per key, stacked on a leading axis, for ``jax.vmap``-ed training.
+
+    Args:
+      make_model: ``key -> nnx.Module`` (e.g. ``lambda k: MLP(..., rngs=nnx.Rngs(k))``).
+      keys: PRNG keys, shape ``(R,)``.
+      tx: optax transformation (its hyper-parameters may differ per replica if
+        created inside ``make_model``'s caller with ``optax.inject_hyperparams``).
+
+    Returns:
+      ``(graphdef, state)`` where every leaf of ``state`` has a leading axis ``R``.
+    """
+    graphdef, _ = init_train_state(nnx.eval_shape(lambda: make_model(keys[0])), tx, wrt=wrt)
+
+    def one(key):
+        return init_train_state(make_model(key), tx, wrt=wrt)[1]
+
+    return graphdef, jax.vmap(one)(keys)
+
+
+def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
+    """Rebuild the nnx module of a (single-replica) ``TrainState``."""
+    return nnx.merge(graphdef, state.params, state.rest)
+
+
+def _as_loss_and_metrics(out) -> tuple[Array, dict[str, Array]]:
+    if isinstance(out, tuple):
+        loss, metrics = out
+        return loss, dict(metrics)
+    return out, {}
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    *,
+    wrt=nnx.Param,
+    pass_loss_as_value: bool = False,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]]:
+    """Build a pure train step ``(state, batch) -> (state, metrics)``.
+
+    The module is rebuilt from ``graphdef`` inside the step, ``loss_fn(model, batch)``
+    (returning ``loss`` or ``(loss, metrics)``) is differentiated with respect to
+    the ``wrt`` variables, variables the forward pass mutates (batch statistics)
+    are carried to the new state, and ``tx`` updates the parameters.
+
+    Args:
+      graphdef: from ``init_train_state`` / ``init_replicas``.
+      tx: the optax transformation the state was initialised with.
+      loss_fn: ``(model, batch) -> loss | (loss, metrics)``.
+      wrt: nnx filter of the trainable variables.
+      pass_loss_as_value: give ``value=loss`` to ``tx.update`` (for
+        ``optax.contrib.reduce_on_plateau`` and similar).
+
+    Not jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for replicas) yourself.
+    """
+
+    def step(state: TrainState, batch) -> tuple[TrainState, dict[str, Array]]:
+        def objective(params, rest):
+            model = nnx.merge(graphdef, params, rest, copy=True)
+            loss, metrics = _as_loss_and_metrics(loss_fn(model, batch))
+            _, _, rest = _split(model, wrt)
+            return loss, (metrics, rest)
+
+        (loss, (metrics, rest)), grads = jax.value_and_grad(objective, has_aux=True)(state.params, state.rest)
+        extra = {"value": loss} if pass_loss_as_value else {}
+        updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
+        return new, {"loss": loss, **metrics}
+
+    return step
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef, metric_fn: Callable[[nnx.Module, Any], Mapping[str, Array] | Array]
+) -> Callable[[TrainState, Any], dict[str, Array]]:
+    """Build a pure eval step ``(state, batch) -> metrics`` with the module in eval mode.
+
+    ``model.eval()`` switches batch norm / IMN to their moving statistics; the
+    state is not modified.
+    """
+
+    def evaluate(state: TrainState, batch) -> dict[str, Array]:
+        model = nnx.merge(graphdef, state.params, state.rest)
+        model.eval()
+        out = metric_fn(model, batch)
+        return dict(out) if isinstance(out, Mapping) else {"metric": out}
+
+    return evaluate
+
+
+def scan_steps(step, state: TrainState, batches: PyTree, *, unroll: int = 1):
+    """Apply ``step`` over the leading axis of ``batches`` with ``lax.scan``.
+
+    Returns ``(state, metrics)`` with metrics stacked over steps. For full-batch
+    training pass ``batches`` via ``jax.tree.map(lambda a: jnp.broadcast_to(a, (T,) + a.shape), batch)``,
+    or use ``scan_steps_same_batch``.
+    """
+    return jax.lax.scan(step, state, batches, unroll=unroll)
+
+
+def scan_steps_same_batch(step, state: TrainState, batch, num_steps: int):
+    """Apply ``step`` ``num_steps`` times on the same (full) batch with ``lax.scan``."""
+    return jax.lax.scan(lambda s, _: step(s, batch), state, None, length=num_steps)
+
+
+@struct.dataclass
+class EarlyStopping:
+    """Pure early-stopping / best-model state (vmappable, works inside ``lax.scan``).
+
+    Attributes:
+      best: best monitored value so far (lower is better).
+      best_params: a copy of the parameters (or any pytree) at ``best``.
+      best_step: the step at which ``best`` was reached.
+      wait: evaluations since the last improvement.
+      stopped: whether patience ran out.
+    """
+
+    best: Array
+    best_params: PyTree
+    best_step: Array
+    wait: Array
+    stopped: Array
+
+
+def early_stopping_init(params: PyTree, dtype=jnp.float32) -> EarlyStopping:
+    return EarlyStopping(
+        best=jnp.asarray(jnp.inf, dtype),
+        best_params=params,
+        best_step=jnp.zeros((), jnp.int32),
+        wait=jnp.zeros((), jnp.int32),
+        stopped=jnp.zeros((), bool),
+    )
+
+
+def early_stopping_update(
+    es: EarlyStopping, value: Array, params: PyTree, step: Array, *, patience: int, min_delta: float = 0.0
+) -> EarlyStopping:
+    """Record ``value`` (lower is better); keep ``params`` if it improved by more than ``min_delta``.
+
+    Once ``stopped`` is true the state is frozen, so a vmapped sweep can keep
+    stepping replicas that have stopped without changing their result.
+    """
+    improved = (value < es.best - min_delta) & ~es.stopped
+    pick = lambda new, old: jnp.where(improved, new, old)  # noqa: E731
+    wait = jnp.where(improved, 0, es.wait + jnp.where(es.stopped, 0, 1))
+    return EarlyStopping(
+        best=pick(value.astype(es.best.dtype), es.best),
+        best_params=jax.tree.map(pick, params, es.best_params),
+        best_step=pick(jnp.asarray(step, jnp.int32), es.best_step),
+        wait=wait,
+        stopped=es.stopped | (wait >= patience),
+    )
+
+
+class MetricsLogger:
+    """Append metrics as JSON lines to ``<workdir>/metrics.jsonl`` (one object per call)."""
+
+    def __init__(self, workdir: str | os.PathLike | None, filename: str = "metrics.jsonl"):
+        self.path = None if workdir is None else os.path.join(os.fspath(workdir), filename)
+        if self.path is not None:
+            os.makedirs(os.fspath(workdir), exist_ok=True)
+
+    def log(self, step: int, **metrics) -> dict:
+        rec = {"step": int(step)}
+        for k, v in metrics.items():
+            v = jax.device_get(v)
+            rec[k] = v.tolist() if hasattr(v, "tolist") else v
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        return rec
+
+
+def fit(
+    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]],
+    state: TrainState,
+    batches: Iterable[Any],
+    *,
+    num_steps: int,
+    eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
+    eval_every: int = 0,
+    log_every: int = 100,
+    logger: MetricsLogger | None = None,
+    callbacks: Iterable[Callable[[int, TrainState, dict], bool | None]] = (),
+    progress: bool = True,
+    desc: str = "train",
+) -> tuple[TrainState, list[dict]]:
+    """Python loop over a jitted step with tqdm progress, periodic eval, JSON-lines logs and callbacks.
+
+    Args:
+      step_fn: jitted ``(state, batch) -> (state, metrics)``.
+      state: initial state (its ``step`` is where the loop resumes).
+      batches: iterator of batches (consumed once per step).
+      num_steps: total number of steps (the loop stops when ``state.step`` reaches it).
+      eval_fn: ``state -> metrics`` run every ``eval_every`` steps and at the end.
+      log_every: how often train metrics are logged.
+      logger: where records go (also returned as a list).
+      callbacks: ``(step, state, record) -> stop?``; returning True stops the loop
+        (early stopping, plateau hooks, checkpointing).
+      progress: show a tqdm bar.
+
+    Returns:
+      ``(state, records)``.
+    """
+    from tqdm.auto import tqdm
+
+    logger = logger or MetricsLogger(None)
+    records: list[dict] = []
+    start = int(jax.device_get(state.step))
+    it = iter(batches)
+    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+    step = start
+    try:
+        while step < num_steps:
+            state, metrics = step_fn(state, next(it))
+            step += 1
+            bar.update(1)
+            rec = None
+            if log_every and step % log_every == 0:
+                rec = logger.log(step, **{f"train_{k}": v for k, v in metrics.items()})
+                bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if jnp.ndim(v) == 0})
+            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
+                rec = {**(rec or {"step": step}), **logger.log(step, **dict(eval_fn(state)))}
+            if rec is not None:
+                records.append(rec)
+            stop = False
+            for cb in callbacks:
+                stop = bool(cb(step, state, rec or {"step": step})) or stop
+            if stop:
+                break
+    finally:
+        bar.close()
+    return state, records
