@@ -14,7 +14,7 @@ where no function divides by a sine.
 
 >>> import jax.numpy as jnp
 >>> u = angles_to_unit(jnp.array([jnp.pi / 2, 0.0]))
->>> [round(float(v), 6) for v in u]
+>>> [round(float(v), 6) + 0.0 for v in u]
 [0.0, 1.0, 0.0]
 """
 
@@ -71,7 +71,7 @@ def default_impl(backend: str | None = None) -> str:
     return _unit_impls.default_for_backend(backend or jax.default_backend())
 
 
-def angles_to_unit(theta: Array, *, impl: str = "auto") -> Array:
+def angles_to_unit(theta: Array, *, impl: str = "auto", renormalize: bool = True) -> Array:
     """Unit vector of hyperspherical angles, Eq. (11) of the GmP paper.
 
     Args:
@@ -79,14 +79,18 @@ def angles_to_unit(theta: Array, *, impl: str = "auto") -> Array:
       impl: which implementation to use; ``"auto"`` picks the fastest one for the
         current backend (``available_impls()`` lists them; all are exact and
         division-free, they differ only in speed).
+      renormalize: divide by the computed norm. In exact arithmetic ``||u|| = 1``,
+        so this changes neither the function nor its derivatives; in float32 it
+        removes the rounding drift of the long sine product (at n = 4096,
+        ``max | ||u|| - 1 |`` goes from about 6e-6 to about 1e-7).
 
     Returns:
       ``u``, shape ``(..., n)``, ``||u||_2 = 1``:
       ``u_i = cos(theta_i) * prod_{k<i} sin(theta_k)`` with ``cos(theta_n) := 1``.
 
     >>> import jax.numpy as jnp
-    >>> float(jnp.linalg.norm(angles_to_unit(jnp.array([0.3, 1.2, -2.0]))))  # doctest: +ELLIPSIS
-    1.0...
+    >>> round(float(jnp.linalg.norm(angles_to_unit(jnp.array([0.3, 1.2, -2.0])))), 6)
+    1.0
     """
     theta = jnp.asarray(theta)
     _check_angles(theta)
@@ -97,7 +101,10 @@ def angles_to_unit(theta: Array, *, impl: str = "auto") -> Array:
         raise ValueError(
             f"unknown impl {impl!r}; choose 'auto' or one of {available_impls()}"
         ) from None
-    return fn(theta)
+    u = fn(theta)
+    if renormalize:
+        u = u * jax.lax.rsqrt(jnp.sum(jnp.square(u), axis=-1, keepdims=True))
+    return u
 
 
 def _safe_norm_from_sq(sq: Array) -> Array:
@@ -139,7 +146,7 @@ def unit_to_angles(u: Array) -> Array:
     sq = jnp.square(u)
     # tail[k] = sum_{j >= k} u_j^2 (reverse cumulative sum; sums of squares, no cancellation).
     tail = jnp.flip(jnp.cumsum(jnp.flip(sq, -1), axis=-1), -1)
-    rest = _safe_norm_from_sq(tail[..., 2:])  # ||u_{k+1:}|| for k = 0 .. n-3
+    rest = _safe_norm_from_sq(tail[..., 1:-1])  # ||u_{k+1:}|| for k = 0 .. n-3 (0-based)
     first = _safe_atan2(rest, u[..., :-2])
     last = _safe_atan2(u[..., -1:], u[..., -2:-1])
     return jnp.concatenate([first, last], axis=-1)

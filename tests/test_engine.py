@@ -1,0 +1,118 @@
+"""The training engine (gmpjax.train.engine)."""
+
+import json
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from gmpjax.models import MLP
+from gmpjax.train import engine as E
+
+
+def _mse(model, batch):
+    x, y = batch
+    return jnp.mean((model(x) - y) ** 2)
+
+
+def _data(n=32):
+    x = jnp.linspace(-2, 2, n)[:, None]
+    return x, jnp.sin(2 * x)
+
+
+def test_train_step_decreases_loss_and_updates_batch_stats():
+    tx = optax.adam(1e-2)
+    graphdef, state = E.init_train_state(MLP(1, (16,), 1, parameterization="bn", rngs=nnx.Rngs(0)), tx)
+    step = jax.jit(E.make_train_step(graphdef, tx, _mse))
+    batch = _data()
+    state, m0 = step(state, batch)
+    for _ in range(50):
+        state, m = step(state, batch)
+    assert float(m["loss"]) < float(m0["loss"])
+    assert int(state.step) == 51
+    model = E.merge_model(graphdef, state)
+    assert not np.allclose(model.hidden[0].norm.mean[...], 0)  # moving mean carried across steps
+
+
+def test_train_step_traces_once():
+    tx = optax.sgd(0.1)
+    graphdef, state = E.init_train_state(MLP(1, (8,), 1, parameterization="gmp", rngs=nnx.Rngs(0)), tx)
+    step = jax.jit(chex.assert_max_traces(E.make_train_step(graphdef, tx, _mse), n=1))
+    batch = _data()
+    for _ in range(4):
+        state, _ = step(state, batch)
+
+
+def test_vmapped_replicas_equal_individual_runs():
+    tx = optax.adam(3e-2)
+    keys = jax.random.split(jax.random.key(0), 3)
+    make = lambda k: MLP(1, (8,), 1, parameterization="gmp_imn", rngs=nnx.Rngs(k))  # noqa: E731
+    graphdef, states = E.init_replicas(make, keys, tx)
+    step = E.make_train_step(graphdef, tx, _mse)
+    batch = _data()
+    run = jax.jit(jax.vmap(lambda s: E.scan_steps_same_batch(step, s, batch, 20)))
+    states, metrics = run(states)
+    chex.assert_shape(metrics["loss"], (3, 20))
+    for i, k in enumerate(keys):
+        g1, s1 = E.init_train_state(make(k), tx)
+        s1, m1 = jax.jit(lambda s: E.scan_steps_same_batch(step, s, batch, 20))(s1)
+        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], states.params), s1.params, atol=1e-5)
+        np.testing.assert_allclose(metrics["loss"][i], m1["loss"], rtol=1e-5)
+
+
+def test_eval_step_uses_moving_statistics():
+    tx = optax.sgd(0.0)
+    graphdef, state = E.init_train_state(MLP(1, (8,), 1, parameterization="bn", rngs=nnx.Rngs(0)), tx)
+    batch = (jnp.full((16, 1), 3.0) + jnp.linspace(0, 1, 16)[:, None], jnp.zeros((16, 1)))
+    train_loss = E.make_train_step(graphdef, tx, _mse)(state, batch)[1]["loss"]
+    eval_loss = E.make_eval_step(graphdef, _mse)(state, batch)["metric"]
+    # at init the moving stats are (0, 1), so eval and train normalisation differ
+    assert not np.isclose(float(train_loss), float(eval_loss))
+
+
+def test_early_stopping_keeps_best_and_freezes():
+    es = E.early_stopping_init({"w": jnp.zeros(2)})
+    values = [5.0, 3.0, 4.0, 4.0, 1.0, 0.5]
+    for t, v in enumerate(values):
+        es = E.early_stopping_update(es, jnp.asarray(v), {"w": jnp.full(2, float(t))}, t, patience=2)
+    # stopped after two non-improvements at t=2,3; later improvements are ignored
+    assert bool(es.stopped)
+    assert float(es.best) == 3.0 and int(es.best_step) == 1
+    np.testing.assert_array_equal(es.best_params["w"], 1.0)
+
+
+def test_early_stopping_is_vmappable():
+    es = jax.vmap(lambda _: E.early_stopping_init(jnp.zeros(())))(jnp.arange(2))
+    upd = jax.vmap(lambda e, v: E.early_stopping_update(e, v, v, 0, patience=1))
+    es = upd(es, jnp.array([1.0, 2.0]))
+    es = upd(es, jnp.array([0.5, 3.0]))
+    np.testing.assert_array_equal(es.best, [0.5, 2.0])
+    np.testing.assert_array_equal(es.stopped, [False, True])
+
+
+def test_fit_logs_jsonl_and_callback_stops(tmp_path):
+    tx = optax.adam(1e-2)
+    graphdef, state = E.init_train_state(MLP(1, (8,), 1, parameterization="sp", rngs=nnx.Rngs(0)), tx)
+    step = jax.jit(E.make_train_step(graphdef, tx, _mse))
+    batch = _data()
+    evaluate = jax.jit(E.make_eval_step(graphdef, _mse))
+    seen = []
+
+    def stop_at_6(t, s, rec):
+        seen.append(t)
+        return t >= 6
+
+    state, records = E.fit(
+        step, state, iter(lambda: batch, None), num_steps=10, eval_fn=lambda s: {"val": evaluate(s, batch)["metric"]},
+        eval_every=3, log_every=2, logger=E.MetricsLogger(tmp_path), callbacks=[stop_at_6], progress=False,
+    )
+    assert int(state.step) == 6 and seen == list(range(1, 7))
+    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "train_loss" in r] == [2, 4, 6]
+    assert [r["step"] for r in lines if "val" in r] == [3, 6]
+    # resuming continues from state.step
+    state, _ = E.fit(step, state, iter(lambda: batch, None), num_steps=8, progress=False)
+    assert int(state.step) == 8
