@@ -1,11 +1,34 @@
 """Implementations of the angle -> unit-vector map u(theta).
 
 All implementations compute the same function (Eq. (11) of the GmP paper) on
-``theta`` of shape ``(..., n-1)`` and return ``(..., n)``; they differ only in how
-the cumulative product of sines and its backward pass are evaluated. None
-divides by ``sin(theta_k)``, so values and gradients are finite at
-``theta_k in {0, pi}``. ``IMPLS`` maps a name to the function and
-``default_for_backend`` picks the one ``impl="auto"`` uses.
+``theta`` of shape ``(..., n-1)`` and return ``(..., n)``:
+
+    u_k = cos(theta_k) * P_{k-1},   P_k = prod_{j<=k} sin(theta_j),   P_0 = 1,   cos(theta_n) := 1,
+
+and differ only in how the cumulative product of sines and its derivatives are
+evaluated. None divides by ``sin(theta_k)``, so values and gradients are finite
+(and exact) at ``theta_k in {0, pi}``.
+
+Derivatives (used by the hand-written rules; ``g = dL/du``):
+
+* forward mode (tangent ``t = dtheta``): ``dP_k = s_k dP_{k-1} + u_k t_k``,
+  ``du_k = c_k dP_{k-1} - P_k t_k``, ``du_n = dP_{n-1}``;
+* reverse mode: ``R_{n-1} = g_n``, ``R_{k-1} = g_k c_k + s_k R_k`` (the reverse
+  recurrence ``R_k = g_{k+1} c_{k+1} + s_{k+1} R_{k+1}``) and
+  ``dL/dtheta_k = u_k R_k - P_k g_k = P_{k-1} (c_k R_k - s_k g_k)``;
+
+with ``s_k = sin theta_k``, ``c_k = cos theta_k`` computed once in the forward
+pass and kept as residuals (never recomputed in the backward pass).
+
+``IMPLS`` maps a name to the function and ``default_for_backend`` picks the one
+``impl="auto"`` uses. Measured timings and the reasons for the defaults are in
+``docs/benchmarks.md`` (CPU measured; the GPU/TPU choice is unmeasured).
+
+The scan-based implementations work in *kernel layout*: the angle axis is moved
+to the front, ``(n-1, M)`` with ``M`` the product of the leading dimensions, so
+each sequential step is one contiguous vector operation of length ``M``; the
+result ``u^T`` of shape ``(n, M)`` is what a dense layer multiplies by, so the
+transposes cancel inside ``x @ u.T`` under ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -14,8 +37,88 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 Array = jax.Array
+
+__all__ = [
+    "IMPLS",
+    "FORWARD_MODE",
+    "default_for_backend",
+    "sincos",
+    "unit_cumprod",
+    "unit_assoc",
+    "unit_scan",
+    "unit_scan_vjp",
+    "unit_scan_jvp",
+    "unit_fast",
+    "unit_fast_vjp",
+]
+
+
+# ---------------------------------------------------------------------------
+# sin and cos together
+# ---------------------------------------------------------------------------
+
+# pi/2 split in three parts (Cody & Waite): the first two have few significant
+# bits so that j * _PIO2_1 and j * _PIO2_2 are exact for the quadrant counts j
+# that occur, and _PIO2_1 + _PIO2_2 + _PIO2_3 = pi/2 to float64 precision.
+_PIO2_1 = np.float32(1.5703125)
+_PIO2_2 = np.float32(4.837512969970703125e-4)
+_PIO2_3 = np.float32(7.54978995489188216e-8)
+_TWO_OVER_PI = np.float32(2.0 / np.pi)
+# Minimax polynomials on [-pi/4, pi/4] (the classic Cephes single-precision set).
+_SIN_C = (np.float32(-1.9515295891e-4), np.float32(8.3321608736e-3), np.float32(-1.6666654611e-1))
+_COS_C = (np.float32(2.443315711809948e-5), np.float32(-1.388731625493765e-3), np.float32(4.166664568298827e-2))
+#: |theta| up to which the float32 path of ``sincos`` is within 2e-7 of the true values
+#: (checked in tests/test_unit_impls.py); beyond it the error grows like |theta| * 2**-40.
+SINCOS_F32_RANGE = 1.0e4
+
+
+def _sincos_f32(x: Array) -> tuple[Array, Array]:
+    """float32 ``(sin x, cos x)`` sharing one range reduction, with no selects.
+
+    ``x = j pi/2 + r`` with ``j = round(2x/pi)`` and ``|r| <= pi/4``; then
+    ``sin x = (s, c, -s, -c)[j mod 4]`` and ``cos x = (c, -s, -c, s)[j mod 4]`` with
+    ``s, c`` the polynomial ``sin r, cos r``. The quadrant is selected by exact
+    multiplications with 0/1 and +-1 (XLA:CPU vectorises these; it does not
+    vectorise ``jnp.sin``/``jnp.cos``, which cost about 4x more). Accuracy: about
+    1e-7 absolute for ``|x| <= SINCOS_F32_RANGE``; exact zeros at ``x = 0``.
+    """
+    j = jnp.round(x * _TWO_OVER_PI)
+    r = ((x - j * _PIO2_1) - j * _PIO2_2) - j * _PIO2_3
+    z = r * r
+    s = r + r * z * (_SIN_C[2] + z * (_SIN_C[1] + z * _SIN_C[0]))
+    c = (1.0 - 0.5 * z) + z * z * (_COS_C[2] + z * (_COS_C[1] + z * _COS_C[0]))
+    q = j - 4.0 * jnp.floor(j * 0.25)  # j mod 4 in {0, 1, 2, 3}
+    half = jnp.floor(q * 0.5)  # 0 for q in {0,1}, 1 for q in {2,3}
+    odd = q - 2.0 * half  # 1 for odd quadrants
+    q1 = q + 1.0
+    sign_c = 1.0 - 2.0 * jnp.floor((q1 - 4.0 * jnp.floor(q1 * 0.25)) * 0.5)
+    even = 1.0 - odd
+    sin_x = (s * even + c * odd) * (1.0 - 2.0 * half)
+    cos_x = (c * even + s * odd) * sign_c
+    return sin_x, cos_x
+
+
+def sincos(theta: Array) -> tuple[Array, Array]:
+    """``(sin theta, cos theta)``, elementwise, same shape and dtype as ``theta``.
+
+    float32 uses one shared Cody-Waite range reduction and two short polynomials
+    (about 1e-7 absolute error for ``|theta| <= SINCOS_F32_RANGE``, vectorised by
+    XLA); every other dtype uses ``jnp.sin`` / ``jnp.cos``. Differentiable (the
+    polynomials are differentiated as written, which is only needed for
+    second-order derivatives of the implementations below).
+
+    >>> import jax.numpy as jnp
+    >>> s, c = sincos(jnp.array([0.0, jnp.pi / 2]))
+    >>> [round(float(v), 6) for v in s], [round(float(v), 6) for v in c]
+    ([0.0, 1.0], [1.0, -0.0])
+    """
+    if theta.dtype == jnp.float32:
+        return _sincos_f32(theta)
+    return jnp.sin(theta), jnp.cos(theta)
 
 
 def _pad_sin_cos(theta: Array) -> tuple[Array, Array]:
@@ -27,23 +130,212 @@ def _pad_sin_cos(theta: Array) -> tuple[Array, Array]:
     )
 
 
+# ---------------------------------------------------------------------------
+# Parallel-prefix forms (plain autodiff)
+# ---------------------------------------------------------------------------
+
+
 def unit_cumprod(theta: Array) -> Array:
     """Reference: ``cumprod(1, sin theta) * (cos theta, 1)`` with plain autodiff.
 
     JAX differentiates ``jnp.cumprod`` through an associative scan without
-    division, so exact zeros of ``sin`` are harmless.
+    division, so exact zeros of ``sin`` are harmless. Supports forward and
+    reverse mode to any order.
     """
     s, c = _pad_sin_cos(theta)
     return jnp.cumprod(s, axis=-1) * c
 
 
+def unit_assoc(theta: Array) -> Array:
+    """``lax.associative_scan(multiply)`` prefix product, plain autodiff (parallel form)."""
+    s, c = _pad_sin_cos(theta)
+    return lax.associative_scan(jnp.multiply, s, axis=s.ndim - 1) * c
+
+
+# ---------------------------------------------------------------------------
+# Sequential forms in kernel layout
+# ---------------------------------------------------------------------------
+
+
+def _to_rows(theta: Array) -> Array:
+    """``(..., n-1) -> (n, M)``: angle axis first, leading dims flattened, and a zero row appended.
+
+    The extra angle ``theta_n = 0`` has ``cos = 1``, which is exactly the convention
+    ``u_n = P_{n-1} * 1``, so every recurrence below runs over ``n`` uniform steps
+    (no concatenation afterwards); the garbage derivative of the padded angle is
+    dropped. The copy is materialised behind an optimisation barrier: XLA:CPU is
+    several times slower when it fuses the transpose into the elementwise
+    trigonometry than when it transposes once and then streams contiguous rows.
+    """
+    rows = jnp.moveaxis(theta, -1, 0).reshape(theta.shape[-1], -1)
+    rows = jnp.concatenate([rows, jnp.zeros((1, rows.shape[1]), rows.dtype)], axis=0)
+    return lax.optimization_barrier(rows)
+
+
+def _from_rows(u_rows: Array, lead: tuple[int, ...]) -> Array:
+    """``(n, M) -> (..., n)``: inverse of ``_to_rows`` for the output (a no-op inside ``x @ u.T``)."""
+    return jnp.moveaxis(u_rows.reshape((u_rows.shape[0],) + lead), 0, -1)
+
+
+def _forward_rows(s: Array, c: Array) -> tuple[Array, Array]:
+    """Forward recurrence in kernel layout.
+
+    Args:
+      s, c: ``sin theta``, ``cos theta`` of the padded angles, shape ``(n, M)``.
+
+    Returns:
+      ``u`` (``u_k = P_{k-1} c_k``) and the inclusive products ``P_k = P_{k-1} s_k``
+      (``P_0 = 1``), both of shape ``(n, M)``.
+    """
+
+    def step(p_prev, sc):
+        s_k, c_k = sc
+        p_k = p_prev * s_k
+        return p_k, (p_prev * c_k, p_k)
+
+    _, (u, p_incl) = lax.scan(step, jnp.ones(s.shape[1:], s.dtype), (s, c))
+    return u, p_incl
+
+
+def _reverse_rows(g: Array, s: Array, c: Array, u: Array, p_incl: Array) -> Array:
+    """Reverse (adjoint) recurrence in kernel layout, no division.
+
+    Args:
+      g: cotangent ``dL/du``, shape ``(n, M)``.
+      s, c, u, p_incl: the forward pass's ``sin``, ``cos``, output and inclusive
+        products, shape ``(n, M)`` (padded, see ``_to_rows``).
+
+    Returns:
+      ``dL/dtheta_k = u_k R_k - P_k g_k`` with ``R_n = 0`` and
+      ``R_{k-1} = g_k c_k + s_k R_k``, shape ``(n, M)`` (the last row belongs to the
+      padded angle and is discarded by the caller).
+    """
+
+    def step(r_k, xs):
+        g_k, s_k, c_k, u_k, p_k = xs
+        return g_k * c_k + s_k * r_k, u_k * r_k - p_k * g_k
+
+    _, dtheta = lax.scan(step, jnp.zeros(g.shape[1:], g.dtype), (g, s, c, u, p_incl), reverse=True)
+    return dtheta
+
+
+def _tangent_rows(t: Array, s: Array, c: Array, u: Array, p_incl: Array) -> Array:
+    """Forward-mode (JVP) recurrence in kernel layout; linear in the tangent ``t``.
+
+    ``dP_k = s_k dP_{k-1} + u_k t_k``, ``du_k = c_k dP_{k-1} - P_k t_k`` (``dP_0 = 0``).
+    JAX transposes this scan into exactly ``_reverse_rows`` for reverse mode.
+
+    Args:
+      t: tangent of the padded angles, shape ``(n, M)``; s, c, u, p_incl as in ``_reverse_rows``.
+
+    Returns:
+      the tangent of u, shape ``(n, M)``.
+    """
+
+    def step(dp_prev, xs):
+        t_k, s_k, c_k, u_k, p_k = xs
+        return s_k * dp_prev + u_k * t_k, c_k * dp_prev - p_k * t_k
+
+    _, du = lax.scan(step, jnp.zeros(t.shape[1:], t.dtype), (t, s, c, u, p_incl))
+    return du
+
+
+def _libm_sincos(theta: Array) -> tuple[Array, Array]:
+    return jnp.sin(theta), jnp.cos(theta)
+
+
+def _rows_scan(rows: Array) -> Array:
+    return _forward_rows(*_libm_sincos(rows))[0]
+
+
+def _make_rows_vjp(sc: Callable[[Array], tuple[Array, Array]]) -> Callable[[Array], Array]:
+    @jax.custom_vjp
+    def rows_fn(rows: Array) -> Array:
+        return _forward_rows(*sc(rows))[0]
+
+    def fwd(rows):
+        s, c = sc(rows)
+        u, p_incl = _forward_rows(s, c)
+        return u, (s, c, u, p_incl)
+
+    def bwd(res, g):
+        return (_reverse_rows(g, *res),)
+
+    rows_fn.defvjp(fwd, bwd)
+    return rows_fn
+
+
+def _make_rows_jvp(sc: Callable[[Array], tuple[Array, Array]]) -> Callable[[Array], Array]:
+    @jax.custom_jvp
+    def rows_fn(rows: Array) -> Array:
+        return _forward_rows(*sc(rows))[0]
+
+    @rows_fn.defjvp
+    def _jvp(primals, tangents):
+        (rows,), (t,) = primals, tangents
+        s, c = sc(rows)
+        u, p_incl = _forward_rows(s, c)
+        return u, _tangent_rows(t, s, c, u, p_incl)
+
+    return rows_fn
+
+
+def _in_kernel_layout(rows_fn: Callable[[Array], Array], doc: str) -> Callable[[Array], Array]:
+    def unit(theta: Array) -> Array:
+        return _from_rows(rows_fn(_to_rows(theta)), theta.shape[:-1])
+
+    unit.__doc__ = doc
+    return unit
+
+
+unit_scan = _in_kernel_layout(
+    _rows_scan, """Sequential ``lax.scan`` over the angle axis in kernel layout, plain autodiff.""")
+
+unit_scan_vjp = _in_kernel_layout(_make_rows_vjp(_libm_sincos), """Kernel-layout scan with a ``jax.custom_vjp``.
+
+The backward pass is the division-free reverse recurrence over the residuals
+(sin, cos, u, P) of the forward pass (``jnp.sin``/``jnp.cos``). Reverse mode only:
+``jax.jvp``/``jax.jacfwd`` raise TypeError (see ``FORWARD_MODE``).""")
+
+unit_scan_jvp = _in_kernel_layout(_make_rows_jvp(_libm_sincos), """Kernel-layout scan with a ``jax.custom_jvp``.
+
+The tangent rule is the linear forward recurrence over the residuals (sin, cos,
+u, P); reverse mode is JAX's transpose of it, i.e. the reverse recurrence
+(``jnp.sin``/``jnp.cos``). Forward and reverse mode, any order.""")
+
+unit_fast = _in_kernel_layout(_make_rows_jvp(sincos), """``unit_scan_jvp`` with the fused float32 ``sincos``.
+
+One range reduction and two vectorised polynomials instead of ``jnp.sin`` and
+``jnp.cos``; sin/cos are computed once and reused by the backward pass. The
+fastest implementation measured on CPU. Forward and reverse mode, any order.""")
+
+unit_fast_vjp = _in_kernel_layout(
+    _make_rows_vjp(sincos), """``unit_scan_vjp`` with the fused float32 ``sincos`` (reverse mode only).""")
+
+
 IMPLS: dict[str, Callable[[Array], Array]] = {
     "cumprod": unit_cumprod,
+    "assoc": unit_assoc,
+    "scan": unit_scan,
+    "scan_vjp": unit_scan_vjp,
+    "scan_jvp": unit_scan_jvp,
+    "fast": unit_fast,
+    "fast_vjp": unit_fast_vjp,
 }
 
-_DEFAULTS = {"cpu": "cumprod", "gpu": "cumprod", "tpu": "cumprod"}
+#: Implementations that support forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``).
+FORWARD_MODE: tuple[str, ...] = ("cumprod", "assoc", "scan", "scan_jvp", "fast")
+
+# CPU: measured (docs/benchmarks.md). GPU/TPU: not measured on this project's machines;
+# a 4095-step sequential scan launches one kernel per step there, so the parallel
+# prefix form is the safer default until someone times it.
+_DEFAULTS = {"cpu": "fast", "gpu": "cumprod", "cuda": "cumprod", "rocm": "cumprod", "tpu": "cumprod"}
 
 
 def default_for_backend(backend: str) -> str:
-    """Name of the implementation used by ``impl="auto"`` on ``backend``."""
+    """Name of the implementation used by ``impl="auto"`` on ``backend`` (``"cpu"``, ``"gpu"``, ...).
+
+    >>> default_for_backend("cpu")
+    'fast'
+    """
     return _DEFAULTS.get(backend, "cumprod")

@@ -103,7 +103,13 @@ def angles_to_unit(theta: Array, *, impl: str = "auto", renormalize: bool = True
         ) from None
     u = fn(theta)
     if renormalize:
-        u = u * jax.lax.rsqrt(jnp.sum(jnp.square(u), axis=-1, keepdims=True))
+        # The barrier stops XLA from fusing an implementation's final transpose into the norm
+        # reduction (a strided reduction that made the forward pass 6x slower on CPU at 4096^2).
+        u = jax.lax.optimization_barrier(u)
+        # ||u(theta)|| = 1 identically, so the scale's derivatives vanish in exact arithmetic:
+        # stop_gradient keeps every derivative of u (to any order) and skips differentiating the
+        # norm, which doubled the cost of a GmPDense step on CPU (docs/benchmarks.md).
+        u = u * jax.lax.stop_gradient(jax.lax.rsqrt(jnp.sum(jnp.square(u), axis=-1, keepdims=True)))
     return u
 
 

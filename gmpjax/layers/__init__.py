@@ -19,9 +19,11 @@ from gmpjax.layers.baselines import (
 )
 from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
+from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleNet
 
 __all__ = [
     "GmPDense", "GmPConv", "InputMeanNorm", "MeanOnlyBatchNorm",
     "SPDense", "SPConv", "WNDense", "WNConv", "BNDense", "BNConv", "WNMBNDense", "WNMBNConv",
     "PARAMETERIZATIONS", "check_parameterization", "make_dense", "make_conv",
+    "TriangleNet", "TriangleActivation", "ReLUMLP",
 ]

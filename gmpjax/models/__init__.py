@@ -1,5 +1,7 @@
 """Models with a ``parameterization`` switch (sp, wn, wn_mbn, bn, gmp, gmp_imn)."""
 
 from gmpjax.models.mlp import MLP
+from gmpjax.models.resnet import ResNet18
+from gmpjax.models.vgg import VGG6
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "VGG6", "ResNet18"]

@@ -107,7 +107,8 @@ def init_replicas(
     Returns:
       ``(graphdef, state)`` where every leaf of ``state`` has a leading axis ``R``.
     """
-    graphdef, _ = init_train_state(nnx.eval_shape(lambda: make_model(keys[0])), tx, wrt=wrt)
+    # The graphdef only needs shapes; tx.init is not run on them (inject_hyperparams cannot init abstract params).
+    graphdef, _, _ = _split(nnx.eval_shape(lambda: make_model(keys[0])), wrt)
 
     def one(key):
         return init_train_state(make_model(key), tx, wrt=wrt)[1]

@@ -1,0 +1,302 @@
+"""Atomic, resumable checkpoints of the engine's ``TrainState`` with orbax.
+
+``Checkpointer`` is a thin layer over ``orbax.checkpoint.CheckpointManager``.
+Every checkpoint ``<directory>/<step>/`` holds three items:
+
+* ``state``: the ``TrainState`` pytree (params, batch statistics, optimizer
+  state, step) via ``ocp.args.StandardSave``;
+* ``extra``: a JSON dict for everything else a bit-exact resume needs -- the
+  data-iterator position, RNG keys (``key_to_json``), the run's config;
+* ``meta``: a JSON signature of the state tree (paths, shapes, dtypes), so that
+  restoring into a different model fails with a readable message instead of an
+  orbax tree diff.
+
+Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames
+it to ``<step>`` only once every item is complete (a ``commit_success`` marker
+on file systems without atomic rename); an interrupted save is ignored by
+``all_steps`` and removed when the next ``Checkpointer`` opens the directory.
+Old steps beyond ``max_to_keep`` are deleted only after the new step has been
+committed, so the last good checkpoint always survives a crash during a save
+(``tests/test_checkpoint.py`` kills a process in the middle of a save to check
+it).
+
+Multi-host: every process calls ``save``/``restore_latest`` with the same
+arguments (orbax synchronises them); the abstract state passed to
+``restore_latest`` carries the sharding the restored arrays get.
+
+>>> import tempfile, jax.numpy as jnp, optax
+>>> from flax import nnx
+>>> from gmpjax.layers import GmPDense
+>>> from gmpjax.train.engine import init_train_state
+>>> _, state = init_train_state(GmPDense(3, 2, rngs=nnx.Rngs(0)), optax.sgd(0.1))
+>>> with Checkpointer(tempfile.mkdtemp(), save_every=10) as ckpt:
+...     ckpt.save(5, state, {"epoch": 0})   # not a multiple of save_every: skipped
+...     ckpt.save(10, state, {"epoch": 1})
+...     ckpt.wait()
+...     restored, extra = ckpt.restore_latest(abstract_state(state))
+False
+True
+>>> ckpt.latest_step(), extra
+(10, {'epoch': 1})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+PyTree = Any
+
+__all__ = ["Checkpointer", "CheckpointError", "abstract_state", "tree_signature", "key_to_json", "key_from_json"]
+
+_FORMAT = "gmpjax-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be restored (incompatible with the model, corrupt or incomplete)."""
+
+
+def abstract_state(state: PyTree, sharding: jax.sharding.Sharding | None = None) -> PyTree:
+    """``jax.ShapeDtypeStruct`` leaves (with shardings) describing ``state``: the restore target.
+
+    Args:
+      state: a concrete state (arrays) or an abstract one (e.g. from
+        ``nnx.eval_shape``); leaves keep their own sharding when they have one.
+      sharding: sharding given to every leaf instead (e.g.
+        ``sharding.replicated_sharding(mesh)`` for a data-parallel run); leaves
+        without a sharding and no ``sharding`` get the first local device.
+    """
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def one(x):
+        shape, dtype = np.shape(x), x.dtype if hasattr(x, "dtype") else np.asarray(x).dtype
+        s = sharding or getattr(x, "sharding", None) or default
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=s)
+
+    return jax.tree.map(one, state)
+
+
+def tree_signature(tree: PyTree) -> list[list]:
+    """``[[path, shape, dtype], ...]`` of the leaves of ``tree`` (JSON-serialisable, sorted by path)."""
+    out = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype
+        out.append([jax.tree_util.keystr(path), list(np.shape(leaf)), str(dtype)])
+    return sorted(out)
+
+
+def key_to_json(key: jax.Array) -> dict:
+    """A JAX PRNG key (typed or raw uint32) as a JSON dict (for ``extra``).
+
+    >>> k = jax.random.key(3)
+    >>> bool((jax.random.key_data(key_from_json(key_to_json(k))) == jax.random.key_data(k)).all())
+    True
+    """
+    typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    data = np.asarray(jax.random.key_data(key) if typed else key)
+    impl = str(jax.random.key_impl(key)) if typed else None
+    return {"typed": typed, "impl": impl, "data": data.tolist(), "dtype": str(data.dtype)}
+
+
+def key_from_json(d: dict) -> jax.Array:
+    """Inverse of ``key_to_json``."""
+    data = np.asarray(d["data"], dtype=d["dtype"])
+    if d["typed"]:
+        return jax.random.wrap_key_data(data, impl=d["impl"])
+    return jax.numpy.asarray(data)
+
+
+def _signature_diff(saved: list, wanted: list, limit: int = 5) -> list[str]:
+    s = {p: (tuple(sh), dt) for p, sh, dt in saved}
+    w = {p: (tuple(sh), dt) for p, sh, dt in wanted}
+    lines = []
+    for p in sorted(set(s) | set(w)):
+        if p not in s:
+            lines.append(f"  {p}: not in the checkpoint (model expects shape {w[p][0]} {w[p][1]})")
+        elif p not in w:
+            lines.append(f"  {p}: in the checkpoint (shape {s[p][0]} {s[p][1]}) but not in the model")
+        elif s[p] != w[p]:
+            lines.append(f"  {p}: checkpoint has shape {s[p][0]} {s[p][1]}, model expects {w[p][0]} {w[p][1]}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"  ... and {len(lines) - limit} more"]
+    return lines
+
+
+class Checkpointer:
+    """Save and resume ``TrainState`` + JSON metadata every ``save_every`` steps, keeping the last ``max_to_keep``.
+
+    Args:
+      directory: where the step directories go (created if missing); one run per directory.
+      max_to_keep: how many of the most recent checkpoints to keep (``None``: all).
+      save_every: ``save(step, ...)`` writes only when ``step % save_every == 0`` (or ``force``).
+      async_save: write in a background thread (the device-to-host copy happens
+        before ``save`` returns, so training may go on and even donate the state).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 3,
+        save_every: int = 1,
+        async_save: bool = True,
+    ):
+        if not isinstance(save_every, int) or save_every < 1:
+            raise ValueError(f"Checkpointer: save_every must be a positive int (got {save_every!r}).")
+        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+            raise ValueError(f"Checkpointer: max_to_keep must be a positive int or None (got {max_to_keep!r}).")
+        self.directory = os.path.abspath(os.fspath(directory))
+        if os.path.exists(self.directory) and not os.path.isdir(self.directory):
+            raise CheckpointError(
+                f"checkpoint directory {self.directory} exists and is not a directory; pass another --workdir."
+            )
+        self.save_every = save_every
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                create=True,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=async_save,
+            ),
+        )
+        # orbax removes leftovers of interrupted saves in the background; finish that now so the
+        # directory is clean once the Checkpointer exists (no-op if the private hook goes away).
+        getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+
+    # ------------------------------------------------------------------ queries
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or None."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of all complete checkpoints, ascending."""
+        return sorted(self._manager.all_steps())
+
+    # --------------------------------------------------------------------- save
+    def should_save(self, step: int) -> bool:
+        """Whether ``save(step, ...)`` without ``force`` would write."""
+        return int(step) % self.save_every == 0 and int(step) not in self._manager.all_steps()
+
+    def save(self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False) -> bool:
+        """Start saving ``state`` and ``extra`` as step ``step``; returns whether a save was started.
+
+        Skipped when ``step`` is not a multiple of ``save_every`` (unless
+        ``force``) or when that step is already saved. ``extra`` must be
+        JSON-serialisable (use ``key_to_json`` for PRNG keys).
+        """
+        step = int(step)
+        if step < 0:
+            raise ValueError(f"Checkpointer.save: step must be >= 0 (got {step}).")
+        if step in self._manager.all_steps() or (not force and step % self.save_every):
+            return False
+        extra = {} if extra is None else extra
+        if not isinstance(extra, dict):
+            raise TypeError(f"Checkpointer.save: extra must be a dict (got {type(extra).__name__}).")
+        try:
+            json.dumps(extra)
+        except TypeError as e:
+            raise TypeError(
+                f"Checkpointer.save: extra must be JSON-serialisable ({e}); convert arrays with .tolist() "
+                "and PRNG keys with gmpjax.train.checkpoint.key_to_json."
+            ) from None
+        meta = {"format": _FORMAT, "tree": tree_signature(state)}
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra), meta=ocp.args.JsonSave(meta)
+            ),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are committed."""
+        self._manager.wait_until_finished()
+
+    # ------------------------------------------------------------------ restore
+    def _fix_hint(self, step: int) -> str:
+        older = [s for s in self.all_steps() if s < step]
+        hint = f"start a fresh run with another --workdir (or delete {self.directory})"
+        if older:
+            hint += f", or delete {os.path.join(self.directory, str(step))} to resume from step {older[-1]}"
+        return hint
+
+    def restore(self, step: int, abstract: PyTree) -> tuple[PyTree, dict]:
+        """Restore step ``step`` into the structure, shapes, dtypes and shardings of ``abstract``.
+
+        Args:
+          step: a step from ``all_steps()``.
+          abstract: the target (``abstract_state(state)``; a concrete state is
+            converted with ``abstract_state``).
+
+        Raises:
+          CheckpointError: the checkpoint does not match ``abstract`` (another
+            model or optimizer), or it is corrupt/incomplete.
+        """
+        step = int(step)
+        if step not in self.all_steps():
+            raise CheckpointError(
+                f"no complete checkpoint for step {step} in {self.directory} (available: {self.all_steps()})."
+            )
+        if any(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract)):
+            abstract = abstract_state(abstract)
+        where = os.path.join(self.directory, str(step))
+        missing = [item for item in ("state", "extra", "meta") if not (epath.Path(where) / item).exists()]
+        if missing:
+            raise CheckpointError(
+                f"checkpoint {where} is corrupt or incomplete (missing items: {', '.join(missing)}); "
+                f"{self._fix_hint(step)}."
+            )
+        try:
+            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception as e:  # noqa: BLE001 -- any read failure means a damaged checkpoint
+            raise CheckpointError(
+                f"checkpoint {where} is corrupt or incomplete (cannot read its metadata: {type(e).__name__}: {e}); "
+                f"{self._fix_hint(step)}."
+            ) from e
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise CheckpointError(f"{where} is not a gmpjax checkpoint; {self._fix_hint(step)}.")
+        diff = _signature_diff(meta["tree"], tree_signature(abstract))
+        if diff:
+            raise CheckpointError(
+                f"checkpoint {where} does not match the model/optimizer being restored (was it written by a run "
+                "with another architecture, parameterization or optimizer?):\n" + "\n".join(diff) + "\n"
+                f"Fix: {self._fix_hint(step)}."
+            )
+        try:
+            out = self._manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
+            )
+        except Exception as e:  # noqa: BLE001
+            raise CheckpointError(
+                f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {str(e)[:500]}); "
+                f"{self._fix_hint(step)}."
+            ) from e
+        return out.state, dict(out.extra or {})
+
+    def restore_latest(self, abstract: PyTree) -> tuple[PyTree, dict] | None:
+        """Restore the newest complete checkpoint (see ``restore``); None if there is none."""
+        step = self.latest_step()
+        return None if step is None else self.restore(step, abstract)
+
+    # ---------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Wait for pending saves and release the manager's resources."""
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Checkpointer({self.directory!r}, steps={self.all_steps()})"

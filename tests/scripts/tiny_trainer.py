@@ -1,0 +1,220 @@
+"""A tiny data-parallel, checkpointed trainer used by tests/test_sharding.py and tests/test_checkpoint.py.
+
+It exercises the whole stack the image experiments use -- ``gmpjax.train.engine``
+(pure step, ``fit``), ``gmpjax.train.sharding`` (mesh, replicated state, sharded
+batch, multi-process) and ``gmpjax.train.checkpoint`` (orbax save/resume of state,
+data-iterator position and RNG) -- on a small GmP+IMN / BN conv net and a
+synthetic 8x8 image data set, so it runs in seconds on CPU.
+
+Run it as a script (``python tests/scripts/tiny_trainer.py --workdir /tmp/w --steps 30``)
+or call ``main(argv)``, which returns the final parameters as ``{path: np.ndarray}``.
+Set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 CPU devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import numpy as np
+
+NUM_EXAMPLES = 96
+NUM_CLASSES = 10
+IMAGE = (8, 8, 1)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default=None, help="checkpoint directory (no checkpoints if omitted)")
+    p.add_argument("--resume", action="store_true", help="restore the latest checkpoint of --workdir")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch size")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--devices", type=int, default=0, help="use the first N global devices (0: all)")
+    p.add_argument("--save-every", type=int, default=5)
+    p.add_argument("--max-to-keep", type=int, default=3)
+    p.add_argument("--step-delay", type=float, default=0.0, help="sleep after each step (to be killed mid-run)")
+    p.add_argument("--kill-during-save-at", type=int, default=-1,
+                   help="save this step and SIGKILL this process while orbax commits it (all files written to the "
+                        "tmp directory, not yet renamed)")
+    p.add_argument("--out", default=None, help="write the final params (npz) here")
+    p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process)")
+    p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--process-id", type=int, default=0)
+    return p.parse_args(argv)
+
+
+class Batches:
+    """Deterministic shuffled mini-batches with a resumable position ``(epoch, index)``.
+
+    Each epoch is a permutation seeded by ``(seed, epoch)``; a batch that would
+    cross the end of an epoch starts the next epoch. ``state()``/``set_state()``
+    are what goes into the checkpoint's ``extra``.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int):
+        if batch_size > n:
+            raise ValueError(f"batch_size {batch_size} > data set size {n}")
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.epoch, self.index = 0, 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "index": self.index}
+
+    def set_state(self, s: dict) -> None:
+        self.epoch, self.index = int(s["epoch"]), int(s["index"])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.index + self.batch_size > self.n:
+            self.epoch, self.index = self.epoch + 1, 0
+        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        idx = perm[self.index:self.index + self.batch_size]
+        self.index += self.batch_size
+        return idx
+
+
+def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(NUM_EXAMPLES, *IMAGE)).astype(np.float32) + 0.5
+    y = rng.integers(0, NUM_CLASSES, size=NUM_EXAMPLES).astype(np.int32)
+    return x, y
+
+
+def make_model(seed: int):
+    from flax import nnx
+
+    from gmpjax.layers import SPDense, make_conv, make_dense
+
+    class TinyNet(nnx.Module):
+        """GmP+IMN conv -> BN conv -> flatten -> GmP+IMN dense -> SP head."""
+
+        def __init__(self, rngs: nnx.Rngs):
+            self.conv1 = make_conv("gmp_imn", IMAGE[-1], 4, (3, 3), rngs=rngs)
+            self.conv2 = make_conv("bn", 4, 4, (3, 3), rngs=rngs)
+            self.fc = make_dense("gmp_imn", IMAGE[0] * IMAGE[1] * 4, 16, rngs=rngs)
+            self.head = SPDense(16, NUM_CLASSES, activation=None, rngs=rngs)
+
+        def __call__(self, x):
+            x = self.conv2(self.conv1(x))
+            return self.head(self.fc(x.reshape(x.shape[0], -1)))
+
+    return TinyNet(nnx.Rngs(seed))
+
+
+def kill_in_next_commit() -> None:
+    """Make the next orbax commit (tmp dir -> final dir rename) SIGKILL this process instead.
+
+    Test-only hook on orbax internals (``AtomicRenameTemporaryPath.finalize``),
+    so a crash in the middle of a save is deterministic rather than a race.
+    """
+    from orbax.checkpoint._src.path import atomicity
+
+    async def finalize(self, *args, **kwargs):
+        print(f"killing during the commit of {self.get()}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+
+
+def main(argv=None) -> dict[str, np.ndarray]:
+    args = parse_args(argv)
+    from gmpjax.train import sharding
+
+    sharding.initialize_distributed(args.coordinator, args.num_processes, args.process_id, initialization_timeout=60)
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    # RBG keys: XLA:CPU compiles them several times faster than threefry (this script is about
+    # sharding and checkpoints, not about the random stream); they are checkpointed like any key.
+    jax.config.update("jax_default_prng_impl", "rbg")
+
+    from gmpjax.train.checkpoint import Checkpointer, abstract_state, key_from_json, key_to_json
+    from gmpjax.train.engine import fit, init_train_state, make_train_step
+
+    devices = jax.devices()[: args.devices] if args.devices else None
+    mesh = sharding.make_data_mesh(devices)
+    rows = sharding.local_batch_slice(args.batch_size, mesh)  # validates divisibility too
+
+    x_all, y_all = make_data(args.seed)
+    tx = optax.sgd(args.lr, momentum=0.9)
+    # one compiled init instead of dozens of eagerly compiled initialiser ops
+    graphdef = nnx.split(nnx.eval_shape(lambda: make_model(args.seed)), nnx.Param, ...)[0]
+    state = jax.jit(lambda: init_train_state(make_model(args.seed), tx)[1])()
+
+    def loss_fn(model, batch):
+        x, y = batch
+        logits = model(x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+    step_fn = sharding.shard_train_step(make_train_step(graphdef, tx, loss_fn), mesh)
+    batches = Batches(NUM_EXAMPLES, args.batch_size, args.seed)
+    rng = jax.random.key(args.seed + 1)
+
+    ckpt = Checkpointer(args.workdir, save_every=args.save_every, max_to_keep=args.max_to_keep) if args.workdir else None
+    state = sharding.replicate(state, mesh)
+    if ckpt is not None and args.resume:
+        restored = ckpt.restore_latest(abstract_state(state))
+        if restored is not None:
+            state, extra = restored
+            batches.set_state(extra["data"])
+            rng = key_from_json(extra["rng"])
+            print(f"resumed from step {int(sharding.to_host(state.step))}", flush=True)
+
+    @jax.jit
+    def next_noise(key):
+        key, sub = jax.random.split(key)
+        return key, 0.05 * jax.random.normal(sub, (args.batch_size, *IMAGE))
+
+    def global_batches():
+        nonlocal rng
+        for idx in batches:
+            rng, noise = next_noise(rng)  # input noise from a checkpointed key, the same on every process
+            noise = np.asarray(noise)
+            x = x_all[idx] + noise
+            yield sharding.shard_batch((x[rows], y_all[idx][rows]), mesh)
+
+    def on_step(step, st, rec):
+        if ckpt is not None:
+            extra = {"data": batches.state(), "rng": key_to_json(rng), "config": vars(args)}
+            if step == args.kill_during_save_at:
+                ckpt.wait()  # earlier saves are committed; the crash hits this step's save
+                kill_in_next_commit()
+                ckpt.save(step, st, extra, force=True)
+                ckpt.wait()
+                print("the commit hook was not reached", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+            ckpt.save(step, st, extra)
+        print(f"step {step}", flush=True)
+        if args.step_delay:
+            time.sleep(args.step_delay)
+        return False
+
+    state, _ = fit(step_fn, state, global_batches(), num_steps=args.steps, callbacks=[on_step], progress=False,
+                   log_every=0)
+    if ckpt is not None:
+        ckpt.save(args.steps, state, {"data": batches.state(), "rng": key_to_json(rng), "config": vars(args)},
+                  force=True)
+        ckpt.close()
+    params = {jax.tree_util.keystr(p): v for p, v in
+              jax.tree_util.tree_flatten_with_path(sharding.to_host(state.params))[0]}
+    if args.out:
+        np.savez(args.out, **params)
+    print(json.dumps({"done": int(sharding.to_host(state.step)), "process": jax.process_index(),
+                      "devices": mesh.size}), flush=True)
+    return params
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
