@@ -66,7 +66,7 @@ class Config:
     hidden: int = 10
     batch_size: int = 128
     val_fraction: float = 0.2
-    init: str = "official"
+    init: str = "uniform"  # GmP init: "uniform" (paper, default) or "official" (released code)
     plateau_factor: float = 0.1
     plateau_patience: int = 50
     plateau_min_delta: float = 1e-4

@@ -61,7 +61,7 @@ class Config:
     num_train: int = 50
     noise: float = 0.1
     data_seed: int = 0
-    init: str = "official"  # GmP init: "official" (r = |w_glorot|) or "uniform" (paper: r = 1)
+    init: str = "uniform"  # GmP init: "uniform" (paper: r = 1, default) or "official" (released code: r = |w_glorot|)
     plateau_factor: float = 0.1
     plateau_patience: int = 500
     plateau_min_delta: float = 1e-4

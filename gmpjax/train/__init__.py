@@ -1,7 +1,12 @@
 """The one training engine of gmpjax (pure train/eval steps over an nnx module, loops, logging).
 
-Sharding (``gmpjax.train.sharding``) and checkpointing (``gmpjax.train.checkpoint``)
-extend the same ``TrainState``.
+Submodules extend the same ``TrainState``:
+
+* ``gmpjax.train.engine``: ``TrainState``, train/eval step factories, scans, early stopping, ``fit``.
+* ``gmpjax.train.sharding``: data-parallel meshes, batch sharding, multi-host initialisation.
+* ``gmpjax.train.checkpoint``: orbax ``Checkpointer`` with atomic saves and validated restores.
+* ``gmpjax.train.plateau`` / ``gmpjax.train.schedules``: vmappable reduce-on-plateau and lr schedules.
+* ``gmpjax.train.two_phase``: the triangular-wave schedule (peak-space pre-training, then raw weights).
 """
 
 from gmpjax.train.engine import (
