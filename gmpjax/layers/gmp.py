@@ -8,6 +8,7 @@ unit sphere, ``offset`` (lambda) is its signed distance from the origin and
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, Literal, Sequence
 
@@ -45,6 +46,7 @@ def _check_features(in_features: int, out_features: int, name: str) -> None:
             raise ValueError(f"{name}: {arg} must be a positive int (got {v!r}).")
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))  # one compiled program per layer shape
 def _init_gmp(
     key: Array, fan_in: int, fan_out: int, init: str, dtype
 ) -> tuple[Array | None, Array, Array]:
