@@ -42,6 +42,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from experiments.common import COLORS, lr_for  # noqa: E402
 from gmpjax import cab  # noqa: E402
 from gmpjax.data.banana import banana_splits  # noqa: E402
 from gmpjax.layers import check_parameterization  # noqa: E402
@@ -52,8 +53,6 @@ from gmpjax.train.plateau import plateau_init, plateau_update, set_learning_rate
 METHODS = ("gmp", "sp", "wn", "bn")
 # Test accuracies stored in the released notebook (seed 0; lr 0.1 GmP / 0.01 others; early stopping on test).
 PAPER_ACC = {"gmp": 0.885, "sp": 0.80, "bn": 0.875, "wn": 0.81}
-CV_LR = {"gmp": 0.1, "sp": 0.01, "wn": 0.01, "bn": 0.01}
-COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
 
 
 @dataclasses.dataclass
@@ -74,18 +73,6 @@ class Config:
     adam_eps: float = 1e-7
     grid: int = 150  # decision-boundary grid per axis
     out: str = "results/banana_2d"
-
-
-def lr_for(method: str, lr: str) -> float:
-    if lr == "cv":
-        return CV_LR[method]
-    try:
-        v = float(lr)
-    except ValueError:
-        raise ValueError(f"--lr must be 'cv' or a positive number (got {lr!r}).") from None
-    if v <= 0:
-        raise ValueError(f"--lr must be positive (got {lr!r}).")
-    return v
 
 
 def bce_loss(model, batch):

@@ -38,6 +38,7 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from experiments.common import COLORS, lr_for  # noqa: E402
 from gmpjax import cab  # noqa: E402
 from gmpjax.layers import check_parameterization  # noqa: E402
 from gmpjax.models import MLP  # noqa: E402
@@ -46,8 +47,6 @@ from gmpjax.train import early_stopping_init, early_stopping_update, init_replic
 METHODS = ("gmp", "sp", "wn", "bn")
 # Test RMSE stored in the released notebook (seed 0, lr 0.1 GmP / 0.01 others).
 PAPER_RMSE = {"gmp": 0.496, "sp": 1.104, "bn": 1.244, "wn": 1.219}
-CV_LR = {"gmp": 0.1, "sp": 0.01, "wn": 0.01, "bn": 0.01}
-COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
 
 
 @dataclasses.dataclass
@@ -84,18 +83,6 @@ def make_data(cfg: Config) -> dict[str, np.ndarray]:
     y = levy(x) + rng.normal(0.0, cfg.noise, size=(cfg.num_train, 1))
     xt = np.arange(-10.0, 10.1, 0.1).reshape(-1, 1)
     return {"x": x, "y": y, "x_test": xt, "y_test": levy(xt)}
-
-
-def lr_for(method: str, lr: str) -> float:
-    if lr == "cv":
-        return CV_LR[method]
-    try:
-        v = float(lr)
-    except ValueError:
-        raise ValueError(f"--lr must be 'cv' or a positive number (got {lr!r}).") from None
-    if v <= 0:
-        raise ValueError(f"--lr must be positive (got {lr!r}).")
-    return v
 
 
 def mae_loss(model, batch):

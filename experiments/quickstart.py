@@ -33,6 +33,7 @@ from flax import nnx
 
 from experiments.levy_1d import Config as LevyConfig
 from experiments.levy_1d import make_data as levy_data
+from experiments.levy_1d import mae_loss
 from gmpjax.layers import check_parameterization
 from gmpjax.models import MLP
 from gmpjax.train import init_replicas, make_train_step, scan_steps_same_batch
@@ -56,11 +57,6 @@ def make_data(cfg: Config):
     return (jnp.asarray(d["x"]), jnp.asarray(d["y"])), (jnp.asarray(d["x_test"]), jnp.asarray(d["y_test"]))
 
 
-def _mae(model, batch):
-    x, y = batch
-    return jnp.mean(jnp.abs(model(x) - y))
-
-
 def train_method(method: str, cfg: Config, train, test):
     lr = cfg.lr_gmp if method.startswith("gmp") else cfg.lr_other
     tx = optax.adam(lr, eps=1e-7)
@@ -69,7 +65,7 @@ def train_method(method: str, cfg: Config, train, test):
         lambda k: MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(k)),
         keys, tx,
     )
-    step = make_train_step(graphdef, tx, _mae)
+    step = make_train_step(graphdef, tx, mae_loss)
 
     @jax.jit
     def run(states):

@@ -1,0 +1,20 @@
+"""Settings shared by the small GmP experiments (Levy, banana, quickstart)."""
+
+from __future__ import annotations
+
+# Learning rates of the paper's cross-validated comparison (Figs. 2-3): 0.1 for GmP, 0.01 for the others.
+CV_LR = {"gmp": 0.1, "sp": 0.01, "wn": 0.01, "bn": 0.01}
+COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
+
+
+def lr_for(method: str, lr: str) -> float:
+    """Learning rate of ``method``: ``lr == "cv"`` gives ``CV_LR[method]``, else ``float(lr) > 0``."""
+    if lr == "cv":
+        return CV_LR[method]
+    try:
+        v = float(lr)
+    except ValueError:
+        raise ValueError(f"--lr must be 'cv' or a positive number (got {lr!r}).") from None
+    if v <= 0:
+        raise ValueError(f"--lr must be positive (got {lr!r}).")
+    return v
