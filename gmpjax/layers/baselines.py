@@ -146,14 +146,21 @@ class WNConv(nnx.Module, _ConvGeometry):
         return _apply(self.activation, z + self.bias[...])
 
 
+def _batch_norm(features: int, epsilon: float, momentum: float, param_dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+    """``nnx.BatchNorm`` whose running statistics use ``param_dtype`` (flax keeps them in float32)."""
+    norm = nnx.BatchNorm(features, epsilon=epsilon, momentum=momentum, param_dtype=param_dtype, rngs=rngs)
+    norm.mean = nnx.BatchStat(jnp.zeros((features,), param_dtype))
+    norm.var = nnx.BatchStat(jnp.ones((features,), param_dtype))
+    return norm
+
+
 class BNDense(nnx.Module):
     """``act(BatchNorm(x @ kernel + bias))`` with Keras' epsilon 1e-3 and momentum 0.99."""
 
     def __init__(self, in_features: int, out_features: int, *, activation: Activation = nnx.relu,
                  epsilon: float = 1e-3, momentum: float = 0.99, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.linear = SPDense(in_features, out_features, activation=None, param_dtype=param_dtype, rngs=rngs)
-        self.norm = nnx.BatchNorm(out_features, epsilon=epsilon, momentum=momentum,
-                                  param_dtype=param_dtype, rngs=rngs)
+        self.norm = _batch_norm(out_features, epsilon, momentum, param_dtype, rngs)
         self.activation = activation
 
     def __call__(self, x: Array) -> Array:
@@ -168,8 +175,7 @@ class BNConv(nnx.Module):
                  epsilon: float = 1e-3, momentum: float = 0.99, param_dtype=jnp.float32, rngs: nnx.Rngs):
         self.conv = SPConv(in_features, out_features, kernel_size, strides=strides, padding=padding,
                            kernel_dilation=kernel_dilation, activation=None, param_dtype=param_dtype, rngs=rngs)
-        self.norm = nnx.BatchNorm(out_features, epsilon=epsilon, momentum=momentum,
-                                  param_dtype=param_dtype, rngs=rngs)
+        self.norm = _batch_norm(out_features, epsilon, momentum, param_dtype, rngs)
         self.activation = activation
 
     def __call__(self, x: Array) -> Array:
