@@ -33,9 +33,11 @@ def check_input(x: Array, in_features: int, name: str) -> Array:
             f"{name} expects a floating-point input (got dtype {x.dtype}); cast with x.astype(jnp.float32)."
         )
     if x.ndim < 1 or x.shape[-1] != in_features:
+        hint = " (reshape a batch of scalars with x[:, None])" if in_features == 1 else ""
         raise ValueError(
-            f"{name} was built with in_features={in_features} but got an input of shape {x.shape}; "
-            f"the last axis must have size {in_features}."
+            f"{name} was built with in_features={in_features}, so it expects inputs of shape "
+            f"(..., {in_features}), but got {x.shape}; "
+            f"the last axis must have size {in_features}{hint}."
         )
     return x
 

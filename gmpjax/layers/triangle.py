@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from gmpjax import triangular as tri
+from gmpjax.layers.gmp import check_input
 from gmpjax.regions import relu_mlp
 
 Array = jax.Array
@@ -35,18 +36,6 @@ S0_BOUND_INIT = 5.0
 PeakInit = Literal["uniform", "half"]
 
 __all__ = ["ReLUMLP", "TriangleNet", "TriangleActivation", "init_peaks"]
-
-
-def _check_input(x, in_features: int, name: str) -> Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{name} expects a floating-point input (got dtype {x.dtype}); cast with x.astype(jnp.float32).")
-    if x.ndim < 1 or x.shape[-1] != in_features:
-        raise ValueError(
-            f"{name} expects inputs of shape (..., {in_features}) but got {x.shape}; "
-            + ("reshape a batch of scalars with x[:, None]." if in_features == 1 else f"the last axis must be {in_features}.")
-        )
-    return x
 
 
 def init_peaks(key: Array, shape: Sequence[int], init: PeakInit = "uniform", peak_range=(0.2, 0.8),
@@ -91,6 +80,16 @@ def _raai(key, fan_in: int, fan_out: int, dtype):
     return v[:, :fan_in].T, v[:, fan_in]
 
 
+
+def _check_modes(scales: str, s0: str, mode: str) -> None:
+    """Validate the scale, s0 and parameter-mode options shared by TriangleNet and TriangleActivation."""
+    if scales not in ("theorem31", "free"):
+        raise ValueError(f"scales must be 'theorem31' or 'free'; got {scales!r}.")
+    if s0 not in ("bounded", "trained", "normalised"):
+        raise ValueError(f"s0 must be 'bounded', 'trained' or 'normalised'; got {s0!r}.")
+    if mode not in ("peaks", "raw"):
+        raise ValueError(f"mode must be 'peaks' or 'raw'; got {mode!r}.")
+
 class ReLUMLP(nnx.Module):
     """Plain ReLU MLP ``relu(... relu(x @ K_0 + b_0) ...) @ K_L + b_L`` (ReLU on all but the last layer).
 
@@ -127,7 +126,7 @@ class ReLUMLP(nnx.Module):
         return [(k[...], b[...]) for k, b in zip(self.kernels, self.biases)]
 
     def __call__(self, x: Array) -> Array:
-        x = _check_input(x, self.in_features, "ReLUMLP")
+        x = check_input(x, self.in_features, "ReLUMLP")
         return relu_mlp(self.layer_arrays(), x)
 
 
@@ -172,12 +171,7 @@ class TriangleNet(nnx.Module):
                  param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
         self.depth = tri.check_depth(depth)
         self.sign = tri.check_sign(sign)
-        if scales not in ("theorem31", "free"):
-            raise ValueError(f"scales must be 'theorem31' or 'free'; got {scales!r}.")
-        if s0 not in ("bounded", "trained", "normalised"):
-            raise ValueError(f"s0 must be 'bounded', 'trained' or 'normalised'; got {s0!r}.")
-        if mode not in ("peaks", "raw"):
-            raise ValueError(f"mode must be 'peaks' or 'raw'; got {mode!r}.")
+        _check_modes(scales, s0, mode)
         self.scale_mode, self.s0_mode, self.margin, self.mode = scales, s0, float(margin), mode
         self.output_affine = bool(output_affine)
         if peaks is None:
@@ -262,7 +256,7 @@ class TriangleNet(nnx.Module):
         return ReLUMLP(layers=self._peak_layers())
 
     def __call__(self, x: Array) -> Array:
-        x = _check_input(x, 1, "TriangleNet")
+        x = check_input(x, 1, "TriangleNet")
         return relu_mlp(self.layer_arrays(), x)
 
 
@@ -318,12 +312,7 @@ class TriangleActivation(nnx.Module):
         self.features = int(features)
         self.depth = tri.check_depth(depth)
         self.sign = tri.check_sign(sign)
-        if scales not in ("theorem31", "free"):
-            raise ValueError(f"scales must be 'theorem31' or 'free'; got {scales!r}.")
-        if s0 not in ("bounded", "trained", "normalised"):
-            raise ValueError(f"s0 must be 'bounded', 'trained' or 'normalised'; got {s0!r}.")
-        if mode not in ("peaks", "raw"):
-            raise ValueError(f"mode must be 'peaks' or 'raw'; got {mode!r}.")
+        _check_modes(scales, s0, mode)
         self.scale_mode, self.s0_mode, self.margin, self.mode = scales, s0, float(margin), mode
         a = init_peaks(rngs.params(), (self.features, self.depth + 1), peak_init, peak_range, param_dtype)
         s = tri.theorem31_scales(a, tri.normalised_s0(a))
@@ -404,5 +393,5 @@ class TriangleActivation(nnx.Module):
         return new
 
     def __call__(self, x: Array) -> Array:
-        x = _check_input(x, self.features, "TriangleActivation")
+        x = check_input(x, self.features, "TriangleActivation")
         return _batched_forward(self.stacked_layers(), x)
