@@ -90,6 +90,20 @@ def _check_modes(scales: str, s0: str, mode: str) -> None:
     if mode not in ("peaks", "raw"):
         raise ValueError(f"mode must be 'peaks' or 'raw'; got {mode!r}.")
 
+def _first_scale(m: nnx.Module, a: Array) -> Array:
+    """s0 of a TriangleNet / TriangleActivation ``m`` with peaks ``a``, by its ``s0_mode``.
+
+    "trained": ``exp(log_s0)``; "normalised": ``normalised_s0(a)``; "bounded":
+    ``normalised_s0(a) * sigmoid(s0_logit)``.
+    """
+    if m.s0_mode == "trained":
+        return jnp.exp(m.log_s0[...])
+    s0 = tri.normalised_s0(a)
+    if m.s0_mode == "bounded":
+        s0 = s0 * jax.nn.sigmoid(m.s0_logit[...])
+    return s0
+
+
 class ReLUMLP(nnx.Module):
     """Plain ReLU MLP ``relu(... relu(x @ K_0 + b_0) ...) @ K_L + b_L`` (ReLU on all but the last layer).
 
@@ -215,13 +229,7 @@ class TriangleNet(nnx.Module):
         s0 = self._s0(a)
         return tri.theorem31_scales(a, s0)
 
-    def _s0(self, a: Array) -> Array:
-        if self.s0_mode == "trained":
-            return jnp.exp(self.log_s0[...])
-        s0 = tri.normalised_s0(a)
-        if self.s0_mode == "bounded":
-            s0 = s0 * jax.nn.sigmoid(self.s0_logit[...])
-        return s0
+    _s0 = _first_scale
 
     def _require_peaks(self, what: str):
         if self.mode != "peaks":
@@ -332,13 +340,7 @@ class TriangleActivation(nnx.Module):
                 if hasattr(self, name):
                     delattr(self, name)
 
-    def _s0(self, a: Array) -> Array:
-        if self.s0_mode == "trained":
-            return jnp.exp(self.log_s0[...])
-        s0 = tri.normalised_s0(a)
-        if self.s0_mode == "bounded":
-            s0 = s0 * jax.nn.sigmoid(self.s0_logit[...])
-        return s0
+    _s0 = _first_scale
 
     def peaks(self) -> Array:
         """``(features, d + 1)`` peaks."""
