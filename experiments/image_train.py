@@ -493,3 +493,23 @@ def paper_table(rows: dict[str, dict], ours: dict[str, Any], columns: Sequence[s
     lines.append(f"\nours: {cfg['dataset']}, batch {cfg['batch_size']}, {ours['epochs_done']:.1f} epochs, "
                  f"width x{cfg['width']}, image {cfg['image_size']}px (paper: ImageNet, 90 epochs, full width)")
     return "\n".join(lines)
+
+
+def cli_main(argv: Sequence[str] | None, *, doc: str, defaults: ImageConfig, quick: dict[str, Any],
+             paper: dict[str, dict[str, tuple[float, float]]], batch_sizes: Sequence[str]) -> dict:
+    """The CLI shared by the image scripts: parse, train, print the paper's table beside ours."""
+    name = defaults.experiment
+    p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc.split("\n")[0])
+    add_arguments(p, defaults)
+    args = p.parse_args(argv)
+    cfg = config_from_args(args, defaults, quick)
+    if cfg.quick and args.workdir is None:
+        cfg = dataclasses.replace(cfg, workdir=f"results/{name}/quick_{cfg.parameterization}")
+    out = run(cfg)
+    print()
+    print(paper_table(paper, out, tuple(batch_sizes)))
+    chance = 100 * out["chance_top1"]
+    print(f"\nours: {out['config']['dataset']}, top-1 {100 * out['val_top1']:.2f}% (chance {chance:.1f}%), "
+          f"top-5 {100 * out['val_top5']:.2f}%, {out['images_per_s_median'] or float('nan'):.0f} images/s on "
+          f"{out['devices']} x {out['device_kind']}, {out['wall_s']:.0f} s; files in {out['config']['workdir']}")
+    return out

@@ -17,11 +17,9 @@ chance is 10%).
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import sys
 
-from experiments.image_train import ImageConfig, add_arguments, config_from_args, paper_table, run
+from experiments.image_train import ImageConfig, cli_main
 
 # Table 2: top-1 / top-5 validation accuracy (%) by batch size (mean over runs; +- omitted).
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
@@ -40,20 +38,7 @@ QUICK = {"dataset": "digits", "batch_size": 64, "epochs": 6, "width": 0.25, "bou
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m experiments.imagenet32_vgg6", description=__doc__.split("\n")[0])
-    add_arguments(p, DEFAULTS)
-    args = p.parse_args(argv)
-    cfg = config_from_args(args, DEFAULTS, QUICK)
-    if cfg.quick and args.workdir is None:
-        cfg = dataclasses.replace(cfg, workdir=f"results/imagenet32_vgg6/quick_{cfg.parameterization}")
-    out = run(cfg)
-    print()
-    print(paper_table(PAPER_TABLE2, out, ("256", "512", "1024")))
-    chance = 100 * out["chance_top1"]
-    print(f"\nours: {out['config']['dataset']}, top-1 {100 * out['val_top1']:.2f}% (chance {chance:.1f}%), "
-          f"top-5 {100 * out['val_top5']:.2f}%, {out['images_per_s_median'] or float('nan'):.0f} images/s on "
-          f"{out['devices']} x {out['device_kind']}, {out['wall_s']:.0f} s; files in {out['config']['workdir']}")
-    return out
+    return cli_main(argv, doc=__doc__, defaults=DEFAULTS, quick=QUICK, paper=PAPER_TABLE2, batch_sizes=("256", "512", "1024"))
 
 
 if __name__ == "__main__":
