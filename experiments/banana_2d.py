@@ -34,11 +34,10 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -82,7 +81,8 @@ def bce_loss(model, batch):
 
 def accuracy(model, batch):
     x, y = batch
-    return {"acc": jnp.mean((model(x)[:, 0] > 0) == (y > 0.5)), "logit": model(x)[:, 0]}
+    logit = model(x)[:, 0]
+    return {"acc": jnp.mean((logit > 0) == (y.astype(logit.dtype) > 0.5), dtype=logit.dtype), "logit": logit}
 
 
 def batch_indices(key, n: int, batch_size: int) -> jnp.ndarray:
@@ -94,7 +94,7 @@ def batch_indices(key, n: int, batch_size: int) -> jnp.ndarray:
     """
     nb = math.ceil(n / batch_size)
     perm = jax.random.permutation(key, n)
-    rows = [perm[i * batch_size:(i + 1) * batch_size] for i in range(nb - 1)] + [perm[n - batch_size:]]
+    rows = [perm[i * batch_size : (i + 1) * batch_size] for i in range(nb - 1)] + [perm[n - batch_size :]]
     return jnp.stack(rows)
 
 
@@ -103,8 +103,9 @@ def train_method(method: str, lr: float, cfg: Config, data) -> dict[str, np.ndar
     tx = optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=cfg.adam_eps)
 
     def make(key):
-        return MLP(2, (cfg.hidden,), 1, parameterization=method, init=cfg.init, param_dtype=jnp.float64,
-                   rngs=nnx.Rngs(key))
+        return MLP(
+            2, (cfg.hidden,), 1, parameterization=method, init=cfg.init, param_dtype=jnp.float64, rngs=nnx.Rngs(key)
+        )
 
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
     graphdef, state0 = init_replicas(make, keys, tx)
@@ -141,31 +142,60 @@ def train_method(method: str, lr: float, cfg: Config, data) -> dict[str, np.ndar
             c = jax.tree.map(keep, prev, c)
             dphi, dtheta = jnp.where(frozen, 0.0, dphi), jnp.where(frozen, 0.0, dtheta)
             es = early_stopping_update(es, -val, (new.params, new.rest), ep + 1, patience=cfg.es_patience)
-            plat2 = plateau_update(plat, -val, patience=cfg.plateau_patience, factor=cfg.plateau_factor,
-                                   min_delta=cfg.plateau_min_delta)
+            plat2 = plateau_update(
+                plat, -val, patience=cfg.plateau_patience, factor=cfg.plateau_factor, min_delta=cfg.plateau_min_delta
+            )
             plat = jax.tree.map(keep, plat, plat2)
             new = new.replace(opt_state=set_learning_rate(new.opt_state, lr * plat.scale))
-            rec = {"loss": jnp.mean(loss), "val_acc": val, "dphi": dphi, "dtheta": dtheta, "loc": c.location,
-                   "lr": lr * plat.scale, "frozen": frozen}
+            rec = {
+                "loss": jnp.mean(loss),
+                "val_acc": val,
+                "dphi": dphi,
+                "dtheta": dtheta,
+                "loc": c.location,
+                "lr": lr * plat.scale,
+                "frozen": frozen,
+            }
             return (new, c, es, plat), rec
 
         carry0 = (state, c0, es0, plateau_init(jnp.float64))
         (final, _, es, _), hist = jax.lax.scan(epoch, carry0, jnp.arange(cfg.epochs))
         params, rest = es.best_params
-        best = final.replace(params=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), params, final.params),
-                             rest=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), rest, final.rest))
+        best = final.replace(
+            params=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), params, final.params),
+            rest=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), rest, final.rest),
+        )
         test = evaluate(best, (xt, yt))["acc"]
         probs = jax.nn.sigmoid(evaluate(best, (grid, jnp.zeros(grid.shape[0])))["logit"])
         epochs_run = jnp.sum(~hist["frozen"])
-        return {"test_acc": test, "val_acc_best": -es.best, "epochs_run": epochs_run, "stopped": es.stopped,
-                "loc0": c0.location, "loc": hist["loc"], "loc_best": track(best).location,
-                "max_dphi": hist["dphi"].reshape(-1), "max_dtheta": hist["dtheta"].reshape(-1),
-                "val_acc": hist["val_acc"], "lr_hist": hist["lr"], "probs": probs}
+        return {
+            "test_acc": test,
+            "val_acc_best": -es.best,
+            "epochs_run": epochs_run,
+            "stopped": es.stopped,
+            "loc0": c0.location,
+            "loc": hist["loc"],
+            "loc_best": track(best).location,
+            "max_dphi": hist["dphi"].reshape(-1),
+            "max_dtheta": hist["dtheta"].reshape(-1),
+            "val_acc": hist["val_acc"],
+            "lr_hist": hist["lr"],
+            "probs": probs,
+        }
 
     fn = jax.jit(jax.vmap(one, in_axes=(0, 0) + (None,) * 7))
     d = lambda a: jnp.asarray(a)  # noqa: E731
-    out = fn(state0, jax.random.split(jax.random.key(cfg.seed + 1), cfg.seeds), d(data.x_train), d(data.y_train),
-             d(data.x_val), d(data.y_val), d(data.x_test), d(data.y_test), grid)
+    out = fn(
+        state0,
+        jax.random.split(jax.random.key(cfg.seed + 1), cfg.seeds),
+        d(data.x_train),
+        d(data.y_train),
+        d(data.x_val),
+        d(data.y_val),
+        d(data.x_test),
+        d(data.y_test),
+        grid,
+    )
     out = jax.tree.map(np.asarray, out)
     out["grid"] = np.asarray(grid)
     return out
@@ -179,12 +209,18 @@ def summarize(res: dict, cfg: Config, steps_per_epoch: int) -> dict:
         steps = r["epochs_run"] * steps_per_epoch
         mask = np.arange(r["max_dtheta"].shape[1])[None, :] < steps[:, None]
         dth = np.degrees(np.where(mask, r["max_dtheta"], 0.0))
-        summ[m] = {"test_acc_mean": float(acc.mean()), "test_acc_se": se, "test_acc_per_seed": acc.tolist(),
-                   "val_acc_best_per_seed": r["val_acc_best"].tolist(), "epochs_run": r["epochs_run"].tolist(),
-                   "max_dtheta_deg_max": float(dth.max()), "max_dtheta_deg_median": float(np.median(dth[mask])),
-                   "frac_steps_dtheta_ge_30deg": float((dth >= 30).sum() / mask.sum()),
-                   "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()),
-                   "paper_test_acc_seed0": PAPER_ACC.get(m)}
+        summ[m] = {
+            "test_acc_mean": float(acc.mean()),
+            "test_acc_se": se,
+            "test_acc_per_seed": acc.tolist(),
+            "val_acc_best_per_seed": r["val_acc_best"].tolist(),
+            "epochs_run": r["epochs_run"].tolist(),
+            "max_dtheta_deg_max": float(dth.max()),
+            "max_dtheta_deg_median": float(np.median(dth[mask])),
+            "frac_steps_dtheta_ge_30deg": float((dth >= 30).sum() / mask.sum()),
+            "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()),
+            "paper_test_acc_seed0": PAPER_ACC.get(m),
+        }
     return summ
 
 
@@ -228,7 +264,7 @@ def plot_dtheta(res: dict, steps_per_epoch: int, path: str) -> None:
 def plot_boundaries(res: dict, data, cfg: Config, path: str) -> None:
     ms = list(res)
     fig, axes = plt.subplots(1, len(ms), figsize=(4 * len(ms), 4), squeeze=False)
-    for ax, m in zip(axes[0], ms):
+    for ax, m in zip(axes[0], ms, strict=True):
         r = res[m]
         g = r["grid"]
         p = r["probs"][0].reshape(cfg.grid, cfg.grid)
@@ -238,8 +274,9 @@ def plot_boundaries(res: dict, data, cfg: Config, path: str) -> None:
         ax.scatter(data.x_test[:, 0], data.x_test[:, 1], c=data.y_test, cmap="bwr", s=6, edgecolors="none")
         loc = r["loc_best"][0]
         ax.scatter(loc[:, 0], loc[:, 1], marker="*", c="red", s=120, edgecolors="k")
-        ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal",
-               title=f"{m.upper()} test acc {r['test_acc'][0]:.3f} (seed 0)")
+        ax.set(
+            xlim=(-3, 3), ylim=(-3, 3), aspect="equal", title=f"{m.upper()} test acc {r['test_acc'][0]:.3f} (seed 0)"
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -266,9 +303,13 @@ def run(cfg: Config) -> dict:
     plot_trajectories(res, os.path.join(cfg.out, "banana_trajectories.png"))
     plot_dtheta(res, steps_per_epoch, os.path.join(cfg.out, "banana_max_dtheta.png"))
     plot_boundaries(res, data, cfg, os.path.join(cfg.out, "banana_boundaries.png"))
-    out = {"config": dataclasses.asdict(cfg), "sizes": {"train": len(data.x_train), "val": len(data.x_val),
-                                                      "test": len(data.x_test)},
-           "steps_per_epoch": steps_per_epoch, "methods": summ, "wall_s": time.time() - t_all}
+    out = {
+        "config": dataclasses.asdict(cfg),
+        "sizes": {"train": len(data.x_train), "val": len(data.x_val), "test": len(data.x_test)},
+        "steps_per_epoch": steps_per_epoch,
+        "methods": summ,
+        "wall_s": time.time() - t_all,
+    }
     with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
         json.dump(out, f, indent=2)
     return out
@@ -276,14 +317,21 @@ def run(cfg: Config) -> dict:
 
 def print_table(out: dict) -> None:
     c = out["config"]
-    print(f"2-D banana, {c['seeds']} seeds, <= {c['epochs']} epochs, split {out['sizes']}, GmP init {c['init']!r}; "
-          f"total wall {out['wall_s']:.1f} s")
-    print(f"{'method':>6} {'lr':>5} | {'test acc mean +- s.e.':>21} | {'paper (seed 0)':>14} | "
-          f"{'max_t max_i|dtheta| deg':>23} | {'median deg':>10} | {'epochs run':>18} | {'wall s':>6}")
+    print(
+        f"2-D banana, {c['seeds']} seeds, <= {c['epochs']} epochs, split {out['sizes']}, GmP init {c['init']!r}; "
+        f"total wall {out['wall_s']:.1f} s"
+    )
+    print(
+        f"{'method':>6} {'lr':>5} | {'test acc mean +- s.e.':>21} | {'paper (seed 0)':>14} | "
+        f"{'max_t max_i|dtheta| deg':>23} | {'median deg':>10} | {'epochs run':>18} | {'wall s':>6}"
+    )
     for m, s in out["methods"].items():
-        print(f"{m.upper():>6} {s['lr']:>5g} | {s['test_acc_mean']:>11.3f} +- {s['test_acc_se']:<6.3f} | "
-              f"{s['paper_test_acc_seed0']:>14} | {s['max_dtheta_deg_max']:>23.2f} | {s['max_dtheta_deg_median']:>10.3g} | "
-              f"{str(s['epochs_run']):>18} | {s['wall_s_incl_compile']:>6.1f}")
+        print(
+            f"{m.upper():>6} {s['lr']:>5g} | {s['test_acc_mean']:>11.3f} +- {s['test_acc_se']:<6.3f} | "
+            f"{s['paper_test_acc_seed0']:>14} | {s['max_dtheta_deg_max']:>23.2f} | "
+            f"{s['max_dtheta_deg_median']:>10.3g} | "
+            f"{str(s['epochs_run']):>18} | {s['wall_s_incl_compile']:>6.1f}"
+        )
     print("Paper (Fig. 3i): GmP's max|dtheta| stays low; other parameterizations reach up to 180 deg.")
 
 
@@ -295,8 +343,12 @@ def main(argv=None) -> dict:
     p.add_argument("--lr", default=Config.lr, help="'cv' (0.1 GmP / 0.01 others) or a number for all methods")
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--val-fraction", type=float, default=Config.val_fraction,
-                   help="validation part of the 800 training points; 0 = notebook protocol (monitor the test set)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=Config.val_fraction,
+        help="validation part of the 800 training points; 0 = notebook protocol (monitor the test set)",
+    )
     p.add_argument("--init", choices=("official", "uniform"), default=Config.init)
     p.add_argument("--data-dir", default=None, help="sets $GMPJAX_DATA_DIR (the folder holding banana/2d_banana.csv)")
     a = p.parse_args(argv)

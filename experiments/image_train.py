@@ -11,10 +11,14 @@ code's ReduceLROnPlateau on validation top-5 with early stopping
 
 Checkpoints (``gmpjax.train.checkpoint.Checkpointer``, orbax) hold the whole
 ``TrainState`` (params, batch statistics, optimizer state, step) plus, in
-``extra``, the data-iterator position, the plateau state, the seed and the
-config; ``--resume`` continues from the newest one and gives the same result as
-an uninterrupted run, because every batch is a pure function of its
-``(epoch, step)`` position (``gmpjax.data.images``). A fresh run refuses to
+``extra``, the plateau state, the seed and the config, plus the grain data
+iterator's state (item ``data``); ``--resume`` continues from the newest one with
+the very batch the interrupted run would have read next and gives the same result
+as an uninterrupted run, because every batch is a pure function of its
+``(epoch, step)`` position (``gmpjax.data.images``), whatever ``--workers`` is.
+Loading and augmentation run in ``--workers`` grain processes (default: the
+visible cores); the uint8 batches are converted to float (+ colour noise, - mean)
+inside the jitted steps. A fresh run refuses to
 start in a work directory that already holds checkpoints.
 
 Files in ``--workdir``: ``metrics.jsonl`` (train loss/top-1/top-5 every
@@ -27,12 +31,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import os
 import statistics
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,16 +46,22 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gmpjax.data.images import DATASETS, ImageLoader, load_source, make_preprocess, prefetch_to_device
+from gmpjax.data.images import DATASETS, ImageLoader, Preprocess, load_source, make_preprocess, visible_cores
 from gmpjax.layers import check_parameterization
-from gmpjax.models import ResNet18, VGG6
+from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
 from gmpjax.train import sharding as shd
 from gmpjax.train.checkpoint import Checkpointer, abstract_state
 from gmpjax.train.engine import MetricsLogger, fit, init_train_state, make_eval_step, make_train_step
 from gmpjax.train.plateau import plateau_init, set_learning_rate
-from gmpjax.train.schedules import (PAPER_BOUNDARIES, RELEASED_EARLY_STOP_PATIENCE, piecewise_epochs,
-                                    plateau_from_json, plateau_to_json, released_plateau_update)
+from gmpjax.train.schedules import (
+    PAPER_BOUNDARIES,
+    RELEASED_EARLY_STOP_PATIENCE,
+    piecewise_epochs,
+    plateau_from_json,
+    plateau_to_json,
+    released_plateau_update,
+)
 
 MODELS = ("vgg6", "resnet18")
 PAPER_BATCH_SIZES = (256, 512, 1024)
@@ -83,7 +95,7 @@ class ImageConfig:
     log_every: int = 50
     max_eval_batches: int | None = None
     tfds_data_dir: str | None = None
-    num_threads: int | None = None
+    workers: int | None = None
     distributed: bool = False
     progress: bool = True
     quick: bool = False
@@ -105,10 +117,14 @@ def validate(cfg: ImageConfig) -> ImageConfig:
         v = getattr(cfg, name)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive int (got {v!r}).")
-    for name in ("max_steps", "max_eval_batches", "image_size", "num_threads"):
+    for name in ("max_steps", "max_eval_batches", "image_size"):
         v = getattr(cfg, name)
         if v is not None and (not isinstance(v, int) or v < 1):
             raise ValueError(f"--{name.replace('_', '-')} must be a positive int (got {v!r}).")
+    if cfg.workers is not None and (
+        not isinstance(cfg.workers, int) or isinstance(cfg.workers, bool) or cfg.workers < 0
+    ):
+        raise ValueError(f"--workers must be an int >= 0 (0: load in the training process), got {cfg.workers!r}.")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ValueError(f"--lr must be > 0 (got {cfg.lr!r}).")
     if cfg.schedule not in ("piecewise", "plateau"):
@@ -121,9 +137,14 @@ def validate(cfg: ImageConfig) -> ImageConfig:
     if cfg.model == "vgg6" and image_size % 8:
         raise ValueError(f"--image-size must be a multiple of 8 for VGG-6 (got {image_size}).")
     workdir = cfg.workdir or os.path.join("results", cfg.experiment, f"{p}_bs{cfg.batch_size}")
-    return dataclasses.replace(cfg, parameterization=p, image_size=image_size, workdir=workdir,
-                               lr=cfg.lr if cfg.lr is not None else default_lr(cfg.model, p),
-                               boundaries=tuple(int(b) for b in cfg.boundaries))
+    return dataclasses.replace(
+        cfg,
+        parameterization=p,
+        image_size=image_size,
+        workdir=workdir,
+        lr=cfg.lr if cfg.lr is not None else default_lr(cfg.model, p),
+        boundaries=tuple(int(b) for b in cfg.boundaries),
+    )
 
 
 _CONSTRUCTORS: dict[tuple, Any] = {}
@@ -142,29 +163,48 @@ def build_model(cfg: ImageConfig, num_classes: int) -> nnx.Module:
             widths = tuple(max(1, round(w * cfg.width)) for w in VGG6_WIDTHS)
 
             def make(k):
-                return VGG6(num_classes, parameterization=cfg.parameterization, init=cfg.init, widths=widths,
-                            rngs=nnx.Rngs(k))
+                return VGG6(
+                    num_classes, parameterization=cfg.parameterization, init=cfg.init, widths=widths, rngs=nnx.Rngs(k)
+                )
         else:
+
             def make(k):
-                return ResNet18(num_classes, parameterization=cfg.parameterization, init=cfg.init,
-                                width=max(1, round(64 * cfg.width)), rngs=nnx.Rngs(k))
+                return ResNet18(
+                    num_classes,
+                    parameterization=cfg.parameterization,
+                    init=cfg.init,
+                    width=max(1, round(64 * cfg.width)),
+                    rngs=nnx.Rngs(k),
+                )
+
         _CONSTRUCTORS[key] = nnx.jit(make)
     return _CONSTRUCTORS[key](jax.random.key(cfg.seed))
 
 
-def make_optimizer(learning_rate, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+def make_optimizer(
+    learning_rate, momentum: float, weight_decay: float, *, decay_all: bool = False
+) -> optax.GradientTransformation:
     """SGD with heavy-ball momentum; ``weight_decay > 0`` adds ``weight_decay * params`` to the gradient (L2).
+
+    The decay goes through ``gmpjax.train.optim.weight_decay_mask``: standard kernels only,
+    never the GmP angles theta (decaying an angle turns the unit towards e_1; it is not a
+    norm penalty), radius, offsets, biases or norm scales. ``decay_all=True`` decays every
+    parameter (plain L2, the unsafe behaviour of an unmasked ``add_decayed_weights``). The
+    paper's and the released code's setting is ``weight_decay=0`` (no decay at all).
 
     Built with ``optax.inject_hyperparams`` so the learning rate lives in the optimizer state
     (``opt_state.hyperparams["learning_rate"]``), where the plateau schedule can change it.
     """
+    from gmpjax.train.optim import weight_decay_mask
 
     def sgd(learning_rate, momentum, weight_decay):
-        parts = [optax.add_decayed_weights(weight_decay)] if weight_decay else []
+        mask = None if decay_all else weight_decay_mask
+        parts = [optax.add_decayed_weights(weight_decay, mask=mask)] if weight_decay else []
         return optax.chain(*parts, optax.sgd(learning_rate, momentum=momentum))
 
     return optax.inject_hyperparams(sgd, static_args=("weight_decay",))(
-        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay)
+        learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay
+    )
 
 
 def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
@@ -174,21 +214,30 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def loss_fn(model: nnx.Module, batch: dict) -> tuple[jax.Array, dict]:
+def _images(batch: dict, preprocess: Preprocess | None) -> jax.Array:
+    """float32 model input: ``preprocess.finish`` of the uint8 batch on the device (as is when None)."""
+    return batch["image"] if preprocess is None else preprocess.finish(batch, xp=jnp)
+
+
+def loss_fn(model: nnx.Module, batch: dict, preprocess: Preprocess | None = None) -> tuple[jax.Array, dict]:
     """Mean softmax cross-entropy of integer labels; top-1/top-5 of the batch as metrics."""
-    logits = model(batch["image"])
+    logits = model(_images(batch, preprocess))
     labels = batch["label"]
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return loss, {"top1": topk_correct(logits, labels, 1).mean(), "top5": topk_correct(logits, labels, 5).mean()}
 
 
-def eval_sums(model: nnx.Module, batch: dict) -> dict:
+def eval_sums(model: nnx.Module, batch: dict, preprocess: Preprocess | None = None) -> dict:
     """Masked sums (loss, top-1 and top-5 hits, count) of one evaluation batch."""
-    logits = model(batch["image"])
+    logits = model(_images(batch, preprocess))
     labels, mask = batch["label"], batch["mask"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return {"loss": jnp.sum(ce * mask), "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
-            "top5": jnp.sum(topk_correct(logits, labels, 5) * mask), "count": jnp.sum(mask)}
+    return {
+        "loss": jnp.sum(ce * mask),
+        "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
+        "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
+        "count": jnp.sum(mask),
+    }
 
 
 def _dataset_info(dataset: str) -> dict:
@@ -225,11 +274,21 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
     train_src = load_source(cfg.dataset, info["train"], image_size=cfg.image_size, data_dir=cfg.tfds_data_dir)
     eval_src = load_source(cfg.dataset, info["eval"], image_size=cfg.image_size, data_dir=cfg.tfds_data_dir)
     kw = {"image_size": cfg.image_size}
-    train_loader = ImageLoader(train_src, global_batch_size=cfg.batch_size, train=True, seed=cfg.seed,
-                               preprocess=make_preprocess(info["kind"], train=True, crop=cfg.crop, **kw),
-                               num_threads=cfg.num_threads)
-    eval_loader = ImageLoader(eval_src, global_batch_size=cfg.batch_size, train=False, seed=cfg.seed,
-                              preprocess=make_preprocess(info["kind"], train=False, **kw), num_threads=cfg.num_threads)
+    workers = visible_cores() if cfg.workers is None else cfg.workers
+    pre_train = make_preprocess(info["kind"], train=True, crop=cfg.crop, **kw)
+    pre_eval = make_preprocess(info["kind"], train=False, **kw)
+    train_loader = ImageLoader(
+        train_src, global_batch_size=cfg.batch_size, train=True, seed=cfg.seed, preprocess=pre_train, workers=workers
+    )
+    eval_loader = ImageLoader(
+        eval_src,
+        global_batch_size=cfg.batch_size,
+        train=False,
+        seed=cfg.seed,
+        preprocess=pre_eval,
+        workers=workers,
+        steps_per_epoch=cfg.max_eval_batches,
+    )
     spe = train_loader.steps_per_epoch
     total_steps = cfg.epochs * spe if cfg.max_steps is None else min(cfg.max_steps, cfg.epochs * spe)
 
@@ -238,13 +297,29 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
     graphdef = nnx.graphdef(model)
     boundaries = tuple(b for b in cfg.boundaries if b < cfg.epochs)
     # Same architecture + optimizer + mesh in one process -> reuse the compiled steps.
-    step_key = (graphdef, cfg.schedule, cfg.lr, boundaries, spe, cfg.momentum, cfg.weight_decay,
-                tuple(d.id for d in mesh.devices.flat))
+    step_key = (
+        graphdef,
+        cfg.schedule,
+        cfg.lr,
+        boundaries,
+        spe,
+        cfg.momentum,
+        cfg.weight_decay,
+        tuple(d.id for d in mesh.devices.flat),
+        pre_train,
+        pre_eval,
+    )
     if step_key not in _STEPS:
         lr = piecewise_epochs(cfg.lr, spe, boundaries) if cfg.schedule == "piecewise" else cfg.lr
         tx = make_optimizer(lr, cfg.momentum, cfg.weight_decay)
-        _STEPS[step_key] = (tx, shd.shard_train_step(make_train_step(graphdef, tx, loss_fn), mesh, donate_state=True),
-                            shd.shard_eval_step(make_eval_step(graphdef, eval_sums), mesh))
+        # the uint8 batches become float32 (+ lighting, - mean) inside the jitted steps, on the device
+        train_loss = functools.partial(loss_fn, preprocess=pre_train)
+        eval_fn = functools.partial(eval_sums, preprocess=pre_eval)
+        _STEPS[step_key] = (
+            tx,
+            shd.shard_train_step(make_train_step(graphdef, tx, train_loss), mesh, donate_state=True),
+            shd.shard_eval_step(make_eval_step(graphdef, eval_fn), mesh),
+        )
     tx, train_step, eval_step = _STEPS[step_key]
     _, state = init_train_state(model, tx)
     del model
@@ -259,11 +334,26 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
             f"{ckpt.directory} already holds checkpoints (latest step {ckpt.latest_step()}); pass --resume to "
             "continue that run, or choose another --workdir (nothing is overwritten)."
         )
+
+    def put(batch):
+        keep = ("image", "label", "alpha") if pre_train.lighting else ("image", "label")
+        return shd.shard_batch({k: batch[k] for k in keep}, mesh)
+
+    # grain iterator (workers start at the first batch, or when the checkpoint restores its state);
+    # it keeps 2 sharded batches ahead on the devices and its state counts only the batches consumed
+    train_iter = train_loader.iterate(put=put, prefetch=2)
     if cfg.resume and ckpt.latest_step() is not None:
-        state, extra = ckpt.restore_latest(abstract_state(state, shd.replicated_sharding(mesh)))
+        try:
+            state, extra = ckpt.restore_latest(
+                abstract_state(state, shd.replicated_sharding(mesh)), data_iterator=train_iter
+            )
+        except Exception:
+            train_iter.close()
+            raise
         saved = extra.get("config", {})
         for key in ("model", "dataset", "parameterization", "batch_size", "seed", "schedule", "lr", "width"):
             if key in saved and saved[key] != getattr(cfg, key):
+                train_iter.close()
                 raise ValueError(
                     f"--resume: the checkpoint in {ckpt.directory} was written with {key}={saved[key]!r} but this "
                     f"run has {key}={getattr(cfg, key)!r}; use the same settings or another --workdir."
@@ -279,18 +369,24 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
 
     start = int(jax.device_get(state.step))
     epoch0, step0 = divmod(start, spe)
-
-    def put(batch):
-        return shd.shard_batch({"image": batch["image"], "label": batch["label"]}, mesh)
-
-    train_iter = train_loader.iterate(epoch0, step0)
-    batches = prefetch_to_device(train_iter, 2, put=put)
+    if train_iter.position != {"epoch": epoch0, "step": step0}:
+        train_iter.close()
+        raise ValueError(
+            f"--resume: the data iterator of {ckpt.directory} is at {train_iter.position} but the train "
+            f"state at step {start} = {{'epoch': {epoch0}, 'step': {step0}}}; the checkpoint is "
+            "inconsistent, resume from an older step or start a fresh --workdir."
+        )
+    batches = train_iter
 
     def extra_json(step: int) -> dict:
-        return {"data_position": dict(zip(("epoch", "step"), divmod(step, spe))), "seed": cfg.seed,
-                "plateau": plateau_to_json(plateau), "stop_wait": stop_wait,
-                "best_top5": best_top5 if math.isfinite(best_top5) else None,
-                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "boundaries"}}
+        return {
+            "data_position": dict(zip(("epoch", "step"), divmod(step, spe), strict=True)),
+            "seed": cfg.seed,
+            "plateau": plateau_to_json(plateau),
+            "stop_wait": stop_wait,
+            "best_top5": best_top5 if math.isfinite(best_top5) else None,
+            "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "boundaries"},
+        }
 
     throughput: list[float] = []
     clock = {"t": time.perf_counter(), "step": start, "first": True}
@@ -305,34 +401,52 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
             logger.log(step, images_per_s=ips, includes_compile=clock["first"])
             clock.update(t=now, step=step, first=False)
         if step % spe:  # epoch ends are saved after evaluation (with the updated plateau state)
-            ckpt.save(step, st, extra_json(step))
+            ckpt.save(step, st, extra_json(step), data_iterator=train_iter)
         return False
 
+    eval_iter = None  # one endless iterator over the (identical) evaluation epochs: its workers start once
+
     def evaluate(st) -> dict:
+        nonlocal eval_iter
+        if eval_iter is None:
+            eval_iter = eval_loader.iterate(
+                put=lambda b: shd.shard_batch({k: b[k] for k in ("image", "label", "mask")}, mesh)
+            )
         sums = None
-        for i, batch in enumerate(eval_loader.iterate(0, 0, num_epochs=1)):
-            if cfg.max_eval_batches is not None and i >= cfg.max_eval_batches:
-                break
-            out = shd.to_host(eval_step(st, shd.shard_batch(batch, mesh)))
+        for _ in range(eval_loader.steps_per_epoch):
+            out = shd.to_host(eval_step(st, next(eval_iter)))
             sums = out if sums is None else {k: sums[k] + out[k] for k in sums}
         n = max(float(sums["count"]), 1.0)
-        return {"val_loss": float(sums["loss"]) / n, "val_top1": float(sums["top1"]) / n,
-                "val_top5": float(sums["top5"]) / n}
+        return {
+            "val_loss": float(sums["loss"]) / n,
+            "val_top1": float(sums["top1"]) / n,
+            "val_top5": float(sums["top5"]) / n,
+        }
 
     t0 = time.perf_counter()
     history: list[dict] = []
     if primary:
-        print(f"{cfg.experiment}: {cfg.model} {cfg.parameterization} on {cfg.dataset} ({len(train_src)} train / "
-              f"{len(eval_src)} eval), {n_params:,} params, {mesh.size} device(s) x {jax.process_count()} "
-              f"process(es), batch {cfg.batch_size}, {spe} steps/epoch, lr {cfg.lr} ({cfg.schedule}), "
-              f"start step {start}/{total_steps}")
+        print(
+            f"{cfg.experiment}: {cfg.model} {cfg.parameterization} on {cfg.dataset} ({len(train_src)} train / "
+            f"{len(eval_src)} eval), {n_params:,} params, {mesh.size} device(s) x {jax.process_count()} "
+            f"process(es), batch {cfg.batch_size}, {spe} steps/epoch, lr {cfg.lr} ({cfg.schedule}), "
+            f"start step {start}/{total_steps}"
+        )
     stopped = False
     for epoch in range(epoch0, cfg.epochs):
         end = min((epoch + 1) * spe, total_steps)
         if int(jax.device_get(state.step)) < end:
-            state, _ = fit(train_step, state, batches, num_steps=end, log_every=cfg.log_every, logger=logger,
-                           callbacks=[on_step], progress=cfg.progress and primary,
-                           desc=f"epoch {epoch + 1}/{cfg.epochs}")
+            state, _ = fit(
+                train_step,
+                state,
+                batches,
+                num_steps=end,
+                log_every=cfg.log_every,
+                logger=logger,
+                callbacks=[on_step],
+                progress=cfg.progress and primary,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+            )
         step = int(jax.device_get(state.step))
         if step % spe == 0 or step >= total_steps:
             ev = evaluate(state)
@@ -347,30 +461,43 @@ def run(cfg: ImageConfig) -> dict[str, Any]:
             rec = logger.log(step, epoch=step / spe, lr=lr_now, **ev)
             history.append(rec)
             if primary:
-                print(f"  epoch {step / spe:6.2f}  step {step:7d}  val top-1 {100 * ev['val_top1']:6.2f}%  "
-                      f"top-5 {100 * ev['val_top5']:6.2f}%  loss {ev['val_loss']:.4f}  lr {lr_now:.4g}")
-            ckpt.save(step, state, extra_json(step), force=True)
+                print(
+                    f"  epoch {step / spe:6.2f}  step {step:7d}  val top-1 {100 * ev['val_top1']:6.2f}%  "
+                    f"top-5 {100 * ev['val_top5']:6.2f}%  loss {ev['val_loss']:.4f}  lr {lr_now:.4g}"
+                )
+            ckpt.save(step, state, extra_json(step), force=True, data_iterator=train_iter)
             if cfg.schedule == "plateau" and stop_wait >= RELEASED_EARLY_STOP_PATIENCE:
                 stopped = True
         if stopped or step >= total_steps:
             break
     train_iter.close()
     step = int(jax.device_get(state.step))
-    ckpt.save(step, state, extra_json(step), force=True)
+    ckpt.save(step, state, extra_json(step), force=True, data_iterator=train_iter)
     ckpt.close()
     wall = time.perf_counter() - t0
     if not history:  # resumed a finished run
         ev = evaluate(state)
         history.append({"step": step, **ev})
+    if eval_iter is not None:
+        eval_iter.close()
     last = history[-1]
     summary = {
-        "config": dataclasses.asdict(cfg), "num_params": n_params, "devices": mesh.size,
-        "device_kind": jax.devices()[0].device_kind, "processes": jax.process_count(),
-        "steps": step, "epochs_done": step / spe, "wall_s": wall, "early_stopped": stopped,
-        "val_top1": last["val_top1"], "val_top5": last["val_top5"], "val_loss": last["val_loss"],
+        "config": dataclasses.asdict(cfg),
+        "num_params": n_params,
+        "devices": mesh.size,
+        "device_kind": jax.devices()[0].device_kind,
+        "processes": jax.process_count(),
+        "steps": step,
+        "epochs_done": step / spe,
+        "wall_s": wall,
+        "early_stopped": stopped,
+        "val_top1": last["val_top1"],
+        "val_top5": last["val_top5"],
+        "val_loss": last["val_loss"],
         "best_val_top5": max(h["val_top5"] for h in history),
         "images_per_s_median": statistics.median(throughput) if throughput else None,
-        "chance_top1": 1.0 / num_classes, "history": history,
+        "chance_top1": 1.0 / num_classes,
+        "history": history,
     }
     if primary:
         with open(os.path.join(cfg.workdir, "metrics.json"), "w") as f:
@@ -411,10 +538,10 @@ def plot_curves(metrics_path: str, png: str, title: str = "") -> None:
     ev = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in recs if "val_top1" in r]
     fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
     if tr:
-        ax[0].plot(*zip(*tr))
+        ax[0].plot(*zip(*tr, strict=True))
     ax[0].set(xlabel="step", ylabel="train loss", title=title)
     if ev:
-        e, t1, t5 = zip(*ev)
+        e, t1, t5 = zip(*ev, strict=True)
         ax[1].plot(e, [100 * v for v in t1], "o-", label="top-1")
         ax[1].plot(e, [100 * v for v in t5], "s-", label="top-5")
         ax[1].legend()
@@ -428,23 +555,39 @@ def add_arguments(p: argparse.ArgumentParser, defaults: ImageConfig) -> None:
     """The CLI options shared by the image experiments (defaults from ``defaults``)."""
     from gmpjax.layers import PARAMETERIZATIONS
 
-    p.add_argument("--dataset", default=defaults.dataset,
-                   help="tfds name (ArrayRecord-prepared) or 'digits' (embedded sklearn digits, runs anywhere)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help=f"global batch size over all devices (paper: {PAPER_BATCH_SIZES})")
+    p.add_argument(
+        "--dataset",
+        default=defaults.dataset,
+        help="tfds name (ArrayRecord-prepared) or 'digits' (embedded sklearn digits, runs anywhere)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=defaults.batch_size,
+        help=f"global batch size over all devices (paper: {PAPER_BATCH_SIZES})",
+    )
     p.add_argument("--parameterization", default=defaults.parameterization, help="/".join(PARAMETERIZATIONS))
     p.add_argument("--epochs", type=int, default=defaults.epochs)
     p.add_argument("--lr", type=float, default=None, help="initial learning rate (default: the paper's)")
-    p.add_argument("--schedule", choices=("piecewise", "plateau"), default=defaults.schedule,
-                   help="piecewise: x0.1 at epochs 30/60/80 (paper); plateau: released code")
+    p.add_argument(
+        "--schedule",
+        choices=("piecewise", "plateau"),
+        default=defaults.schedule,
+        help="piecewise: x0.1 at epochs 30/60/80 (paper); plateau: released code",
+    )
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--init", choices=("uniform", "official"), default=defaults.init, help="GmP initialisation")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--width", type=float, default=defaults.width, help="channel-width multiplier (1 = paper)")
     p.add_argument("--crop", choices=("scale", "inception"), default=defaults.crop, help="ImageNet train crop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workdir", "--out", dest="workdir", default=None,
-                   help="run directory (default results/<experiment>/<parameterization>_bs<batch>)")
+    p.add_argument(
+        "--workdir",
+        "--out",
+        dest="workdir",
+        default=None,
+        help="run directory (default results/<experiment>/<parameterization>_bs<batch>)",
+    )
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --workdir")
     p.add_argument("--save-every", type=int, default=defaults.save_every, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=defaults.keep, help="checkpoints to keep")
@@ -452,10 +595,18 @@ def add_arguments(p: argparse.ArgumentParser, defaults: ImageConfig) -> None:
     p.add_argument("--log-every", type=int, default=defaults.log_every)
     p.add_argument("--max-eval-batches", type=int, default=None)
     p.add_argument("--tfds-data-dir", default=None)
-    p.add_argument("--num-threads", type=int, default=None, help="data-loading threads")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-process: jax.distributed.initialize from $GMPJAX_COORDINATOR/_NUM_PROCESSES/"
-                        "_PROCESS_ID")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="grain worker processes for loading and augmentation (default: the visible cores; "
+        "0: in the training process)",
+    )
+    p.add_argument(
+        "--distributed",
+        action="store_true",
+        help="multi-process: jax.distributed.initialize from $GMPJAX_COORDINATOR/_NUM_PROCESSES/_PROCESS_ID",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--quick", action="store_true", help="small CPU smoke run on the embedded digits data")
 
@@ -468,8 +619,11 @@ def config_from_args(args: argparse.Namespace, base: ImageConfig, quick: dict | 
     if args.quick and quick:
         cfg = dataclasses.replace(cfg, **quick)
     defaults = dataclasses.asdict(base)
-    explicit = {k: v for k, v in given.items()
-                if v is not None and (not args.quick or quick is None or k not in quick or v != defaults.get(k))}
+    explicit = {
+        k: v
+        for k, v in given.items()
+        if v is not None and (not args.quick or quick is None or k not in quick or v != defaults.get(k))
+    }
     return dataclasses.replace(cfg, **explicit)
 
 
@@ -477,8 +631,13 @@ def paper_table(rows: dict[str, dict], ours: dict[str, Any], columns: Sequence[s
     """Markdown table: the paper's top-1/top-5 (%) per batch size (``rows[method][batch] = (top1, top5)``),
     with our run's numbers in the last two columns of its parameterization's row."""
     cfg = ours["config"]
-    head = ("| method | " + " | ".join(f"paper top-1 @{c}" for c in columns) + " | "
-            + " | ".join(f"paper top-5 @{c}" for c in columns) + " | ours top-1 | ours top-5 |")
+    head = (
+        "| method | "
+        + " | ".join(f"paper top-1 @{c}" for c in columns)
+        + " | "
+        + " | ".join(f"paper top-5 @{c}" for c in columns)
+        + " | ours top-1 | ours top-5 |"
+    )
     lines = [head, "|" + "---|" * (3 + 2 * len(columns))]
     for m, r in rows.items():
         t1 = [f"{r[c][0]:.2f}" if c in r else "-" for c in columns]
@@ -488,15 +647,27 @@ def paper_table(rows: dict[str, dict], ours: dict[str, Any], columns: Sequence[s
         o5 = f"{100 * ours['val_top5']:.2f}" if mine else ""
         lines.append(f"| {m} | " + " | ".join(t1 + t5) + f" | {o1} | {o5} |")
     if cfg["parameterization"] not in rows:
-        lines.append(f"| {cfg['parameterization']} | " + " | ".join(["-"] * 2 * len(columns))
-                     + f" | {100 * ours['val_top1']:.2f} | {100 * ours['val_top5']:.2f} |")
-    lines.append(f"\nours: {cfg['dataset']}, batch {cfg['batch_size']}, {ours['epochs_done']:.1f} epochs, "
-                 f"width x{cfg['width']}, image {cfg['image_size']}px (paper: ImageNet, 90 epochs, full width)")
+        lines.append(
+            f"| {cfg['parameterization']} | "
+            + " | ".join(["-"] * 2 * len(columns))
+            + f" | {100 * ours['val_top1']:.2f} | {100 * ours['val_top5']:.2f} |"
+        )
+    lines.append(
+        f"\nours: {cfg['dataset']}, batch {cfg['batch_size']}, {ours['epochs_done']:.1f} epochs, "
+        f"width x{cfg['width']}, image {cfg['image_size']}px (paper: ImageNet, 90 epochs, full width)"
+    )
     return "\n".join(lines)
 
 
-def cli_main(argv: Sequence[str] | None, *, doc: str, defaults: ImageConfig, quick: dict[str, Any],
-             paper: dict[str, dict[str, tuple[float, float]]], batch_sizes: Sequence[str]) -> dict:
+def cli_main(
+    argv: Sequence[str] | None,
+    *,
+    doc: str,
+    defaults: ImageConfig,
+    quick: dict[str, Any],
+    paper: dict[str, dict[str, tuple[float, float]]],
+    batch_sizes: Sequence[str],
+) -> dict:
     """The CLI shared by the image scripts: parse, train, print the paper's table beside ours."""
     name = defaults.experiment
     p = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=doc.split("\n")[0])
@@ -509,7 +680,9 @@ def cli_main(argv: Sequence[str] | None, *, doc: str, defaults: ImageConfig, qui
     print()
     print(paper_table(paper, out, tuple(batch_sizes)))
     chance = 100 * out["chance_top1"]
-    print(f"\nours: {out['config']['dataset']}, top-1 {100 * out['val_top1']:.2f}% (chance {chance:.1f}%), "
-          f"top-5 {100 * out['val_top5']:.2f}%, {out['images_per_s_median'] or float('nan'):.0f} images/s on "
-          f"{out['devices']} x {out['device_kind']}, {out['wall_s']:.0f} s; files in {out['config']['workdir']}")
+    print(
+        f"\nours: {out['config']['dataset']}, top-1 {100 * out['val_top1']:.2f}% (chance {chance:.1f}%), "
+        f"top-5 {100 * out['val_top5']:.2f}%, {out['images_per_s_median'] or float('nan'):.0f} images/s on "
+        f"{out['devices']} x {out['device_kind']}, {out['wall_s']:.0f} s; files in {out['config']['workdir']}"
+    )
     return out

@@ -31,14 +31,29 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
     "gmp_imn": {"256": (43.14, 67.36), "512": (43.62, 67.76), "1024": (42.70, 66.98)},
 }
 
-DEFAULTS = ImageConfig(experiment="imagenet32_vgg6", model="vgg6", dataset="imagenet_resized/32x32",
-                       parameterization="gmp_imn", batch_size=256, epochs=90)
-QUICK = {"dataset": "digits", "batch_size": 64, "epochs": 6, "width": 0.25, "boundaries": (3,), "log_every": 5,
-         "save_every": 20}
+DEFAULTS = ImageConfig(
+    experiment="imagenet32_vgg6",
+    model="vgg6",
+    dataset="imagenet_resized/32x32",
+    parameterization="gmp_imn",
+    batch_size=256,
+    epochs=90,
+)
+QUICK = {
+    "dataset": "digits",
+    "batch_size": 64,
+    "epochs": 6,
+    "width": 0.25,
+    "boundaries": (3,),
+    "log_every": 5,
+    "save_every": 20,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(argv, doc=__doc__, defaults=DEFAULTS, quick=QUICK, paper=PAPER_TABLE2, batch_sizes=("256", "512", "1024"))
+    return cli_main(
+        argv, doc=__doc__, defaults=DEFAULTS, quick=QUICK, paper=PAPER_TABLE2, batch_sizes=("256", "512", "1024")
+    )
 
 
 if __name__ == "__main__":

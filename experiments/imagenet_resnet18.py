@@ -27,10 +27,24 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
     "gmp_imn": {"256": (67.24, 87.19)},
 }
 
-DEFAULTS = ImageConfig(experiment="imagenet_resnet18", model="resnet18", dataset="imagenet2012",
-                       parameterization="gmp_imn", batch_size=256, epochs=90)
-QUICK = {"dataset": "digits", "batch_size": 64, "epochs": 3, "width": 0.125, "image_size": 32, "boundaries": (2,),
-         "log_every": 5, "save_every": 20}
+DEFAULTS = ImageConfig(
+    experiment="imagenet_resnet18",
+    model="resnet18",
+    dataset="imagenet2012",
+    parameterization="gmp_imn",
+    batch_size=256,
+    epochs=90,
+)
+QUICK = {
+    "dataset": "digits",
+    "batch_size": 64,
+    "epochs": 3,
+    "width": 0.125,
+    "image_size": 32,
+    "boundaries": (2,),
+    "log_every": 5,
+    "save_every": 20,
+}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -30,11 +30,10 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -95,13 +94,15 @@ def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, n
     method = check_parameterization(method)
     tx = optax.chain(
         optax.adam(lr, eps=cfg.adam_eps),
-        optax.contrib.reduce_on_plateau(factor=cfg.plateau_factor, patience=cfg.plateau_patience, rtol=0.0,
-                                        atol=cfg.plateau_min_delta),
+        optax.contrib.reduce_on_plateau(
+            factor=cfg.plateau_factor, patience=cfg.plateau_patience, rtol=0.0, atol=cfg.plateau_min_delta
+        ),
     )
 
     def make(key):
-        return MLP(1, (cfg.hidden,), 1, parameterization=method, init=cfg.init, param_dtype=jnp.float64,
-                   rngs=nnx.Rngs(key))
+        return MLP(
+            1, (cfg.hidden,), 1, parameterization=method, init=cfg.init, param_dtype=jnp.float64, rngs=nnx.Rngs(key)
+        )
 
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
     graphdef, state0 = init_replicas(make, keys, tx)
@@ -124,14 +125,24 @@ def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, n
         c0 = track(state)
         phi = jnp.concatenate([c0.location[None, :, 0], hist["phi"]], 0)  # (T+1, m)
         dphi = jnp.max(jnp.abs(jnp.diff(phi, axis=0)), axis=-1)  # (T,)
-        restored = final.replace(params=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p),
-                                                     es.best_params, final.params))
+        restored = final.replace(
+            params=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), es.best_params, final.params)
+        )
         pred0 = predict(state, x_test)["pred"]
         pred = predict(restored, x_test)["pred"]
         rmse = jnp.sqrt(jnp.mean((pred - y_test[:, 0]) ** 2))
-        return {"loss": hist["loss"], "max_dphi": dphi, "phi_sub": phi[:: cfg.record_every],
-                "phi_final": track(restored).location[:, 0], "pred0": pred0, "pred": pred, "rmse": rmse,
-                "stopped": es.stopped, "steps_run": final.step, "best_step": es.best_step}
+        return {
+            "loss": hist["loss"],
+            "max_dphi": dphi,
+            "phi_sub": phi[:: cfg.record_every],
+            "phi_final": track(restored).location[:, 0],
+            "pred0": pred0,
+            "pred": pred,
+            "rmse": rmse,
+            "stopped": es.stopped,
+            "steps_run": final.step,
+            "best_step": es.best_step,
+        }
 
     fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
     batch = (jnp.asarray(data["x"]), jnp.asarray(data["y"]))
@@ -147,12 +158,15 @@ def summarize(res: dict[str, dict], cfg: Config) -> dict:
         mask = np.arange(r["max_dphi"].shape[1])[None, :] < r["steps_run"][:, None]
         active = np.where(mask, r["max_dphi"], 0.0)
         summ[m] = {
-            "rmse_mean": float(rmse.mean()), "rmse_se": se, "rmse_per_seed": rmse.tolist(),
+            "rmse_mean": float(rmse.mean()),
+            "rmse_se": se,
+            "rmse_per_seed": rmse.tolist(),
             "max_dphi_max": float(active.max()),
             "max_dphi_median_step": float(np.median(r["max_dphi"][mask])),
             "frac_steps_dphi_ge_1": float((active >= 1).sum() / mask.sum()),
             "dphi_below_1_every_step_every_seed": bool((active < 1).all()),
-            "steps_run": r["steps_run"].tolist(), "early_stopped": r["stopped"].tolist(),
+            "steps_run": r["steps_run"].tolist(),
+            "early_stopped": r["stopped"].tolist(),
             "paper_rmse_seed0": PAPER_RMSE.get(m),
         }
     return summ
@@ -161,15 +175,15 @@ def summarize(res: dict[str, dict], cfg: Config) -> dict:
 def plot_dphi(all_res: dict, cfg: Config, path: str) -> None:
     lrs = list(all_res)
     fig, axes = plt.subplots(1, len(lrs), figsize=(6 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs):
+    for ax, lr in zip(axes[0], lrs, strict=True):
         for m, r in all_res[lr].items():
             d = r["max_dphi"]
             steps = np.arange(1, d.shape[1] + 1)
-            ax.plot(steps, np.maximum(d[0], 2.0 ** -20), color=COLORS[m], lw=0.6, label=f"{m.upper()} (seed 0)")
-            ax.plot(steps, np.maximum(d.max(0), 2.0 ** -20), color=COLORS[m], lw=0.3, alpha=0.35)
+            ax.plot(steps, np.maximum(d[0], 2.0**-20), color=COLORS[m], lw=0.6, label=f"{m.upper()} (seed 0)")
+            ax.plot(steps, np.maximum(d.max(0), 2.0**-20), color=COLORS[m], lw=0.3, alpha=0.35)
         ax.axhline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yscale("log", base=2)
-        ax.set_ylim(2.0 ** -16, 2.0 ** 16)
+        ax.set_ylim(2.0**-16, 2.0**16)
         ax.set(xlabel="step", ylabel="max_i |delta phi_i,t|", title=f"lr = {lr} (faint: max over seeds)")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -237,16 +251,23 @@ def run(cfg: Config) -> dict:
 
 def print_table(out: dict) -> None:
     cfg = out["config"]
-    print(f"1-D Levy, {cfg['seeds']} seeds, {cfg['steps']} steps, GmP init {cfg['init']!r}; "
-          f"total wall {out['wall_s']:.1f} s")
+    print(
+        f"1-D Levy, {cfg['seeds']} seeds, {cfg['steps']} steps, GmP init {cfg['init']!r}; "
+        f"total wall {out['wall_s']:.1f} s"
+    )
     for lr, summ in out["runs"].items():
         print(f"\nlr = {lr}")
-        print(f"{'method':>6} {'lr':>5} | {'test RMSE mean +- s.e.':>22} | {'paper (seed 0)':>14} | "
-              f"{'max_t max_i|dphi|':>17} | {'steps |dphi|>=1':>15} | {'GmP claim <1':>12} | {'wall s':>6}")
+        print(
+            f"{'method':>6} {'lr':>5} | {'test RMSE mean +- s.e.':>22} | {'paper (seed 0)':>14} | "
+            f"{'max_t max_i|dphi|':>17} | {'steps |dphi|>=1':>15} | {'GmP claim <1':>12} | {'wall s':>6}"
+        )
         for m, s in summ.items():
-            print(f"{m.upper():>6} {s['lr']:>5g} | {s['rmse_mean']:>12.3f} +- {s['rmse_se']:<6.3f} | "
-                  f"{s['paper_rmse_seed0']:>14} | {s['max_dphi_max']:>17.3g} | {100 * s['frac_steps_dphi_ge_1']:>14.2f}% | "
-                  f"{str(s['dphi_below_1_every_step_every_seed']):>12} | {s['wall_s_incl_compile']:>6.1f}")
+            print(
+                f"{m.upper():>6} {s['lr']:>5g} | {s['rmse_mean']:>12.3f} +- {s['rmse_se']:<6.3f} | "
+                f"{s['paper_rmse_seed0']:>14} | {s['max_dphi_max']:>17.3g} | "
+                f"{100 * s['frac_steps_dphi_ge_1']:>14.2f}% | "
+                f"{str(s['dphi_below_1_every_step_every_seed']):>12} | {s['wall_s_incl_compile']:>6.1f}"
+            )
     print("\nPaper (Fig. 2c, lr 0.1 for all): GmP max_i|dphi| < 1 at every step; SP/WN/BN reach up to 2^16.")
 
 
@@ -255,16 +276,21 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="2 seeds, 200 steps, lr 'cv' only (smoke test)")
     p.add_argument("--out", default=Config.out)
     p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--lr", nargs="+", default=None,
-                   help="'cv' (0.1 GmP / 0.01 others) and/or numbers for all methods; default: cv 0.1")
+    p.add_argument(
+        "--lr",
+        nargs="+",
+        default=None,
+        help="'cv' (0.1 GmP / 0.01 others) and/or numbers for all methods; default: cv 0.1",
+    )
     p.add_argument("--seeds", type=int, default=None)
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--init", choices=("official", "uniform"), default=Config.init)
     a = p.parse_args(argv)
     cfg = Config(methods=tuple(a.methods), init=a.init, out=a.out)
     if a.quick:
-        cfg = dataclasses.replace(cfg, seeds=2, steps=200, lrs=("cv",), record_every=10, plateau_patience=50,
-                                  es_patience=100)
+        cfg = dataclasses.replace(
+            cfg, seeds=2, steps=200, lrs=("cv",), record_every=10, plateau_patience=50, es_patience=100
+        )
     if a.lr is not None:
         cfg = dataclasses.replace(cfg, lrs=tuple(a.lr))
     if a.seeds is not None:

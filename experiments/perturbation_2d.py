@@ -29,11 +29,10 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
 from gmpjax import cab  # noqa: E402
 from gmpjax import hyperspherical as hs  # noqa: E402
@@ -99,16 +98,22 @@ def worst_case(w: np.ndarray, b: float, delta: float) -> dict[str, float]:
     w = jnp.asarray(w, jnp.float64)
     eps = -(1.0 + delta) * w
     sp = float(jnp.degrees(cab.angle_between(w, w + eps)))
-    wn = float(jnp.degrees(cab.angle_between(cab.wn_weight(w, jnp.linalg.norm(w)),
-                                             cab.wn_weight(w + eps, jnp.linalg.norm(w)))))
+    wn = float(
+        jnp.degrees(cab.angle_between(cab.wn_weight(w, jnp.linalg.norm(w)), cab.wn_weight(w + eps, jnp.linalg.norm(w))))
+    )
     theta = hs.unit_to_angles(w)
     size = float(jnp.linalg.norm(eps))
     gmp = float(jnp.degrees(cab.angle_between(cab.gmp_direction(theta), cab.gmp_direction(theta + size))))
     phi0 = cab.sp_location(w, b)
     phi1 = cab.sp_location(w + eps, b)
-    return {"epsilon_norm": size, "sp_angle_deg": sp, "wn_angle_deg": wn, "gmp_angle_deg_same_size": gmp,
-            "gmp_bound_deg": float(np.degrees(size)),
-            "sp_location_distance_ratio": float(jnp.linalg.norm(phi1) / jnp.linalg.norm(phi0))}
+    return {
+        "epsilon_norm": size,
+        "sp_angle_deg": sp,
+        "wn_angle_deg": wn,
+        "gmp_angle_deg_same_size": gmp,
+        "gmp_bound_deg": float(np.degrees(size)),
+        "sp_location_distance_ratio": float(jnp.linalg.norm(phi1) / jnp.linalg.norm(phi0)),
+    }
 
 
 def _line(ax, c: cab.CAB, color, lw=1.5, ls="-", label=None):
@@ -123,14 +128,13 @@ def _line(ax, c: cab.CAB, color, lw=1.5, ls="-", label=None):
 
 def plot_panels(w, b, cfg: Config, path: str) -> None:
     fig, axes = plt.subplots(1, len(cfg.deltas), figsize=(4 * len(cfg.deltas), 4.2))
-    for ax, delta in zip(np.atleast_1d(axes), cfg.deltas):
+    for ax, delta in zip(np.atleast_1d(axes), cfg.deltas, strict=True):
         cabs = _perturbed_cabs_jit(w, b, delta, bn_epsilon=cfg.bn_epsilon)
         _line(ax, cabs["original"], "saddlebrown", lw=4, label="original")
         for m in METHODS:
             _line(ax, cabs[m], COLORS[m], label=f"{m.upper()} perturbed")
         ax.scatter([0], [0], color="k", s=20)
-        ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title=f"delta = {delta:g}", xlabel="$x_1$",
-               ylabel="$x_2$")
+        ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title=f"delta = {delta:g}", xlabel="$x_1$", ylabel="$x_2$")
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
     fig.suptitle("CAB of one ReLU unit under epsilon = delta * 1 (Fig. 1 b-e)")
     fig.tight_layout()
@@ -165,14 +169,23 @@ def run(cfg: Config) -> dict:
             cabs = _perturbed_cabs_jit(w, b, delta, bn_epsilon=cfg.bn_epsilon)
             o = cabs["original"]
             table[f"{delta:g}"] = {
-                m: {"angle_deg": float(jnp.degrees(cab.angle_between(o.direction, cabs[m].direction))),
-                    "location_shift": float(jnp.linalg.norm(cabs[m].location - o.location))}
-                for m in METHODS}
+                m: {
+                    "angle_deg": float(jnp.degrees(cab.angle_between(o.direction, cabs[m].direction))),
+                    "location_shift": float(jnp.linalg.norm(cabs[m].location - o.location)),
+                }
+                for m in METHODS
+            }
         wc = worst_case(w, b, cfg.worst_case_delta)
         plot_panels(w, b, cfg, os.path.join(cfg.out, "perturbation_panels.png"))
         plot_worst_case(w, b, cfg, os.path.join(cfg.out, "worst_case_180.png"))
-    res = {"config": dataclasses.asdict(cfg), "w": w.tolist(), "b": b, "per_delta": table, "worst_case": wc,
-           "wall_s": time.time() - t0}
+    res = {
+        "config": dataclasses.asdict(cfg),
+        "w": w.tolist(),
+        "b": b,
+        "per_delta": table,
+        "worst_case": wc,
+        "wall_s": time.time() - t0,
+    }
     with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
         json.dump(res, f, indent=2)
     return res
@@ -183,12 +196,15 @@ def print_table(res: dict) -> None:
     print(f"{'delta':>8} | " + " | ".join(f"{m.upper():>22}" for m in METHODS))
     print(f"{'':>8} | " + " | ".join(f"{'angle deg / |dphi|':>22}" for _ in METHODS))
     for d, row in res["per_delta"].items():
-        print(f"{d:>8} | " + " | ".join(f"{row[m]['angle_deg']:10.3f} / {row[m]['location_shift']:9.3g}"
-                                        for m in METHODS))
+        print(
+            f"{d:>8} | " + " | ".join(f"{row[m]['angle_deg']:10.3f} / {row[m]['location_shift']:9.3g}" for m in METHODS)
+        )
     wc = res["worst_case"]
     print("Worst case eps = -(1+delta) w  (paper, Prop. 2.3: SP and WN turn by 180 deg; GmP <= ||eps||):")
-    print(f"  SP {wc['sp_angle_deg']:.3f} deg | WN {wc['wn_angle_deg']:.3f} deg | GmP (same-size step on theta) "
-          f"{wc['gmp_angle_deg_same_size']:.4f} deg <= bound {wc['gmp_bound_deg']:.4f} deg")
+    print(
+        f"  SP {wc['sp_angle_deg']:.3f} deg | WN {wc['wn_angle_deg']:.3f} deg | GmP (same-size step on theta) "
+        f"{wc['gmp_angle_deg_same_size']:.4f} deg <= bound {wc['gmp_bound_deg']:.4f} deg"
+    )
 
 
 def main(argv=None) -> dict:

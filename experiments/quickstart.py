@@ -32,8 +32,8 @@ import optax
 from flax import nnx
 
 from experiments.levy_1d import Config as LevyConfig
-from experiments.levy_1d import make_data as levy_data
 from experiments.levy_1d import mae_loss
+from experiments.levy_1d import make_data as levy_data
 from gmpjax.layers import check_parameterization
 from gmpjax.models import MLP
 from gmpjax.train import init_replicas, make_train_step, scan_steps_same_batch
@@ -63,7 +63,8 @@ def train_method(method: str, cfg: Config, train, test):
     keys = jax.random.split(jax.random.key(1), cfg.seeds)
     graphdef, states = init_replicas(
         lambda k: MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(k)),
-        keys, tx,
+        keys,
+        tx,
     )
     step = make_train_step(graphdef, tx, mae_loss)
 
@@ -104,13 +105,18 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     results, fits = {}, {}
     t0 = time.perf_counter()
-    print(f"{'method':<8} {'lr':>6} {'test RMSE (mean ± s.e. over %d seeds)' % cfg.seeds}")
+    print(f"{'method':<8} {'lr':>6} {f'test RMSE (mean ± s.e. over {cfg.seeds} seeds)'}")
     for m in cfg.methods:
         rmse, preds, losses = train_method(m, cfg, train, test)
         se = rmse.std(ddof=1) / np.sqrt(len(rmse)) if len(rmse) > 1 else 0.0
         lr = cfg.lr_gmp if m.startswith("gmp") else cfg.lr_other
-        results[m] = {"lr": lr, "rmse": rmse.tolist(), "rmse_mean": float(rmse.mean()), "rmse_se": float(se),
-                      "final_train_mae": losses[:, -1].tolist()}
+        results[m] = {
+            "lr": lr,
+            "rmse": rmse.tolist(),
+            "rmse_mean": float(rmse.mean()),
+            "rmse_se": float(se),
+            "final_train_mae": losses[:, -1].tolist(),
+        }
         fits[m] = preds[0, :, 0]
         print(f"{m:<8} {lr:>6g} {rmse.mean():.4f} ± {se:.4f}")
     wall = time.perf_counter() - t0
@@ -118,8 +124,12 @@ def main(argv=None) -> dict:
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")
 
-    metrics = {"config": dataclasses.asdict(cfg), "results": results, "wall_time_s": wall,
-               "backend": jax.default_backend()}
+    metrics = {
+        "config": dataclasses.asdict(cfg),
+        "results": results,
+        "wall_time_s": wall,
+        "backend": jax.default_backend(),
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     import matplotlib

@@ -30,16 +30,15 @@ import json
 import os
 import time
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from gmpjax import triangular as tri  # noqa: E402
@@ -51,8 +50,8 @@ from gmpjax.train.two_phase import TwoPhaseConfig, train_two_phase  # noqa: E402
 
 TARGETS: dict[str, tuple[Callable, int, bool]] = {
     # name: (f, sign, output_affine)   sign -1: convex on [0,1]; +1: concave (needs a gain/offset head)
-    "x3": (lambda x: x ** 3, -1, False),
-    "x11": (lambda x: x ** 11, -1, False),
+    "x3": (lambda x: x**3, -1, False),
+    "x11": (lambda x: x**11, -1, False),
     "sin": (lambda x: jnp.sin(x), +1, True),
     "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
 }
@@ -108,7 +107,7 @@ class Config:
     out: str = "results/triangular_1d"
 
     @classmethod
-    def quick(cls, **kw) -> "Config":
+    def quick(cls, **kw) -> Config:
         base = dict(runs=3, pretrain_steps=60, finetune_steps=120, chunk_steps=60, n_dense=200)
         base.update(kw)
         return cls(**base)
@@ -165,18 +164,19 @@ def make_model_fn(method: str, cfg: Config, target: str, dtype, width: int = 4) 
     if method in ("kaiming", "raai"):
         return lambda k: ReLUMLP(sizes, init=method, param_dtype=dtype, rngs=nnx.Rngs(k))
     if method == "skip":
-        return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k),
-                                     **common)
+        return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k), **common)
     scales = "free" if method == "noreg" else "theorem31"
-    return lambda k: TriangleNet(cfg.depth, sign=sign, scales=scales, s0=cfg.s0, output_affine=affine,
-                                 rngs=nnx.Rngs(k), **common)
+    return lambda k: TriangleNet(
+        cfg.depth, sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, rngs=nnx.Rngs(k), **common
+    )
 
 
 def schedule(method: str, cfg: Config) -> TwoPhaseConfig:
     pre = cfg.pretrain_steps if method in ("noreg", "thm31") else 0
     fine = cfg.finetune_steps + (cfg.pretrain_steps - pre if cfg.equal_total_steps else 0)
-    return TwoPhaseConfig(pretrain_steps=pre, finetune_steps=fine, pretrain_lr=cfg.lr, finetune_lr=cfg.lr,
-                          chunk_steps=cfg.chunk_steps)
+    return TwoPhaseConfig(
+        pretrain_steps=pre, finetune_steps=fine, pretrain_lr=cfg.lr, finetune_lr=cfg.lr, chunk_steps=cfg.chunk_steps
+    )
 
 
 def _tag(name: str) -> int:
@@ -210,8 +210,9 @@ def _predict(graphdef, state, x):
 # ---------------------------------------------------------------------------- runs
 
 
-def run_method(method: str, target: str, cfg: Config, train, test=None, *, batch_axis=None, progress=True,
-               model_fn=None) -> dict:
+def run_method(
+    method: str, target: str, cfg: Config, train, test=None, *, batch_axis=None, progress=True, model_fn=None
+) -> dict:
     """Train ``cfg.runs`` replicas of ``method`` on ``train = (x, y)``; return MSEs, curves and region counts.
 
     ``model_fn`` (``key -> module``) overrides the model of ``method``; the schedule is still ``method``'s
@@ -221,14 +222,24 @@ def run_method(method: str, target: str, cfg: Config, train, test=None, *, batch
     make = model_fn or make_model_fn(method, cfg, target, dtype)
     keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), _tag(f"{method}/{target}")), cfg.runs)
     t0 = time.time()
-    res = train_two_phase(make, keys, mse_loss, train, schedule(method, cfg),
-                          batch_axis=batch_axis, snapshot=_region_snapshot(cfg), progress=progress,
-                          desc=f"{target}/{method}")
+    res = train_two_phase(
+        make,
+        keys,
+        mse_loss,
+        train,
+        schedule(method, cfg),
+        batch_axis=batch_axis,
+        snapshot=_region_snapshot(cfg),
+        progress=progress,
+        desc=f"{target}/{method}",
+    )
     wall = time.time() - t0
     x, y = train
     train_mse = np.asarray(jnp.mean((_predict(res.graphdef, res.state, x) - y) ** 2, axis=(-2, -1)))
     out = {
-        "method": method, "target": target, "wall_s": wall,
+        "method": method,
+        "target": target,
+        "wall_s": wall,
         "train_mse": train_mse.tolist(),
         "loss_curve_median": np.median(res.losses, axis=0).tolist(),
         "loss_curve_min": np.min(res.losses, axis=0).tolist(),
@@ -240,10 +251,14 @@ def run_method(method: str, target: str, cfg: Config, train, test=None, *, batch
         out["pretrain_mse"] = pre.tolist()
     if test is not None:
         xt, yt = test
-        out["test_mse"] = np.asarray(jnp.mean((_predict(res.graphdef, res.state, xt) - yt) ** 2, axis=(-2, -1))).tolist()
+        out["test_mse"] = np.asarray(
+            jnp.mean((_predict(res.graphdef, res.state, xt) - yt) ** 2, axis=(-2, -1))
+        ).tolist()
     best = int(np.argmin(out["test_mse"] if test is not None else train_mse))
     out["best_run"] = best
-    out["_best_layers"] = [(np.asarray(W[best]), np.asarray(b[best])) for W, b in _stacked_layers(res.graphdef, res.state)]
+    out["_best_layers"] = [
+        (np.asarray(W[best]), np.asarray(b[best])) for W, b in _stacked_layers(res.graphdef, res.state)
+    ]
     return out
 
 
@@ -283,14 +298,27 @@ def run(cfg: Config, *, progress: bool = True) -> dict:
     if cfg.difference:
         t0 = time.time()
         x = jnp.linspace(0.0, 1.0, cfg.n_dense, dtype=dtype)[:, None]
-        data = (x, x ** 3 - x)
+        data = (x, x**3 - x)
         common = dict(margin=cfg.margin, peak_range=(cfg.peak_low, cfg.peak_high))
-        diff = run_method("thm31", "x3-x", cfg, data, progress=progress,
-                          model_fn=lambda k: TriangleDifference(cfg.depth, param_dtype=dtype, rngs=nnx.Rngs(k), **common))
-        kai = run_method("kaiming", "x3-x", cfg, data, progress=progress,
-                         model_fn=lambda k: ReLUMLP((1,) + (8,) * cfg.depth + (1,), param_dtype=dtype, rngs=nnx.Rngs(k)))
-        results["difference"] = {"x3-x": {"difference_of_subnets": diff, "kaiming_width8": kai,
-                                          "_wall_s": time.time() - t0}}
+        diff = run_method(
+            "thm31",
+            "x3-x",
+            cfg,
+            data,
+            progress=progress,
+            model_fn=lambda k: TriangleDifference(cfg.depth, param_dtype=dtype, rngs=nnx.Rngs(k), **common),
+        )
+        kai = run_method(
+            "kaiming",
+            "x3-x",
+            cfg,
+            data,
+            progress=progress,
+            model_fn=lambda k: ReLUMLP((1,) + (8,) * cfg.depth + (1,), param_dtype=dtype, rngs=nnx.Rngs(k)),
+        )
+        results["difference"] = {
+            "x3-x": {"difference_of_subnets": diff, "kaiming_width8": kai, "_wall_s": time.time() - t0}
+        }
     results["wall_s"] = time.time() - t_all
     make_figures(results, cfg)
     table = format_tables(results)
@@ -325,9 +353,15 @@ def format_tables(results: dict) -> str:
     if results["dense"]:
         lines.append("## Dense 1-D fits (min / mean final MSE over runs; paper = Milkert et al. 2025 Table 1)\n")
         targets = [t for t in results["dense"]]
-        head = "| method | " + " | ".join(
-            f"{TARGET_LABEL[t]} min (ours) | {TARGET_LABEL[t]} min (paper) | {TARGET_LABEL[t]} mean (ours) | "
-            f"{TARGET_LABEL[t]} mean (paper)" for t in targets) + " | final regions (median) |"
+        head = (
+            "| method | "
+            + " | ".join(
+                f"{TARGET_LABEL[t]} min (ours) | {TARGET_LABEL[t]} min (paper) | {TARGET_LABEL[t]} mean (ours) | "
+                f"{TARGET_LABEL[t]} mean (paper)"
+                for t in targets
+            )
+            + " | final regions (median) |"
+        )
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         methods = [m for m in METHODS if m in results["dense"][targets[0]]]
         for m in methods:
@@ -341,8 +375,10 @@ def format_tables(results: dict) -> str:
                 regs.append(f"{np.median(r['snapshots'][-1]['regions']):.0f}")
             lines.append(f"| {METHOD_LABEL[m]} | " + " | ".join(cells) + f" | {'/'.join(regs)} |")
         lines.append("")
-        lines.append("Wall time per target (all methods): " + ", ".join(
-            f"{TARGET_LABEL[t]} {results['dense'][t]['_wall_s']:.0f} s" for t in targets))
+        lines.append(
+            "Wall time per target (all methods): "
+            + ", ".join(f"{TARGET_LABEL[t]} {results['dense'][t]['_wall_s']:.0f} s" for t in targets)
+        )
         pre = []
         for t in targets:
             for m in ("noreg", "thm31"):
@@ -355,7 +391,9 @@ def format_tables(results: dict) -> str:
     if results["sparse"]:
         lines.append("## Sparse data (10 train / 10 test points per run; min test MSE, mean in brackets)\n")
         targets = list(results["sparse"])
-        head = "| method | " + " | ".join(f"{TARGET_LABEL[t]} (ours) | {TARGET_LABEL[t]} (paper)" for t in targets) + " |"
+        head = (
+            "| method | " + " | ".join(f"{TARGET_LABEL[t]} (ours) | {TARGET_LABEL[t]} (paper)" for t in targets) + " |"
+        )
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         methods = [m for m in METHODS if m in results["sparse"][targets[0]]]
         for m in methods:
@@ -369,8 +407,10 @@ def format_tables(results: dict) -> str:
         d = results["difference"]["x3-x"]
         lines.append("## x^3 - x as a difference of two convex subnets (no paper numbers)\n")
         lines += ["| model | min MSE | mean MSE | final regions (median) |", "|---|---|---|---|"]
-        for name, r in (("difference of two Thm-3.1 subnets (width 8 after switch)", d["difference_of_subnets"]),
-                        ("Kaiming width-8 MLP", d["kaiming_width8"])):
+        for name, r in (
+            ("difference of two Thm-3.1 subnets (width 8 after switch)", d["difference_of_subnets"]),
+            ("Kaiming width-8 MLP", d["kaiming_width8"]),
+        ):
             mn, me = summary(r)
             lines.append(f"| {name} | {mn:.2e} | {me:.2e} | {np.median(r['snapshots'][-1]['regions']):.0f} |")
         lines.append("")
@@ -386,13 +426,16 @@ def make_figures(results: dict, cfg: Config) -> None:
         targets = list(block)
         methods = [m for m in METHODS if m in block[targets[0]]]
         # fits: best run of every method, with its linear regions
-        fig, axes = plt.subplots(len(targets), len(methods), figsize=(3.2 * len(methods), 2.6 * len(targets)),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            len(targets), len(methods), figsize=(3.2 * len(methods), 2.6 * len(targets)), squeeze=False
+        )
         for i, t in enumerate(targets):
             f = TARGETS[t][0]
             for j, m in enumerate(methods):
                 r = block[t][m]
-                plot_linear_regions(r["_best_layers"], (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
+                plot_linear_regions(
+                    r["_best_layers"], (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z))
+                )
                 mn, _ = summary(r, "test_mse" if kind == "sparse" else "train_mse")
                 axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {mn:.1e}", fontsize=8)
                 axes[i, j].legend().set_visible(False)
@@ -409,7 +452,7 @@ def make_figures(results: dict, cfg: Config) -> None:
                     axes[0, i].axvline(r["switch_step"], color="0.6", ls=":", lw=0.8)
                 steps = [s["step"] for s in r["snapshots"]]
                 axes[1, i].plot(steps, [np.mean(s["regions"]) for s in r["snapshots"]], "-o", ms=2, label=m)
-            axes[1, i].axhline(2 ** cfg.depth, color="k", ls="--", lw=0.8, label=f"2^{cfg.depth}")
+            axes[1, i].axhline(2**cfg.depth, color="k", ls="--", lw=0.8, label=f"2^{cfg.depth}")
             axes[0, i].set_title(f"{TARGET_LABEL[t]}: median training MSE", fontsize=9)
             axes[1, i].set_title(f"{TARGET_LABEL[t]}: mean linear regions on [0,1]", fontsize=9)
             axes[1, i].set_xlabel("step")
@@ -421,9 +464,12 @@ def make_figures(results: dict, cfg: Config) -> None:
     if results["difference"]:
         d = results["difference"]["x3-x"]
         fig, axes = plt.subplots(1, 2, figsize=(8, 3))
-        for ax, (name, r) in zip(axes, (("difference of subnets", d["difference_of_subnets"]),
-                                        ("Kaiming width 8", d["kaiming_width8"]))):
-            plot_linear_regions(r["_best_layers"], (0.0, 1.0), ax=ax, target=lambda z: z ** 3 - z)
+        for ax, (name, r) in zip(
+            axes,
+            (("difference of subnets", d["difference_of_subnets"]), ("Kaiming width 8", d["kaiming_width8"])),
+            strict=True,
+        ):
+            plot_linear_regions(r["_best_layers"], (0.0, 1.0), ax=ax, target=lambda z: z**3 - z)
             ax.set_title(f"x^3 - x, {name}: {summary(r)[0]:.1e}", fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(cfg.out, "difference_fit.png"), dpi=110)
@@ -455,10 +501,23 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    kw = {k: v for k, v in dict(runs=a.runs, depth=a.depth, pretrain_steps=a.pretrain_steps,
-                                 finetune_steps=a.finetune_steps, lr=a.lr, dense_targets=a.dense_targets,
-                                 sparse_targets=a.sparse_targets, methods=a.methods, s0=a.s0, dtype=a.dtype,
-                                 seed=a.seed).items() if v is not None}
+    kw = {
+        k: v
+        for k, v in dict(
+            runs=a.runs,
+            depth=a.depth,
+            pretrain_steps=a.pretrain_steps,
+            finetune_steps=a.finetune_steps,
+            lr=a.lr,
+            dense_targets=a.dense_targets,
+            sparse_targets=a.sparse_targets,
+            methods=a.methods,
+            s0=a.s0,
+            dtype=a.dtype,
+            seed=a.seed,
+        ).items()
+        if v is not None
+    }
     if a.no_difference:
         kw["difference"] = False
     kw["out"] = a.out or ("results/triangular_1d_quick" if a.quick else "results/triangular_1d")

@@ -31,11 +31,10 @@ import time
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
@@ -62,7 +61,7 @@ class Config:
     out: str = "results/triangular_head"
 
     @classmethod
-    def quick(cls, **kw) -> "Config":
+    def quick(cls, **kw) -> Config:
         base = dict(hidden=32, epochs=3, seeds=2, depth=3)
         base.update(kw)
         return cls(**base)
@@ -78,8 +77,9 @@ def load_data(cfg: Config):
         from sklearn.model_selection import train_test_split
 
         d = load_digits()
-        xtr, xte, ytr, yte = train_test_split(d.data.astype(np.float32), d.target, test_size=0.2,
-                                              random_state=cfg.seed, stratify=d.target)
+        xtr, xte, ytr, yte = train_test_split(
+            d.data.astype(np.float32), d.target, test_size=0.2, random_state=cfg.seed, stratify=d.target
+        )
     elif cfg.dataset == "cifar10":
         xtr, ytr, xte, yte = _load_cifar10(cfg)
     else:
@@ -87,8 +87,12 @@ def load_data(cfg: Config):
     if cfg.max_train:
         xtr, ytr = xtr[: cfg.max_train], ytr[: cfg.max_train]
     mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
-    return ((xtr - mu) / sd).astype(np.float32), ytr.astype(np.int32), ((xte - mu) / sd).astype(np.float32), \
-        yte.astype(np.int32)
+    return (
+        ((xtr - mu) / sd).astype(np.float32),
+        ytr.astype(np.int32),
+        ((xte - mu) / sd).astype(np.float32),
+        yte.astype(np.int32),
+    )
 
 
 def _load_cifar10(cfg: Config):
@@ -114,8 +118,9 @@ def _load_cifar10(cfg: Config):
 class Head(nnx.Module):
     """``Linear(in, H) -> act -> Linear(H, H) -> act -> Linear(H, classes)`` with act = ReLU or TriangleActivation."""
 
-    def __init__(self, in_features: int, hidden: int, classes: int, *, activation: str = "relu", depth: int = 5,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, in_features: int, hidden: int, classes: int, *, activation: str = "relu", depth: int = 5, rngs: nnx.Rngs
+    ):
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}.")
         self.l1 = nnx.Linear(in_features, hidden, rngs=rngs)
@@ -167,7 +172,9 @@ def train_head(activation: str, cfg: Config, data, *, progress: bool = True) -> 
     keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
     graphdef, state = init_replicas(
         lambda k: Head(xtr.shape[1], cfg.hidden, classes, activation=activation, depth=cfg.depth, rngs=nnx.Rngs(k)),
-        keys, tx)
+        keys,
+        tx,
+    )
     step = make_train_step(graphdef, tx, xent)
     epoch_fn = jax.jit(jax.vmap(lambda s, b: scan_steps(step, s, b), in_axes=(0, None)))
 
@@ -209,8 +216,12 @@ def run(cfg: Config, *, progress: bool = True) -> dict:
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.time()
     res = {a: train_head(a, cfg, data, progress=progress) for a in cfg.activations}
-    out = {"config": dataclasses.asdict(cfg), "results": res, "wall_s": time.time() - t0,
-           "vgg16_head_mac_overhead": vgg16_head_overhead(5)}
+    out = {
+        "config": dataclasses.asdict(cfg),
+        "results": res,
+        "wall_s": time.time() - t0,
+        "vgg16_head_mac_overhead": vgg16_head_overhead(5),
+    }
     if "relu" in res and "triangle" in res:
         out["mac_overhead"] = res["triangle"]["macs_per_example"] / res["relu"]["macs_per_example"] - 1
         out["time_overhead"] = res["triangle"]["epoch_time_median_s"] / res["relu"]["epoch_time_median_s"] - 1
@@ -235,21 +246,28 @@ def run(cfg: Config, *, progress: bool = True) -> dict:
 
 def format_table(out: dict) -> str:
     cfg = out["config"]
-    lines = [f"## {cfg['dataset']} head: hidden {cfg['hidden']}, depth {cfg['depth']}, {cfg['epochs']} epochs, "
-             f"{cfg['seeds']} seeds", "",
-             "| head | acc. epoch 1 | acc. epoch 5 | final acc. (mean ± sd) | MACs / example | s / epoch (median) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"## {cfg['dataset']} head: hidden {cfg['hidden']}, depth {cfg['depth']}, {cfg['epochs']} epochs, "
+        f"{cfg['seeds']} seeds",
+        "",
+        "| head | acc. epoch 1 | acc. epoch 5 | final acc. (mean ± sd) | MACs / example | s / epoch (median) |",
+        "|---|---|---|---|---|---|",
+    ]
     for a, r in out["results"].items():
         c = np.asarray(r["test_acc"]).mean(0)
         e5 = c[min(4, len(c) - 1)]
-        lines.append(f"| {a} | {c[0]:.3f} | {e5:.3f} | {r['final_acc_mean']:.3f} ± {r['final_acc_std']:.3f} | "
-                     f"{r['macs_per_example']} | {r['epoch_time_median_s']:.3f} |")
+        lines.append(
+            f"| {a} | {c[0]:.3f} | {e5:.3f} | {r['final_acc_mean']:.3f} ± {r['final_acc_std']:.3f} | "
+            f"{r['macs_per_example']} | {r['epoch_time_median_s']:.3f} |"
+        )
     if "mac_overhead" in out:
         lines.append("")
-        lines.append(f"Overhead of the triangle head here: {100 * out['mac_overhead']:.1f} % MACs, "
-                     f"{100 * out['time_overhead']:.0f} % measured time per epoch. "
-                     f"Same construction on VGG-16's classifier (d=5): {100 * out['vgg16_head_mac_overhead']:.2f} % MACs "
-                     "(paper: ~0.5 %).")
+        lines.append(
+            f"Overhead of the triangle head here: {100 * out['mac_overhead']:.1f} % MACs, "
+            f"{100 * out['time_overhead']:.0f} % measured time per epoch. "
+            f"Same construction on VGG-16's classifier (d=5): {100 * out['vgg16_head_mac_overhead']:.2f} % MACs "
+            "(paper: ~0.5 %)."
+        )
     return "\n".join(lines)
 
 
@@ -267,9 +285,20 @@ def main(argv=None) -> dict:
     p.add_argument("--out")
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
-    kw = {k: v for k, v in dict(dataset=a.dataset, tfds_data_dir=a.tfds_data_dir, hidden=a.hidden, depth=a.depth,
-                                 epochs=a.epochs, seeds=a.seeds, lr=a.lr, max_train=a.max_train).items()
-          if v is not None}
+    kw = {
+        k: v
+        for k, v in dict(
+            dataset=a.dataset,
+            tfds_data_dir=a.tfds_data_dir,
+            hidden=a.hidden,
+            depth=a.depth,
+            epochs=a.epochs,
+            seeds=a.seeds,
+            lr=a.lr,
+            max_train=a.max_train,
+        ).items()
+        if v is not None
+    }
     kw["out"] = a.out or ("results/triangular_head_quick" if a.quick else "results/triangular_head")
     cfg = Config.quick(**kw) if a.quick else Config(**kw)
     return run(cfg, progress=not a.no_progress)

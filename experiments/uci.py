@@ -30,7 +30,8 @@ import math
 import os
 import time
 import warnings
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -41,8 +42,14 @@ from flax import nnx
 from gmpjax.data.uci import UCI_NAMES, check_dataset_name, load_uci, make_split, split_indices, train_val_test_indices
 from gmpjax.layers import check_parameterization
 from gmpjax.models import MLP
-from gmpjax.train.engine import (TrainState, early_stopping_init, early_stopping_update, init_replicas,
-                                 make_eval_step, make_train_step)
+from gmpjax.train.engine import (
+    TrainState,
+    early_stopping_init,
+    early_stopping_update,
+    init_replicas,
+    make_eval_step,
+    make_train_step,
+)
 from gmpjax.train.plateau import plateau_init, plateau_update, set_learning_rate
 
 METHODS = ("sp", "wn", "bn", "gmp")
@@ -50,14 +57,42 @@ LR_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 # Paper Table 1: test RMSE mean +- standard error over 10 random 80/20 splits.
 PAPER_TABLE1: dict[str, dict[str, tuple[float, float]]] = {
-    "sp": {"boston": (3.370, 0.145), "concrete": (5.472, 0.144), "energy": (0.898, 0.274), "naval": (0.002, 0.000),
-           "power": (4.065, 0.029), "wine": (0.623, 0.008), "yacht": (0.639, 0.063)},
-    "wn": {"boston": (3.459, 0.156), "concrete": (5.952, 0.148), "energy": (2.093, 0.789), "naval": (0.003, 0.000),
-           "power": (4.073, 0.026), "wine": (0.632, 0.008), "yacht": (0.624, 0.076)},
-    "bn": {"boston": (3.469, 0.153), "concrete": (5.695, 0.160), "energy": (1.648, 0.302), "naval": (0.001, 0.000),
-           "power": (4.164, 0.026), "wine": (0.622, 0.011), "yacht": (0.777, 0.055)},
-    "gmp": {"boston": (3.057, 0.144), "concrete": (5.153, 0.098), "energy": (0.474, 0.013), "naval": (0.003, 0.001),
-            "power": (4.022, 0.025), "wine": (0.613, 0.006), "yacht": (0.584, 0.046)},
+    "sp": {
+        "boston": (3.370, 0.145),
+        "concrete": (5.472, 0.144),
+        "energy": (0.898, 0.274),
+        "naval": (0.002, 0.000),
+        "power": (4.065, 0.029),
+        "wine": (0.623, 0.008),
+        "yacht": (0.639, 0.063),
+    },
+    "wn": {
+        "boston": (3.459, 0.156),
+        "concrete": (5.952, 0.148),
+        "energy": (2.093, 0.789),
+        "naval": (0.003, 0.000),
+        "power": (4.073, 0.026),
+        "wine": (0.632, 0.008),
+        "yacht": (0.624, 0.076),
+    },
+    "bn": {
+        "boston": (3.469, 0.153),
+        "concrete": (5.695, 0.160),
+        "energy": (1.648, 0.302),
+        "naval": (0.001, 0.000),
+        "power": (4.164, 0.026),
+        "wine": (0.622, 0.011),
+        "yacht": (0.777, 0.055),
+    },
+    "gmp": {
+        "boston": (3.057, 0.144),
+        "concrete": (5.153, 0.098),
+        "energy": (0.474, 0.013),
+        "naval": (0.003, 0.001),
+        "power": (4.022, 0.025),
+        "wine": (0.613, 0.006),
+        "yacht": (0.584, 0.046),
+    },
 }
 # Released code: fixed learning rates (no grid).
 OFFICIAL_LR = {"gmp": 0.1, "gmp_imn": 0.1}
@@ -95,11 +130,29 @@ class UCIConfig:
 def protocol_defaults(protocol: str) -> dict[str, Any]:
     """Default settings of ``protocol`` ("paper" or "official")."""
     if protocol == "paper":
-        return dict(lrs=LR_GRID, max_epochs=1000, large_max_epochs=300, batch_size=None, es_patience=100,
-                    plateau_patience=50, plateau_min_delta=0.0, loss="mse", standardize_target=True)
+        return dict(
+            lrs=LR_GRID,
+            max_epochs=1000,
+            large_max_epochs=300,
+            batch_size=None,
+            es_patience=100,
+            plateau_patience=50,
+            plateau_min_delta=0.0,
+            loss="mse",
+            standardize_target=True,
+        )
     if protocol == "official":
-        return dict(lrs=None, max_epochs=1000, large_max_epochs=1000, batch_size=1024, es_patience=100,
-                    plateau_patience=50, plateau_min_delta=1e-4, loss="mae", standardize_target=False)
+        return dict(
+            lrs=None,
+            max_epochs=1000,
+            large_max_epochs=1000,
+            batch_size=1024,
+            es_patience=100,
+            plateau_patience=50,
+            plateau_min_delta=1e-4,
+            loss="mae",
+            standardize_target=False,
+        )
     raise ValueError(f"protocol must be 'paper' or 'official' (got {protocol!r}).")
 
 
@@ -108,9 +161,14 @@ def resolve_config(cfg: UCIConfig) -> UCIConfig:
     defaults = protocol_defaults(cfg.protocol)
     cfg = dataclasses.replace(cfg, **{k: v for k, v in defaults.items() if getattr(cfg, k) is None})
     if cfg.quick:
-        cfg = dataclasses.replace(cfg, max_epochs=min(cfg.max_epochs, 60), splits=min(cfg.splits, 2),
-                                  large_max_epochs=min(cfg.large_max_epochs, 60),
-                                  es_patience=min(cfg.es_patience, 20), plateau_patience=min(cfg.plateau_patience, 10))
+        cfg = dataclasses.replace(
+            cfg,
+            max_epochs=min(cfg.max_epochs, 60),
+            splits=min(cfg.splits, 2),
+            large_max_epochs=min(cfg.large_max_epochs, 60),
+            es_patience=min(cfg.es_patience, 20),
+            plateau_patience=min(cfg.plateau_patience, 10),
+        )
     for d in cfg.datasets:
         check_dataset_name(d)
     for m in cfg.methods:
@@ -119,8 +177,13 @@ def resolve_config(cfg: UCIConfig) -> UCIConfig:
         raise ValueError(f"init must be 'uniform' or 'official' (got {cfg.init!r}).")
     if cfg.loss not in ("mse", "mae"):
         raise ValueError(f"loss must be 'mse' or 'mae' (got {cfg.loss!r}).")
-    counts = dict(splits=cfg.splits, max_epochs=cfg.max_epochs, large_max_epochs=cfg.large_max_epochs,
-                  es_patience=cfg.es_patience, plateau_patience=cfg.plateau_patience)
+    counts = dict(
+        splits=cfg.splits,
+        max_epochs=cfg.max_epochs,
+        large_max_epochs=cfg.large_max_epochs,
+        es_patience=cfg.es_patience,
+        plateau_patience=cfg.plateau_patience,
+    )
     if bad := {k: v for k, v in counts.items() if not (isinstance(v, int) and v >= 1)}:
         raise ValueError(f"{', '.join(bad)} must be ints >= 1 (got {bad}).")
     if cfg.lrs is not None and (len(cfg.lrs) == 0 or any(lr <= 0 for lr in cfg.lrs)):
@@ -138,8 +201,16 @@ def method_lrs(cfg: UCIConfig, method: str) -> tuple[float, ...]:
 # --------------------------------------------------------------------------- data
 
 
-def build_split_arrays(x: np.ndarray, y: np.ndarray, *, splits: int, seed: int, protocol: str,
-                       val_fraction: float, standardize_target: bool) -> dict[str, np.ndarray]:
+def build_split_arrays(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    splits: int,
+    seed: int,
+    protocol: str,
+    val_fraction: float,
+    standardize_target: bool,
+) -> dict[str, np.ndarray]:
     """Stack ``splits`` standardised splits into float32 arrays with a leading split axis.
 
     Split ``s`` uses seed ``seed + s``. ``paper``: fit = training part minus a
@@ -205,8 +276,9 @@ class TrainerSpec:
         return math.ceil(self.num_fit / self.batch_size)
 
 
-def train_replica(graphdef, tx, spec: TrainerSpec, state: TrainState, lr: jax.Array, key: jax.Array,
-                  data: dict[str, jax.Array]) -> dict[str, jax.Array]:
+def train_replica(
+    graphdef, tx, spec: TrainerSpec, state: TrainState, lr: jax.Array, key: jax.Array, data: dict[str, jax.Array]
+) -> dict[str, jax.Array]:
     """Train one replica (one split, one learning rate) to early stopping; pure and vmappable.
 
     Each epoch applies ``spec.num_batches`` Adam steps (full batch, or a random
@@ -241,8 +313,9 @@ def train_replica(graphdef, tx, spec: TrainerSpec, state: TrainState, lr: jax.Ar
         val = eval_step(state, (data["x_val"], data["y_val"]))["metric"]
         val = jnp.where(jnp.isfinite(val), val, jnp.inf)
         es = early_stopping_update(es, val, (state.params, state.rest), ep, patience=spec.es_patience)
-        plat = plateau_update(plat, val, patience=spec.plateau_patience, factor=spec.plateau_factor,
-                              min_delta=spec.plateau_min_delta)
+        plat = plateau_update(
+            plat, val, patience=spec.plateau_patience, factor=spec.plateau_factor, min_delta=spec.plateau_min_delta
+        )
         state = state.replace(opt_state=set_learning_rate(state.opt_state, lr * plat.scale))
         return state, es, plat, ep + 1
 
@@ -254,8 +327,13 @@ def train_replica(graphdef, tx, spec: TrainerSpec, state: TrainState, lr: jax.Ar
     params, rest = es.best_params
     best = state.replace(params=params, rest=rest)
     test_mse = eval_step(best, (data["x_test"], data["y_test"]))["metric"]
-    return {"val_mse": es.best, "best_epoch": es.best_step, "epochs": ep,
-            "test_rmse": jnp.sqrt(test_mse) * data["y_std"], "final_lr_scale": plat.scale}
+    return {
+        "val_mse": es.best,
+        "best_epoch": es.best_step,
+        "epochs": ep,
+        "test_rmse": jnp.sqrt(test_mse) * data["y_std"],
+        "final_lr_scale": plat.scale,
+    }
 
 
 def make_tx():
@@ -265,14 +343,23 @@ def make_tx():
 
 def init_states(method: str, init: str, num_features: int, hidden: int, keys: jax.Array):
     """``(graphdef, states)`` of one MLP per key (leading axis = splits)."""
+
     def make_model(key):
         return MLP(num_features, (hidden,), 1, parameterization=method, init=init, rngs=nnx.Rngs(key))
 
     return init_replicas(make_model, keys, make_tx())
 
 
-def run_sweep(method: str, data: dict[str, np.ndarray], lrs: Sequence[float], spec: TrainerSpec, *,
-              init: str = "uniform", hidden: int = 100, seed: int = 0) -> dict[str, np.ndarray]:
+def run_sweep(
+    method: str,
+    data: dict[str, np.ndarray],
+    lrs: Sequence[float],
+    spec: TrainerSpec,
+    *,
+    init: str = "uniform",
+    hidden: int = 100,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Train every split x learning rate of one dataset x method in one compiled program.
 
     The model of split ``s`` is initialised from ``fold_in(key(seed), s)`` and the
@@ -347,8 +434,10 @@ def target_check(results: dict, datasets: Sequence[str]) -> dict[str, dict[str, 
         pm, pse = PAPER_TABLE1["gmp"][d]
         ours = r["gmp"]["test_rmse_mean"]
         means = {m: v["test_rmse_mean"] for m, v in r.items()}
-        out[d] = {"within_2se_or_better": bool(ours <= pm + 2 * pse),
-                  "gmp_first": bool(len(means) > 1 and min(means, key=means.get) == "gmp")}
+        out[d] = {
+            "within_2se_or_better": bool(ours <= pm + 2 * pse),
+            "gmp_first": bool(len(means) > 1 and min(means, key=means.get) == "gmp"),
+        }
     return out
 
 
@@ -360,7 +449,7 @@ def plot_results(results: dict, datasets: Sequence[str], methods: Sequence[str],
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(3.0 * len(datasets), 3.0), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
+    for ax, d in zip(axes[0], datasets, strict=True):
         xs = np.arange(len(methods))
         ours = [results[d][m]["test_rmse_mean"] for m in methods]
         ours_se = [results[d][m]["test_rmse_se"] for m in methods]
@@ -382,8 +471,11 @@ def run(cfg: UCIConfig) -> dict:
 
     cfg = resolve_config(cfg)
     if cfg.protocol == "official":
-        warnings.warn("protocol 'official' reproduces the released code: early stopping and lr decay monitor the "
-                      "TEST split, so test data leaks into training decisions.", stacklevel=2)
+        warnings.warn(
+            "protocol 'official' reproduces the released code: early stopping and lr decay monitor the "
+            "TEST split, so test data leaks into training decisions.",
+            stacklevel=2,
+        )
     os.makedirs(cfg.out, exist_ok=True)
     results: dict[str, dict[str, dict]] = {}
     t_all, c_all = time.perf_counter(), time.process_time()
@@ -394,16 +486,30 @@ def run(cfg: UCIConfig) -> dict:
         bar.set_postfix_str(f"{d}/{m}")
         if d not in cache:
             x, y = load_uci(d)
-            cache = {d: build_split_arrays(x, y, splits=cfg.splits, seed=cfg.seed, protocol=cfg.protocol,
-                                           val_fraction=cfg.val_fraction, standardize_target=cfg.standardize_target)}
+            cache = {
+                d: build_split_arrays(
+                    x,
+                    y,
+                    splits=cfg.splits,
+                    seed=cfg.seed,
+                    protocol=cfg.protocol,
+                    val_fraction=cfg.val_fraction,
+                    standardize_target=cfg.standardize_target,
+                )
+            }
         data = cache[d]
         lrs = method_lrs(cfg, m)
         num_fit = data["x_fit"].shape[1]
-        spec = TrainerSpec(loss=cfg.loss, num_fit=num_fit, batch_size=cfg.batch_size,
-                           max_epochs=cfg.max_epochs if num_fit <= cfg.large_rows else cfg.large_max_epochs,
-                           es_patience=cfg.es_patience,
-                           plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
-                           plateau_min_delta=cfg.plateau_min_delta)
+        spec = TrainerSpec(
+            loss=cfg.loss,
+            num_fit=num_fit,
+            batch_size=cfg.batch_size,
+            max_epochs=cfg.max_epochs if num_fit <= cfg.large_rows else cfg.large_max_epochs,
+            es_patience=cfg.es_patience,
+            plateau_patience=cfg.plateau_patience,
+            plateau_factor=cfg.plateau_factor,
+            plateau_min_delta=cfg.plateau_min_delta,
+        )
         t0, c0 = time.perf_counter(), time.process_time()
         out = run_sweep(m, data, lrs, spec, init=cfg.init, hidden=cfg.hidden, seed=cfg.seed)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -412,16 +518,25 @@ def run(cfg: UCIConfig) -> dict:
         test = out["test_rmse"][rows, pick]
         mean, se = mean_se(test)
         results.setdefault(d, {})[m] = {
-            "test_rmse_mean": mean, "test_rmse_se": se, "test_rmse": test.tolist(),
+            "test_rmse_mean": mean,
+            "test_rmse_se": se,
+            "test_rmse": test.tolist(),
             "selected_lr": [float(lrs[i]) for i in pick],
-            "best_epoch": out["best_epoch"][rows, pick].tolist(), "epochs_run": out["epochs"][rows, pick].tolist(),
-            "val_mse_grid": out["val_mse"].tolist(), "test_rmse_grid": out["test_rmse"].tolist(),
-            "max_epochs": spec.max_epochs, "max_epochs_run": int(out["epochs"].max()), "lrs": list(lrs),
-            "wall_s": wall, "cpu_s": cpu,
+            "best_epoch": out["best_epoch"][rows, pick].tolist(),
+            "epochs_run": out["epochs"][rows, pick].tolist(),
+            "val_mse_grid": out["val_mse"].tolist(),
+            "test_rmse_grid": out["test_rmse"].tolist(),
+            "max_epochs": spec.max_epochs,
+            "max_epochs_run": int(out["epochs"].max()),
+            "lrs": list(lrs),
+            "wall_s": wall,
+            "cpu_s": cpu,
         }
         r = results[d][m]
-        tqdm.write(f"{d:9s} {m:4s} test RMSE {_fmt(r['test_rmse_mean'], r['test_rmse_se'])}  lrs {r['selected_lr']}  "
-                   f"epochs<= {r['max_epochs_run']}/{spec.max_epochs}  wall {wall:.1f}s cpu {cpu:.1f}s")
+        tqdm.write(
+            f"{d:9s} {m:4s} test RMSE {_fmt(r['test_rmse_mean'], r['test_rmse_se'])}  lrs {r['selected_lr']}  "
+            f"epochs<= {r['max_epochs_run']}/{spec.max_epochs}  wall {wall:.1f}s cpu {cpu:.1f}s"
+        )
         with open(os.path.join(cfg.out, "partial_results.json"), "w") as f:
             json.dump(results, f)
     total, total_cpu = time.perf_counter() - t_all, time.process_time() - c_all
@@ -429,11 +544,16 @@ def run(cfg: UCIConfig) -> dict:
     checks = target_check(results, datasets)
     table = markdown_table(results, datasets, cfg.methods)
     summary = {
-        "config": dataclasses.asdict(cfg), "wall_s": total, "cpu_s": total_cpu, "results": results,
+        "config": dataclasses.asdict(cfg),
+        "wall_s": total,
+        "cpu_s": total_cpu,
+        "results": results,
         "target_check": checks,
         "gmp_within_2se_or_better": sum(c["within_2se_or_better"] for c in checks.values()),
-        "gmp_first": sum(c["gmp_first"] for c in checks.values()), "num_datasets": len(checks),
-        "device": str(jax.devices()[0]), "table_md": table,
+        "gmp_first": sum(c["gmp_first"] for c in checks.values()),
+        "num_datasets": len(checks),
+        "device": str(jax.devices()[0]),
+        "table_md": table,
     }
     with open(os.path.join(cfg.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
@@ -445,18 +565,24 @@ def run(cfg: UCIConfig) -> dict:
 
 def print_summary(summary: dict) -> None:
     cfg = summary["config"]
-    print(f"\nTest RMSE, mean ± s.e. over {cfg['splits']} splits — protocol={cfg['protocol']}, init={cfg['init']}, "
-          f"max_epochs={cfg['max_epochs']} ({cfg['large_max_epochs']} for > {cfg['large_rows']} fit rows) "
-          "(ours, paper Table 1 in parentheses)\n")
+    print(
+        f"\nTest RMSE, mean ± s.e. over {cfg['splits']} splits — protocol={cfg['protocol']}, init={cfg['init']}, "
+        f"max_epochs={cfg['max_epochs']} ({cfg['large_max_epochs']} for > {cfg['large_rows']} fit rows) "
+        "(ours, paper Table 1 in parentheses)\n"
+    )
     print(summary["table_md"])
     print("\nSelected learning rates (per split):")
     for d, r in summary["results"].items():
         print(f"  {d:9s} " + "  ".join(f"{m}:{sorted(set(v['selected_lr']))}" for m, v in r.items()))
     n = summary["num_datasets"]
-    print(f"\nGmP within 2 s.e. of the paper's GmP (or better): {summary['gmp_within_2se_or_better']}/{n}; "
-          f"GmP ranks first: {summary['gmp_first']}/{n}")
-    print(f"wall time: {summary['wall_s']:.1f} s, process CPU time: {summary['cpu_s']:.1f} s on {summary['device']} "
-          f"({os.cpu_count()} cores visible)")
+    print(
+        f"\nGmP within 2 s.e. of the paper's GmP (or better): {summary['gmp_within_2se_or_better']}/{n}; "
+        f"GmP ranks first: {summary['gmp_first']}/{n}"
+    )
+    print(
+        f"wall time: {summary['wall_s']:.1f} s, process CPU time: {summary['cpu_s']:.1f} s on {summary['device']} "
+        f"({os.cpu_count()} cores visible)"
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> UCIConfig:
@@ -466,12 +592,20 @@ def parse_args(argv: Sequence[str] | None = None) -> UCIConfig:
     p.add_argument("--methods", nargs="+", default=None, help="subset of sp wn bn gmp (also wn_mbn, gmp_imn)")
     p.add_argument("--splits", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", choices=("uniform", "official"), default="uniform",
-                   help="GmP initialisation: paper's uniform (r=1) or released code's Glorot-derived")
+    p.add_argument(
+        "--init",
+        choices=("uniform", "official"),
+        default="uniform",
+        help="GmP initialisation: paper's uniform (r=1) or released code's Glorot-derived",
+    )
     p.add_argument("--lrs", type=float, nargs="+", default=None, help="learning-rate grid (default: protocol's)")
     p.add_argument("--max-epochs", type=int, default=None, help="epoch cap (paper default 1000)")
-    p.add_argument("--large-max-epochs", type=int, default=None,
-                   help="epoch cap for datasets with > 2000 fit rows, naval and power (paper default 300)")
+    p.add_argument(
+        "--large-max-epochs",
+        type=int,
+        default=None,
+        help="epoch cap for datasets with > 2000 fit rows, naval and power (paper default 300)",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--es-patience", type=int, default=None)
     p.add_argument("--plateau-patience", type=int, default=None)
@@ -481,11 +615,23 @@ def parse_args(argv: Sequence[str] | None = None) -> UCIConfig:
     a = p.parse_args(argv)
     datasets = tuple(a.datasets) if a.datasets else (("boston", "yacht") if a.quick else UCI_NAMES)
     lrs = tuple(a.lrs) if a.lrs else ((0.01, 0.1) if a.quick and a.protocol == "paper" else None)
-    return UCIConfig(protocol=a.protocol, datasets=datasets, methods=tuple(a.methods) if a.methods else METHODS,
-                     splits=a.splits, seed=a.seed, init=a.init, lrs=lrs, max_epochs=a.max_epochs,
-                     large_max_epochs=a.large_max_epochs,
-                     batch_size=a.batch_size, es_patience=a.es_patience, plateau_patience=a.plateau_patience,
-                     out=a.out, quick=a.quick, progress=not a.no_progress)
+    return UCIConfig(
+        protocol=a.protocol,
+        datasets=datasets,
+        methods=tuple(a.methods) if a.methods else METHODS,
+        splits=a.splits,
+        seed=a.seed,
+        init=a.init,
+        lrs=lrs,
+        max_epochs=a.max_epochs,
+        large_max_epochs=a.large_max_epochs,
+        batch_size=a.batch_size,
+        es_patience=a.es_patience,
+        plateau_patience=a.plateau_patience,
+        out=a.out,
+        quick=a.quick,
+        progress=not a.no_progress,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -17,11 +17,14 @@ Derivatives (used by the hand-written rules; ``g = dL/du``):
   recurrence ``R_k = g_{k+1} c_{k+1} + s_{k+1} R_{k+1}``) and
   ``dL/dtheta_k = u_k R_k - P_k g_k = P_{k-1} (c_k R_k - s_k g_k)``;
 
-with ``s_k = sin theta_k``, ``c_k = cos theta_k`` computed once in the forward
-pass and kept as residuals (never recomputed in the backward pass).
+with ``s_k = sin theta_k``, ``c_k = cos theta_k``. The ``scan*``/``fast*`` forms compute
+them once in the forward pass and keep them (with u and P) as residuals, four arrays of
+the size of theta; ``tiled`` (the CPU default) keeps none of them and recomputes sin, cos
+and P tile by tile in its backward pass, so a layer step holds only theta, u, dL/du and
+dL/dtheta (about half the peak memory; docs/benchmarks.md).
 
 ``IMPLS`` maps a name to the function and ``default_for_backend`` picks the one
-``impl="auto"`` uses. Measured timings and the reasons for the defaults are in
+``impl="auto"`` uses (``$GMPJAX_UNIT_IMPL`` overrides it). Measured timings and the reasons for the defaults are in
 ``docs/benchmarks.md`` (CPU measured; the GPU/TPU choice is unmeasured).
 
 The scan-based implementations work in *kernel layout*: the angle axis is moved
@@ -33,7 +36,8 @@ transposes cancel inside ``x @ u.T`` under ``jax.jit``.
 
 from __future__ import annotations
 
-from typing import Callable
+import os
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +58,10 @@ __all__ = [
     "unit_scan_jvp",
     "unit_fast",
     "unit_fast_vjp",
+    "unit_tiled",
+    "unit_tiled_renormalized",
+    "RENORMALIZED",
+    "TILE",
 ]
 
 
@@ -289,28 +297,192 @@ def _in_kernel_layout(rows_fn: Callable[[Array], Array], doc: str) -> Callable[[
 
 
 unit_scan = _in_kernel_layout(
-    _rows_scan, """Sequential ``lax.scan`` over the angle axis in kernel layout, plain autodiff.""")
+    _rows_scan, """Sequential ``lax.scan`` over the angle axis in kernel layout, plain autodiff."""
+)
 
-unit_scan_vjp = _in_kernel_layout(_make_rows_vjp(_libm_sincos), """Kernel-layout scan with a ``jax.custom_vjp``.
+unit_scan_vjp = _in_kernel_layout(
+    _make_rows_vjp(_libm_sincos),
+    """Kernel-layout scan with a ``jax.custom_vjp``.
 
 The backward pass is the division-free reverse recurrence over the residuals
 (sin, cos, u, P) of the forward pass (``jnp.sin``/``jnp.cos``). Reverse mode only:
-``jax.jvp``/``jax.jacfwd`` raise TypeError (see ``FORWARD_MODE``).""")
+``jax.jvp``/``jax.jacfwd`` raise TypeError (see ``FORWARD_MODE``).""",
+)
 
-unit_scan_jvp = _in_kernel_layout(_make_rows_jvp(_libm_sincos), """Kernel-layout scan with a ``jax.custom_jvp``.
+unit_scan_jvp = _in_kernel_layout(
+    _make_rows_jvp(_libm_sincos),
+    """Kernel-layout scan with a ``jax.custom_jvp``.
 
 The tangent rule is the linear forward recurrence over the residuals (sin, cos,
 u, P); reverse mode is JAX's transpose of it, i.e. the reverse recurrence
-(``jnp.sin``/``jnp.cos``). Forward and reverse mode, any order.""")
+(``jnp.sin``/``jnp.cos``). Forward and reverse mode, any order.""",
+)
 
-unit_fast = _in_kernel_layout(_make_rows_jvp(sincos), """``unit_scan_jvp`` with the fused float32 ``sincos``.
+unit_fast = _in_kernel_layout(
+    _make_rows_jvp(sincos),
+    """``unit_scan_jvp`` with the fused float32 ``sincos``.
 
 One range reduction and two vectorised polynomials instead of ``jnp.sin`` and
-``jnp.cos``; sin/cos are computed once and reused by the backward pass. The
-fastest implementation measured on CPU. Forward and reverse mode, any order.""")
+``jnp.cos``; sin/cos are computed once and kept (with u and P) for the backward pass.
+As fast as ``tiled`` on CPU but with four weight-sized residuals; the implementation to
+pick where forward mode is needed. Forward and reverse mode, any order.""",
+)
 
 unit_fast_vjp = _in_kernel_layout(
-    _make_rows_vjp(sincos), """``unit_scan_vjp`` with the fused float32 ``sincos`` (reverse mode only).""")
+    _make_rows_vjp(sincos), """``unit_scan_vjp`` with the fused float32 ``sincos`` (reverse mode only)."""
+)
+
+
+# ---------------------------------------------------------------------------
+# Tiled form: no per-angle residuals
+# ---------------------------------------------------------------------------
+
+#: Width (angles per tile) of the ``tiled`` implementation; measured on CPU (docs/benchmarks.md).
+TILE = 32
+
+
+def _tile_forward(theta_tile: Array, p: Array) -> tuple[Array, Array]:
+    """One tile of the forward recurrence.
+
+    Args:
+      theta_tile: angles ``theta_{a..a+b-1}``, shape ``(M, b)`` (native layout).
+      p: ``P_{a-1}``, the product of the sines before the tile, shape ``(M,)``.
+
+    Returns:
+      ``P_{a+b-1}`` (shape ``(M,)``) and ``u_{a..a+b-1} = P_{k-1} c_k`` (shape ``(M, b)``).
+    """
+    s, c = sincos(theta_tile.T)  # (b, M): each recurrence step is one contiguous row
+
+    def step(p_prev, sc):
+        s_k, c_k = sc
+        return p_prev * s_k, p_prev * c_k
+
+    p, u_rows = lax.scan(step, p, (s, c))
+    return p, u_rows.T
+
+
+def _tile_backward(theta_tile: Array, g_tile: Array, p0: Array, r: Array, scale: Array | None) -> tuple[Array, Array]:
+    """One tile of the reverse recurrence, recomputing sin, cos and the prefix products.
+
+    Args:
+      theta_tile: angles of the tile, shape ``(M, b)``.
+      g_tile: ``dL/du`` of the same coordinates, shape ``(M, b)``.
+      p0: ``P_{a-1}`` (saved by the forward pass, one row per tile), shape ``(M,)``.
+      r: ``R`` of the last angle of the tile (from the tiles after it), shape ``(M,)``.
+      scale: optional ``(M,)`` factor of ``g`` (the renormalisation), applied tile by tile so
+        that no scaled copy of the whole ``g`` is made.
+
+    Returns:
+      ``dL/dtheta`` of the tile, ``P_{k-1} (c_k R_k - s_k g_k)``, shape ``(M, b)``, and
+      ``R`` before the tile, ``R_{a-1}``, shape ``(M,)``.
+    """
+    s, c = sincos(theta_tile.T)
+    g = g_tile.T if scale is None else g_tile.T * scale
+    _, p_excl = lax.scan(lambda p, s_k: (p * s_k, p), p0, s)
+
+    def step(r_k, xs):
+        g_k, s_k, c_k, p_k = xs
+        return g_k * c_k + s_k * r_k, p_k * (c_k * r_k - s_k * g_k)
+
+    r, dtheta = lax.scan(step, r, (g, s, c, p_excl), reverse=True)
+    return dtheta.T, r
+
+
+def _tiled_forward_2d(theta: Array, tile: int) -> tuple[Array, Array, Array]:
+    """u of ``theta`` (M, K) tile by tile; also the tile-start products (one (M,) row per tile)."""
+    m, k = theta.shape
+    n_full, rem = divmod(k, tile)
+    u = jnp.zeros((m, k + 1), theta.dtype)
+    p = jnp.ones((m,), theta.dtype)
+    starts = jnp.zeros((0, m), theta.dtype)
+    if n_full:
+
+        def body(carry, j):
+            p, u = carry
+            p_next, u_tile = _tile_forward(lax.dynamic_slice_in_dim(theta, j * tile, tile, axis=1), p)
+            return (p_next, lax.dynamic_update_slice_in_dim(u, u_tile, j * tile, axis=1)), p
+
+        (p, u), starts = lax.scan(body, (p, u), jnp.arange(n_full))
+    p_rem = p
+    if rem:
+        p, u_tile = _tile_forward(theta[:, n_full * tile :], p)
+        u = lax.dynamic_update_slice_in_dim(u, u_tile, n_full * tile, axis=1)
+    return u.at[:, k].set(p), starts, p_rem
+
+
+def _tiled_backward_2d(theta: Array, starts: Array, p_rem: Array, g: Array, scale: Array | None, tile: int) -> Array:
+    """``dL/dtheta`` (M, K) from ``g = dL/du`` (M, K+1) (times ``scale`` per row), tiles in reverse order."""
+    _, k = theta.shape
+    n_full, rem = divmod(k, tile)
+    r = g[:, k] if scale is None else g[:, k] * scale  # R_{n-1} = g_n
+    dtheta = jnp.zeros_like(theta)
+    if rem:
+        d, r = _tile_backward(theta[:, n_full * tile :], g[:, n_full * tile : k], p_rem, r, scale)
+        dtheta = lax.dynamic_update_slice_in_dim(dtheta, d, n_full * tile, axis=1)
+    if n_full:
+
+        def body(carry, xs):
+            r, dtheta = carry
+            j, p0 = xs
+            d, r = _tile_backward(
+                lax.dynamic_slice_in_dim(theta, j * tile, tile, axis=1),
+                lax.dynamic_slice_in_dim(g, j * tile, tile, axis=1),
+                p0,
+                r,
+                scale,
+            )
+            return (r, lax.dynamic_update_slice_in_dim(dtheta, d, j * tile, axis=1)), None
+
+        (r, dtheta), _ = lax.scan(body, (r, dtheta), (jnp.arange(n_full), starts), reverse=True)
+    return dtheta
+
+
+def _make_tiled(renormalize: bool, tile: int | None = None) -> Callable[[Array], Array]:
+    @jax.custom_vjp
+    def unit2d(theta: Array) -> Array:
+        return fwd(theta)[0]
+
+    def fwd(theta):
+        u, starts, p_rem = _tiled_forward_2d(theta, tile or TILE)
+        scale = None
+        if renormalize:
+            # ||u|| = 1 identically: the scale only removes rounding drift and is a constant for
+            # every derivative (as in hyperspherical.angles_to_unit).
+            scale = lax.stop_gradient(lax.rsqrt(jnp.sum(u * u, axis=-1)))
+            u = u * scale[:, None]
+        return u, (theta, starts, p_rem, scale)
+
+    def bwd(res, g):
+        theta, starts, p_rem, scale = res
+        return (_tiled_backward_2d(theta, starts, p_rem, g, scale, tile or TILE),)
+
+    unit2d.defvjp(fwd, bwd)
+
+    def unit(theta: Array) -> Array:
+        lead = theta.shape[:-1]
+        return unit2d(theta.reshape(-1, theta.shape[-1])).reshape(lead + (theta.shape[-1] + 1,))
+
+    return unit
+
+
+unit_tiled = _make_tiled(renormalize=False)
+unit_tiled.__doc__ = """Tiled recurrence with a ``jax.custom_vjp`` that keeps no per-angle residuals.
+
+theta ``(M, n-1)`` is processed in tiles of ``TILE`` angles: each tile is transposed
+(so a recurrence step is one contiguous row), sin/cos come from the fused ``sincos``,
+and u is written back in the stored layout. The only residuals are theta itself
+(an input) and one row ``P_{a-1}`` per tile (``M * (n-1) / TILE`` numbers). The
+backward pass walks the tiles in reverse and, per tile, recomputes sin/cos and the
+prefix products from the saved row, then runs the division-free reverse recurrence.
+A GmPDense step then holds theta, u, dL/du and dL/dtheta (the un-fused floor).
+Reverse mode only: ``jax.jvp``/``jax.jacfwd`` raise TypeError (see ``FORWARD_MODE``)."""
+
+#: ``unit_tiled`` followed by the renormalisation of ``hyperspherical.angles_to_unit``, fused
+#: into the custom rule (the scale is a constant for derivatives, as there).
+unit_tiled_renormalized = _make_tiled(renormalize=True)
+
+#: Implementations with the renormalisation fused in; ``angles_to_unit`` uses these when asked to renormalise.
+RENORMALIZED: dict[str, Callable[[Array], Array]] = {"tiled": unit_tiled_renormalized}
 
 
 IMPLS: dict[str, Callable[[Array], Array]] = {
@@ -321,21 +493,34 @@ IMPLS: dict[str, Callable[[Array], Array]] = {
     "scan_jvp": unit_scan_jvp,
     "fast": unit_fast,
     "fast_vjp": unit_fast_vjp,
+    "tiled": unit_tiled,
 }
 
 #: Implementations that support forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``).
 FORWARD_MODE: tuple[str, ...] = ("cumprod", "assoc", "scan", "scan_jvp", "fast")
 
-# CPU: measured (docs/benchmarks.md). GPU/TPU: not measured on this project's machines;
-# a 4095-step sequential scan launches one kernel per step there, so the parallel
-# prefix form is the safer default until someone times it.
-_DEFAULTS = {"cpu": "fast", "gpu": "cumprod", "cuda": "cumprod", "rocm": "cumprod", "tpu": "cumprod"}
+# CPU: measured (docs/benchmarks.md): ``tiled`` is as fast as ``fast`` and needs half the memory.
+# GPU/TPU: not measured on this project's machines; a 4095-step sequential scan launches one
+# kernel per step there, so the parallel prefix form is the default until
+# ``benchmarks/device_check.sh`` has timed it (it writes its pick to benchmarks/results/).
+_DEFAULTS = {"cpu": "tiled", "gpu": "cumprod", "cuda": "cumprod", "rocm": "cumprod", "tpu": "cumprod"}
+
+#: Environment variable that overrides ``default_for_backend`` on every backend (e.g. the
+#: ``chosen_impl`` that ``benchmarks/device_check.sh`` measured for an accelerator).
+ENV_OVERRIDE = "GMPJAX_UNIT_IMPL"
 
 
 def default_for_backend(backend: str) -> str:
     """Name of the implementation used by ``impl="auto"`` on ``backend`` (``"cpu"``, ``"gpu"``, ...).
 
+    ``$GMPJAX_UNIT_IMPL``, when set, wins on every backend.
+
     >>> default_for_backend("cpu")
-    'fast'
+    'tiled'
     """
+    override = os.environ.get(ENV_OVERRIDE)
+    if override:
+        if override not in IMPLS:
+            raise ValueError(f"${ENV_OVERRIDE}={override!r} is not an implementation; choose one of {list(IMPLS)}.")
+        return override
     return _DEFAULTS.get(backend, "cumprod")

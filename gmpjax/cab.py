@@ -27,7 +27,8 @@ Everything is ``jax.jit``/``vmap``/``lax.scan`` safe and returns arrays:
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -77,11 +78,14 @@ def _sq_norm(w: Array) -> Array:
 def _check_vec(w: Array, name: str) -> Array:
     w = jnp.asarray(w)
     if w.ndim < 1:
-        raise ValueError(f"{name} must have shape (..., n) with the input features on the last axis "
-                         f"(got a scalar); use w[None] for a 1-D unit.")
+        raise ValueError(
+            f"{name} must have shape (..., n) with the input features on the last axis "
+            f"(got a scalar); use w[None] for a 1-D unit."
+        )
     if not jnp.issubdtype(w.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array (got dtype {w.dtype}); cast it with "
-                        f"{name}.astype(jnp.float32).")
+        raise TypeError(
+            f"{name} must be a floating-point array (got dtype {w.dtype}); cast it with {name}.astype(jnp.float32)."
+        )
     return w
 
 
@@ -154,8 +158,7 @@ def wn_location(v: Array, g: Array, b: Array) -> Array:
     return sp_location(wn_weight(v, g), b)
 
 
-def bn_effective_bias(b: Array, gamma: Array, beta: Array, mean: Array, var: Array,
-                      epsilon: float = 1e-3) -> Array:
+def bn_effective_bias(b: Array, gamma: Array, beta: Array, mean: Array, var: Array, epsilon: float = 1e-3) -> Array:
     """Bias of the standard unit equivalent to ``relu(BN(w . x + b))`` at fixed statistics.
 
     ``BN(z) = gamma (z - mean) / sqrt(var + epsilon) + beta`` vanishes where
@@ -170,8 +173,7 @@ def bn_effective_bias(b: Array, gamma: Array, beta: Array, mean: Array, var: Arr
     return b + sigma * jnp.asarray(beta, b.dtype) / safe_gamma - jnp.asarray(mean, b.dtype)
 
 
-def bn_location(w: Array, b: Array, gamma: Array, beta: Array, mean: Array, var: Array,
-                epsilon: float = 1e-3) -> Array:
+def bn_location(w: Array, b: Array, gamma: Array, beta: Array, mean: Array, var: Array, epsilon: float = 1e-3) -> Array:
     """Spatial location of ``relu(BN(w . x + b))``: ``sp_location(w, bn_effective_bias(...))``, ``(..., n)``."""
     return sp_location(w, bn_effective_bias(b, gamma, beta, mean, var, epsilon))
 
@@ -197,8 +199,9 @@ def gmp_location(u: Array, offset: Array) -> Array:
 def _check_history(x: Array, name: str) -> Array:
     x = jnp.asarray(x)
     if x.ndim < 3:
-        raise ValueError(f"{name} must be a history of shape (..., T+1, m, n) (steps, units, features); "
-                         f"got shape {x.shape}.")
+        raise ValueError(
+            f"{name} must be a history of shape (..., T+1, m, n) (steps, units, features); got shape {x.shape}."
+        )
     return x
 
 
@@ -232,12 +235,12 @@ def max_angle_change(directions: Array) -> Array:
 
 def cab_changes(history: CAB) -> dict[str, Array]:
     """Per-step ``max_dphi`` and ``max_dtheta`` (radians) of a CAB history ``(..., T+1, m, n)`` -> ``(..., T)``."""
-    return {"max_dphi": max_location_change(history.location),
-            "max_dtheta": max_angle_change(history.direction)}
+    return {"max_dphi": max_location_change(history.location), "max_dtheta": max_angle_change(history.direction)}
 
 
 # --------------------------------------------------------------------------- layers
-def _val(v) -> Array:
+def _val(v: Any) -> Array:
+    """The value of an ``nnx.Variable`` (or an array)."""
     return v[...]
 
 
@@ -274,8 +277,7 @@ def cab_of_layer(layer: nnx.Module) -> CAB:
         w = _val(layer.linear.kernel).T
         n = layer.norm
         gamma = _val(n.scale)
-        b_eff = bn_effective_bias(_val(layer.linear.bias), gamma, _val(n.bias), _val(n.mean), _val(n.var),
-                                  n.epsilon)
+        b_eff = bn_effective_bias(_val(layer.linear.bias), gamma, _val(n.bias), _val(n.mean), _val(n.var), n.epsilon)
         sign = jnp.where(gamma < 0, -1.0, 1.0).astype(w.dtype)
         return CAB(sign[:, None] * sp_direction(w), sp_location(w, b_eff))
     if isinstance(layer, B.WNMBNDense):
@@ -290,13 +292,14 @@ def cab_of_layer(layer: nnx.Module) -> CAB:
 
 def _first_hidden(model: nnx.Module) -> nnx.Module:
     try:
-        return model.hidden[0]
+        return cast(Any, model).hidden[0]
     except (AttributeError, IndexError, TypeError):
         raise TypeError("track_cab: the model has no `hidden[0]` layer; pass select=lambda m: <the layer>.") from None
 
 
-def track_cab(graphdef: nnx.GraphDef, select: Callable[[nnx.Module], nnx.Module] = _first_hidden
-              ) -> Callable[[Any], CAB]:
+def track_cab(
+    graphdef: nnx.GraphDef, select: Callable[[nnx.Module], nnx.Module] = _first_hidden
+) -> Callable[[Any], CAB]:
     """A pure ``TrainState -> CAB`` for one layer of the model (default ``model.hidden[0]``).
 
     Use it per step inside a scanned train step (``with_cab_tracking``), or
@@ -311,7 +314,7 @@ def track_cab(graphdef: nnx.GraphDef, select: Callable[[nnx.Module], nnx.Module]
     (3, 2)
     """
 
-    def track(state) -> CAB:
+    def track(state: Any) -> CAB:
         model = nnx.merge(graphdef, state.params, state.rest)
         return cab_of_layer(select(model))
 
@@ -326,7 +329,7 @@ def with_cab_tracking(step: Callable, track: Callable[[Any], CAB]) -> Callable:
     call ``cab_changes`` for the per-step maxima.
     """
 
-    def tracked(state, batch):
+    def tracked(state: Any, batch: Any) -> tuple[Any, dict[str, Any]]:
         state, metrics = step(state, batch)
         return state, {**metrics, "cab": track(state)}
 

@@ -20,10 +20,13 @@ where no function divides by a sine.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.typing import DTypeLike
 
 from gmpjax import _unit_impls
 
@@ -98,11 +101,22 @@ def angles_to_unit(theta: Array, *, impl: str = "auto", renormalize: bool = True
     try:
         fn: Callable[[Array], Array] = _unit_impls.IMPLS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown impl {impl!r}; choose 'auto' or one of {available_impls()}"
-        ) from None
-    u = fn(theta)
-    if renormalize:
+        raise ValueError(f"unknown impl {impl!r}; choose 'auto' or one of {available_impls()}") from None
+    fused = renormalize and name in _unit_impls.RENORMALIZED
+    if fused:
+        # the implementation applies the same constant-for-derivatives scale inside its own rule
+        fn = _unit_impls.RENORMALIZED[name]
+    try:
+        u = fn(theta)
+    except TypeError as e:
+        if "custom_vjp" not in str(e):
+            raise
+        raise TypeError(
+            f"impl={name!r} defines only reverse-mode derivatives (a jax.custom_vjp), so forward-mode "
+            f"autodiff (jax.jvp, jax.jacfwd, jax.hessian) cannot differentiate it; use a custom_jvp / "
+            f"forward-mode impl instead: one of {_unit_impls.FORWARD_MODE}."
+        ) from e
+    if renormalize and not fused:
         # The barrier stops XLA from fusing an implementation's final transpose into the norm
         # reduction (a strided reduction that made the forward pass 6x slower on CPU at 4096^2).
         u = jax.lax.optimization_barrier(u)
@@ -145,9 +159,7 @@ def unit_to_angles(u: Array) -> Array:
     """
     u = jnp.asarray(u)
     if jnp.ndim(u) < 1 or jnp.shape(u)[-1] < 2:
-        raise ValueError(
-            f"u must have shape (..., n) with n >= 2 on the last axis (got shape {jnp.shape(u)})."
-        )
+        raise ValueError(f"u must have shape (..., n) with n >= 2 on the last axis (got shape {jnp.shape(u)}).")
     _check_float(u, "u")
     sq = jnp.square(u)
     # tail[k] = sum_{j >= k} u_j^2 (reverse cumulative sum; sums of squares, no cancellation).
@@ -158,18 +170,33 @@ def unit_to_angles(u: Array) -> Array:
     return jnp.concatenate([first, last], axis=-1)
 
 
-def sample_uniform_unit(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+def _shape(shape: Any, name: str) -> tuple[int, ...]:
+    """``shape`` as a tuple; an int ``k`` means ``(k,)`` as in ``jax.random``."""
+    if isinstance(shape, int | np.integer) and not isinstance(shape, bool):
+        return (int(shape),)
+    if isinstance(shape, str):
+        raise TypeError(f"{name} must be an int or a tuple of ints (got {shape!r}).")
+    try:
+        return tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"{name} must be an int or a tuple of ints (got {shape!r}).") from None
+
+
+def sample_uniform_unit(key: Array, shape: tuple[int, ...] | int, dtype: DTypeLike = jnp.float32) -> Array:
     """Unit vectors uniform on S^{n-1}: normalised standard Gaussians.
 
     Args:
       key: PRNG key.
-      shape: ``(..., n)``, ``n >= 2``.
+      shape: ``(..., n)``, ``n >= 2``; an int ``n`` means ``(n,)``.
     """
+    shape = _shape(shape, "shape")
+    if len(shape) < 1 or shape[-1] < 2:
+        raise ValueError(f"shape must be (..., n) with n >= 2 (got {shape}).")
     g = jax.random.normal(key, shape, dtype)
     return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
 
 
-def sample_uniform_angles(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+def sample_uniform_angles(key: Array, shape: tuple[int, ...] | int, dtype: DTypeLike = jnp.float32) -> Array:
     """Angles whose ``u(theta)`` is exactly uniform on the sphere S^{n-1}.
 
     Draws a standard Gaussian ``g`` of shape ``(..., n)`` and returns
@@ -179,18 +206,22 @@ def sample_uniform_angles(key: Array, shape: tuple[int, ...], dtype=jnp.float32)
 
     Args:
       key: PRNG key.
-      shape: the angle shape ``(..., n-1)`` with ``n - 1 >= 1``.
+      shape: the angle shape ``(..., n-1)`` with ``n - 1 >= 1``; an int ``k`` means ``(k,)``
+        (one direction in R^(k+1)), as in ``jax.random``.
       dtype: floating dtype of the result.
+
+    It has the ``(key, shape, dtype)`` signature of an nnx initializer, so it can be passed as
+    ``GmPDense(..., theta_init=sample_uniform_angles)`` (or wrapped in ``nnx.with_partitioning``).
 
     >>> import jax
     >>> sample_uniform_angles(jax.random.key(0), (5, 3)).shape
     (5, 3)
+    >>> sample_uniform_angles(jax.random.key(0), 5).shape
+    (5,)
     """
-    shape = tuple(shape)
+    shape = _shape(shape, "shape")
     if len(shape) < 1 or shape[-1] < 1:
-        raise ValueError(
-            f"shape must be (..., n-1) with n-1 >= 1 (got {shape}); a sphere S^(n-1) needs n >= 2."
-        )
+        raise ValueError(f"shape must be (..., n-1) with n-1 >= 1 (got {shape}); a sphere S^(n-1) needs n >= 2.")
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"dtype must be floating point (got {dtype}).")
     g = jax.random.normal(key, shape[:-1] + (shape[-1] + 1,), dtype)
@@ -227,14 +258,36 @@ def angular_change(theta: Array, eps: Array) -> Array:
 
     Args:
       theta: shape ``(..., n-1)``.
-      eps: perturbation, broadcastable to ``theta``.
+      eps: perturbation, broadcastable to ``theta``'s shape (a ValueError otherwise).
 
     Returns:
       the angle in radians, shape ``(...)``.
+
+    >>> import jax.numpy as jnp
+    >>> round(float(angular_change(jnp.array([jnp.pi / 2, 0.3]), jnp.array([0.0, 0.1]))), 6)
+    0.1
     """
     theta = jnp.asarray(theta)
+    _check_angles(theta)
     eps = jnp.asarray(eps, dtype=jnp.result_type(theta))
+    try:
+        ok = jnp.broadcast_shapes(theta.shape, eps.shape) == theta.shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"eps must have theta's shape {theta.shape} or broadcast to it (got {eps.shape}): "
+            "one perturbation per angle."
+        )
     return _safe_norm_from_sq(jnp.sum(angular_metric(theta) * jnp.square(eps), axis=-1))
+
+
+def _concrete(x: Array) -> np.ndarray | None:
+    """``x`` as numpy when it holds values (outside jit); ``None`` for tracers."""
+    try:
+        return np.asarray(x)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return None
 
 
 def from_standard(kernel: Array, bias: Array | None = None) -> dict[str, Array]:
@@ -245,49 +298,78 @@ def from_standard(kernel: Array, bias: Array | None = None) -> dict[str, Array]:
     ``relu(x @ kernel + bias) == radius * relu(x @ u(theta).T + offset)``
     (exact for ``activation=None`` and for any positively homogeneous activation).
 
+    A zero column ``w_j = 0`` becomes ``radius = 0``, ``offset = 0`` (a unit that outputs 0). That is
+    exact only if ``b_j = 0``; for a nonzero ``b_j`` (a constant unit) a ValueError names the columns
+    when the values are concrete (outside ``jax.jit``). ``GmPDense.from_linear(linear, activation="relu")``
+    also converts ``b_j <= 0`` exactly, since ``relu(b_j) = 0``.
+
     Args:
-      kernel: shape ``(n, m)`` (flax layout: inputs x outputs), ``n >= 2``.
-      bias: shape ``(m,)`` or ``None`` (zero).
+      kernel: shape ``(..., n, m)`` (flax layout: inputs x outputs), ``n >= 2``; leading axes are
+        batch axes (e.g. stacked layers).
+      bias: shape ``(..., m)`` or ``None`` (zero).
 
     Returns:
-      ``{"theta": (m, n-1), "radius": (m,), "offset": (m,)}``.
+      ``{"theta": (..., m, n-1), "radius": (..., m), "offset": (..., m)}``.
+
+    >>> import jax.numpy as jnp
+    >>> p = from_standard(jnp.array([[3.0], [4.0]]), jnp.array([10.0]))
+    >>> [float(p["radius"][0]), float(p["offset"][0])]
+    [5.0, 2.0]
     """
     kernel = jnp.asarray(kernel)
-    if kernel.ndim != 2 or kernel.shape[0] < 2:
+    if kernel.ndim < 2 or kernel.shape[-2] < 2:
         raise ValueError(
-            f"kernel must have shape (n_in, n_out) with n_in >= 2 (got {kernel.shape})."
+            f"kernel must have shape (..., n_in, n_out) with n_in >= 2 (got {kernel.shape}); "
+            "for n_in = 1 use GmPDense.from_linear, which gives the fixed-sign form."
         )
     _check_float(kernel, "kernel")
-    w = kernel.T
+    w = jnp.swapaxes(kernel, -1, -2)
     radius = jnp.linalg.norm(w, axis=-1)
     if bias is None:
         bias = jnp.zeros_like(radius)
     bias = jnp.asarray(bias, kernel.dtype)
     if bias.shape != radius.shape:
         raise ValueError(f"bias must have shape {radius.shape} (got {bias.shape}).")
-    safe_r = jnp.where(radius > 0, radius, 1.0)
-    return {"theta": unit_to_angles(w), "radius": radius, "offset": bias / safe_r}
+    r_np, b_np = _concrete(radius), _concrete(bias)
+    if r_np is not None and b_np is not None:
+        bad = np.argwhere((r_np == 0) & (b_np != 0))
+        if bad.size:
+            raise ValueError(
+                f"kernel columns {[tuple(int(i) for i in ix) if len(ix) > 1 else int(ix[0]) for ix in bad]} are zero "
+                "with a nonzero bias: a constant unit, which r * act(u . x + lambda) with ||u|| = 1 cannot "
+                "represent (GmPDense.from_linear(..., activation='relu') handles bias <= 0 exactly)."
+            )
+    pos = radius > 0
+    safe_r = jnp.where(pos, radius, 1.0)
+    return {"theta": unit_to_angles(w), "radius": radius, "offset": jnp.where(pos, bias / safe_r, 0.0)}
 
 
 def to_standard(theta: Array, radius: Array, offset: Array) -> dict[str, Array]:
     """Convert GmP parameters to a standard Dense layer: ``kernel = (radius * u(theta)).T``, ``bias = radius * offset``.
 
     Args:
-      theta: shape ``(m, n-1)``.
-      radius: shape ``(m,)``.
-      offset: shape ``(m,)`` (lambda).
+      theta: shape ``(..., m, n-1)`` (m units; leading axes are batch axes, e.g. stacked layers).
+      radius: shape ``(..., m)``.
+      offset: shape ``(..., m)`` (lambda).
 
     Returns:
-      ``{"kernel": (n, m), "bias": (m,)}``; the function is the same for
+      ``{"kernel": (..., n, m), "bias": (..., m)}``; the function is the same for
       ``activation=None``, and for ReLU when ``radius >= 0``.
+
+    >>> import jax.numpy as jnp
+    >>> to_standard(jnp.zeros((4, 2)), jnp.ones(4), jnp.zeros(4))["kernel"].shape
+    (3, 4)
     """
     theta = jnp.asarray(theta)
     _check_angles(theta)
+    if theta.ndim < 2:
+        raise ValueError(
+            f"theta must have shape (..., m, n-1): one row of angles per unit (got shape {theta.shape}); "
+            "for a single unit pass theta[None], radius[None], offset[None]."
+        )
     u = angles_to_unit(theta)
     radius = jnp.asarray(radius, theta.dtype)
     offset = jnp.asarray(offset, theta.dtype)
     if radius.shape != u.shape[:-1] or offset.shape != u.shape[:-1]:
-        raise ValueError(
-            f"radius and offset must have shape {u.shape[:-1]} (got {radius.shape}, {offset.shape})."
-        )
-    return {"kernel": (radius[:, None] * u).T, "bias": radius * offset}
+        raise ValueError(f"radius and offset must have shape {u.shape[:-1]} (got {radius.shape}, {offset.shape}).")
+    return {"kernel": jnp.swapaxes(radius[..., None] * u, -1, -2), "bias": radius * offset}

@@ -21,14 +21,21 @@ converted to ``(W, b)``). Computation is float64 NumPy.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
+from jax.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 Array = jax.Array
 LayerList = Sequence[tuple[Any, Any]]
+Interval = tuple[float, float]
 
 __all__ = [
     "relu_mlp",
@@ -93,7 +100,7 @@ def as_layers(params: Any) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def _check_interval(interval) -> tuple[float, float]:
+def _check_interval(interval: Any) -> Interval:
     try:
         lo, hi = (float(v) for v in interval)
     except (TypeError, ValueError):
@@ -103,7 +110,7 @@ def _check_interval(interval) -> tuple[float, float]:
     return lo, hi
 
 
-def _forward_np(layers, x: np.ndarray, upto: int) -> np.ndarray:
+def _forward_np(layers: LayerList, x: np.ndarray, upto: int) -> np.ndarray:
     """Pre-activations of layer ``upto`` at points ``x`` (n,); ``upto = len(layers) - 1`` is the output."""
     h = x[:, None]
     for k in range(upto + 1):
@@ -137,8 +144,14 @@ class Pieces:
         return int(self.slopes.shape[0])
 
 
-def linear_pieces(params: Any, interval=(0.0, 1.0), *, rtol: float = 1e-10, merge_gap: float = 1e-13,
-                  min_width: float = 0.0) -> Pieces:
+def linear_pieces(
+    params: Any,
+    interval: Interval = (0.0, 1.0),
+    *,
+    rtol: float = 1e-10,
+    merge_gap: float = 1e-13,
+    min_width: float = 0.0,
+) -> Pieces:
     """Exact breakpoints and maximal linear pieces of a 1-input ReLU MLP on ``interval``.
 
     Args:
@@ -207,7 +220,9 @@ def linear_pieces(params: Any, interval=(0.0, 1.0), *, rtol: float = 1e-10, merg
     return Pieces(knots=knots, values=values, slopes=slopes, raw_knots=xs, patterns=patterns)
 
 
-def _absorb_narrow(knots, slopes, scale, width, rtol):
+def _absorb_narrow(
+    knots: np.ndarray, slopes: np.ndarray, scale: np.ndarray, width: float, rtol: float
+) -> tuple[np.ndarray, np.ndarray]:
     """Collapse every run of pieces narrower than ``width`` into one knot (its midpoint) and re-merge equal slopes."""
     w = np.diff(knots)
     wide = np.nonzero(w >= width)[0]
@@ -216,7 +231,7 @@ def _absorb_narrow(knots, slopes, scale, width, rtol):
     new_knots = [knots[0]]
     new_slopes = [slopes[wide[0]]]
     new_scale = [scale[wide[0]]]
-    for prev, j in zip(wide[:-1], wide[1:]):
+    for prev, j in itertools.pairwise(wide):
         left_end, right_start = knots[prev + 1], knots[j]
         same = np.all(np.abs(slopes[j] - new_slopes[-1]) <= rtol * np.maximum(scale[j], new_scale[-1]))
         if same:
@@ -228,7 +243,9 @@ def _absorb_narrow(knots, slopes, scale, width, rtol):
     return np.asarray(new_knots), np.asarray(new_slopes)
 
 
-def count_linear_regions(params: Any, interval=(0.0, 1.0), *, rtol: float = 1e-10, min_width: float = 0.0) -> int:
+def count_linear_regions(
+    params: Any, interval: Interval = (0.0, 1.0), *, rtol: float = 1e-10, min_width: float = 0.0
+) -> int:
     """Number of maximal linear pieces of a 1-input ReLU MLP on ``interval`` (exact breakpoint propagation).
 
     Args:
@@ -246,7 +263,7 @@ def count_linear_regions(params: Any, interval=(0.0, 1.0), *, rtol: float = 1e-1
     return linear_pieces(params, interval, rtol=rtol, min_width=min_width).count
 
 
-def count_activation_regions(params: Any, interval=(0.0, 1.0)) -> int:
+def count_activation_regions(params: Any, interval: Interval = (0.0, 1.0)) -> int:
     """Number of maximal intervals with a constant activation pattern (>= the number of linear pieces)."""
     p = linear_pieces(params, interval)
     pats = p.patterns
@@ -256,8 +273,9 @@ def count_activation_regions(params: Any, interval=(0.0, 1.0)) -> int:
     return int(1 + changes.sum())
 
 
-def count_linear_regions_batched(stacked: Any, interval=(0.0, 1.0), *, rtol: float = 1e-10,
-                                 min_width: float = 0.0) -> np.ndarray:
+def count_linear_regions_batched(
+    stacked: Any, interval: Interval = (0.0, 1.0), *, rtol: float = 1e-10, min_width: float = 0.0
+) -> np.ndarray:
     """Region counts of replicas whose layer arrays carry a leading replica axis ``R``.
 
     Args:
@@ -274,13 +292,25 @@ def count_linear_regions_batched(stacked: Any, interval=(0.0, 1.0), *, rtol: flo
         raise ValueError(f"stacked W must have shape (R, in, out); got {Ws[0].shape}.")
     R = Ws[0].shape[0]
     return np.array(
-        [count_linear_regions([(W[r], b[r]) for W, b in zip(Ws, bs)], interval, rtol=rtol, min_width=min_width)
-         for r in range(R)]
+        [
+            count_linear_regions(
+                [(W[r], b[r]) for W, b in zip(Ws, bs, strict=True)], interval, rtol=rtol, min_width=min_width
+            )
+            for r in range(R)
+        ]
     )
 
 
-def plot_linear_regions(params: Any, interval=(0.0, 1.0), *, ax=None, target=None, output: int = 0,
-                        title: str | None = None, shade: bool = True):
+def plot_linear_regions(
+    params: Any,
+    interval: Interval = (0.0, 1.0),
+    *,
+    ax: Axes | None = None,
+    target: Callable[[np.ndarray], ArrayLike] | None = None,
+    output: int = 0,
+    title: str | None = None,
+    shade: bool = True,
+) -> Axes:
     """Plot the network on ``interval`` with its linear pieces shaded alternately and breakpoints marked.
 
     Args:

@@ -32,11 +32,12 @@ or float64). Peak validation runs only on concrete (non-traced) values.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 Array = jax.Array
 Layers = list[tuple[Array, Array]]
@@ -68,11 +69,11 @@ DEFAULT_MARGIN = 0.02
 # ----------------------------------------------------------------------------- validation
 
 
-def _is_concrete(x) -> bool:
+def _is_concrete(x: object) -> bool:
     return not isinstance(x, jax.core.Tracer)
 
 
-def check_peaks(peaks, name: str = "peaks", *, min_len: int = 1) -> Array:
+def check_peaks(peaks: ArrayLike, name: str = "peaks", *, min_len: int = 1) -> Array:
     """Validate peaks: a 1-D (or batched ``(..., n)``) float array with every entry in the open interval (0, 1).
 
     Raises ``ValueError`` naming ``name`` for NaN, values outside (0, 1), an empty or
@@ -81,7 +82,9 @@ def check_peaks(peaks, name: str = "peaks", *, min_len: int = 1) -> Array:
     """
     p = jnp.asarray(peaks)
     if not jnp.issubdtype(p.dtype, jnp.floating):
-        raise TypeError(f"{name} must be a floating-point array (got dtype {p.dtype}); pass e.g. jnp.array([0.3, 0.6]).")
+        raise TypeError(
+            f"{name} must be a floating-point array (got dtype {p.dtype}); pass e.g. jnp.array([0.3, 0.6])."
+        )
     if p.ndim < 1 or p.shape[-1] < min_len:
         raise ValueError(f"{name} must have a last axis of length >= {min_len} (got shape {p.shape}).")
     if _is_concrete(p):
@@ -96,21 +99,21 @@ def check_peaks(peaks, name: str = "peaks", *, min_len: int = 1) -> Array:
     return p
 
 
-def check_depth(depth, name: str = "depth") -> int:
+def check_depth(depth: int, name: str = "depth") -> int:
     """Validate a network depth: a Python int >= 1."""
     if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or depth < 1:
         raise ValueError(f"{name} must be an int >= 1 (the number of hidden ReLU layers); got {depth!r}.")
     return int(depth)
 
 
-def check_sign(sign) -> int:
+def check_sign(sign: int) -> int:
     """Validate ``sign`` (sigma): -1 (convex output) or +1 (concave output)."""
     if sign not in (-1, 1):
         raise ValueError(f"sign must be -1 (convex output) or +1 (concave output); got {sign!r}.")
     return int(sign)
 
 
-def _check_scales(scales, name: str = "scales") -> Array:
+def _check_scales(scales: ArrayLike, name: str = "scales") -> Array:
     s = jnp.asarray(scales)
     if not jnp.issubdtype(s.dtype, jnp.floating):
         raise TypeError(f"{name} must be a floating-point array (got dtype {s.dtype}).")
@@ -183,7 +186,7 @@ def theorem31_ratios(peaks: Array) -> Array:
     return (1 - peaks[..., 1:-1]) * peaks[..., 2:]
 
 
-def theorem31_scales(peaks: Array, s0) -> Array:
+def theorem31_scales(peaks: Array, s0: ArrayLike) -> Array:
     """Scales from Theorem 3.1's recurrence ``s_{i+1} = s_i (1 - a_{i+1}) a_{i+2}``.
 
     This is the condition for the infinite-depth ``sum s_i W_i`` to be C^1
@@ -243,8 +246,8 @@ def peaks_to_weights(
     scales: Array,
     sign: int = -1,
     *,
-    gain=None,
-    offset=None,
+    gain: ArrayLike | None = None,
+    offset: ArrayLike | None = None,
 ) -> Layers:
     """Weights and biases of the width-4, depth-``d`` triangle network (research notes section 2.3).
 
@@ -293,12 +296,15 @@ def peaks_to_weights(
     o = jnp.ones((d - 1,), dtype)
     t2_bias = -S[:-1] * peaks[1:d]
     # hidden matrices as (d-1, out, in), then transposed to (in, out)
-    rows = jnp.stack([
-        jnp.stack([o, sign * p[:-1], -sign * q[:-1], z], -1),
-        jnp.stack([z, p[:-1], -q[:-1], z], -1),
-        jnp.stack([z, p[:-1], -q[:-1], t2_bias], -1),
-        jnp.stack([z, z, z, S[:-1]], -1),
-    ], axis=1)
+    rows = jnp.stack(
+        [
+            jnp.stack([o, sign * p[:-1], -sign * q[:-1], z], -1),
+            jnp.stack([z, p[:-1], -q[:-1], z], -1),
+            jnp.stack([z, p[:-1], -q[:-1], t2_bias], -1),
+            jnp.stack([z, z, z, S[:-1]], -1),
+        ],
+        axis=1,
+    )
     hidden = jnp.swapaxes(rows, 1, 2)
     layers: Layers = [(jnp.array([[1.0, 1.0, 1.0, 0.0]], dtype), jnp.stack([zero, zero, -a[0], one]))]
     zeros4 = jnp.zeros((4,), dtype)
@@ -310,7 +316,15 @@ def peaks_to_weights(
     return layers
 
 
-def closed_form(x: Array, peaks: Array, scales: Array, sign: int = -1, *, gain=None, offset=None) -> Array:
+def closed_form(
+    x: ArrayLike,
+    peaks: ArrayLike,
+    scales: ArrayLike,
+    sign: int = -1,
+    *,
+    gain: ArrayLike | None = None,
+    offset: ArrayLike | None = None,
+) -> Array:
     """``F_d(x) = gain * (x + sign * sum_{i<d} s_i W_i(x)) + offset`` evaluated from the tents (for x in [0, 1]).
 
     Independent of :func:`peaks_to_weights`: composes :func:`tent` directly.
@@ -332,9 +346,9 @@ def closed_form(x: Array, peaks: Array, scales: Array, sign: int = -1, *, gain=N
     w = compositions(flat, peaks, d)
     y = flat + sign * jnp.sum(scales[:, None] * w, axis=0)
     if gain is not None:
-        y = gain * y
+        y = jnp.asarray(gain) * y
     if offset is not None:
-        y = y + offset
+        y = y + jnp.asarray(offset)
     return jnp.reshape(y, x.shape)
 
 
@@ -401,8 +415,8 @@ def block_diagonal(subnets: Sequence[Layers], out_weights: Sequence[float] | Non
             W = jnp.concatenate(Ws, axis=1)
             b = jnp.concatenate(bs)
         elif k == depth - 1:
-            W = jnp.concatenate([w * wk for w, wk in zip(Ws, ws)], axis=0)
-            b = sum(bk * wk for bk, wk in zip(bs, ws))
+            W = jnp.concatenate([w * wk for w, wk in zip(Ws, ws, strict=True)], axis=0)
+            b = sum((bk * wk for bk, wk in zip(bs, ws, strict=True)), start=jnp.zeros_like(bs[0]))
         else:
             W = jax.scipy.linalg.block_diag(*Ws)
             b = jnp.concatenate(bs)
@@ -418,4 +432,3 @@ def num_raw_params(depth: int, width: int = 4) -> int:
     """
     depth = check_depth(depth)
     return 2 * width + (depth - 1) * (width * width + width) + width + 1
-

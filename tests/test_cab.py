@@ -114,13 +114,21 @@ def test_gmp_angle_change_bounded_by_perturbation_norm():
 
 # ----------------------------------------------------------------------------- histories
 def test_max_changes_on_a_hand_made_history():
-    loc = jnp.array([[[0.0, 0.0], [1.0, 1.0]],
-                     [[3.0, 4.0], [1.0, 1.0]],   # unit 0 moves by 5
-                     [[3.0, 4.0], [1.0, 0.5]]])  # unit 1 moves by 0.5
+    loc = jnp.array(
+        [
+            [[0.0, 0.0], [1.0, 1.0]],
+            [[3.0, 4.0], [1.0, 1.0]],  # unit 0 moves by 5
+            [[3.0, 4.0], [1.0, 0.5]],
+        ]
+    )  # unit 1 moves by 0.5
     np.testing.assert_allclose(cab.max_location_change(loc), [5.0, 0.5])
-    d = jnp.array([[[1.0, 0.0], [0.0, 1.0]],
-                   [[0.0, 1.0], [0.0, 1.0]],     # unit 0 turns 90 deg
-                   [[0.0, 1.0], [0.0, -1.0]]])   # unit 1 turns 180 deg
+    d = jnp.array(
+        [
+            [[1.0, 0.0], [0.0, 1.0]],
+            [[0.0, 1.0], [0.0, 1.0]],  # unit 0 turns 90 deg
+            [[0.0, 1.0], [0.0, -1.0]],
+        ]
+    )  # unit 1 turns 180 deg
     np.testing.assert_allclose(cab.max_angle_change(d), [math.pi / 2, math.pi], atol=1e-6)
     ch = cab.cab_changes(cab.CAB(d, loc))
     chex.assert_shape([ch["max_dphi"], ch["max_dtheta"]], (2,))
@@ -132,14 +140,14 @@ def _randomize(layer: nnx.Module, key) -> None:
     state = nnx.state(layer)
     leaves, treedef = jax.tree.flatten(state)
     keys = jax.random.split(key, len(leaves))
-    new = [a + 0.7 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    new = [a + 0.7 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys, strict=True)]
     layer_state = jax.tree.unflatten(treedef, new)
     nnx.update(layer, layer_state)
     for path, var in nnx.iter_graph(layer):
         if isinstance(var, nnx.Variable) and path and path[-1] in ("var", "radius"):
             var[...] = jnp.abs(var[...]) + 0.5
         if isinstance(var, nnx.Variable) and path and path[-1] == "direction":
-            var[...] = jnp.sign(var[...]) + (var[...] == 0)
+            var[...] = jnp.where(var[...] == 0, 1.0, jnp.sign(var[...])).astype(var[...].dtype)
 
 
 @pytest.mark.parametrize("name", ["sp", "wn", "bn", "gmp", "gmp_imn", "wn_mbn"])

@@ -32,6 +32,7 @@ from gmpjax.train.checkpoint import (  # noqa: E402
 from gmpjax.train.engine import init_train_state, make_train_step  # noqa: E402
 
 STEPS = 20
+SPE = 96 // 16  # tiny_trainer: 96 examples, batch 16 -> steps per epoch
 # orbax's failed read of a damaged checkpoint can leave a callback on its closed asyncio loop
 # ("Event loop is closed", reported later as an unraisable exception); it is harmless.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
@@ -75,7 +76,7 @@ def test_round_trip_is_bit_exact(state, tmp_path):
         ckpt.wait()
         restored, got = ckpt.restore_latest(abstract_state(state))
     assert jax.tree.structure(restored) == jax.tree.structure(state)
-    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         assert a.dtype == b.dtype
     assert got["data"] == extra["data"] and got["config"] == extra["config"]
@@ -149,6 +150,46 @@ def test_bad_arguments(state, tmp_path):
             ckpt.save(1, state, [1])
 
 
+def test_data_iterator_state_round_trip(state, tmp_path):
+    """The grain iterator's state goes into the same step (item ``data``) and is set back on restore."""
+    pytest.importorskip("grain")
+    from gmpjax.data import images as im
+
+    src = im.digits_source("train", 8)
+
+    def loader(batch=32):
+        return im.ImageLoader(
+            src,
+            global_batch_size=batch,
+            preprocess=im.make_preprocess("imagenet32", train=True),
+            process_index=0,
+            process_count=1,
+            workers=0,
+            seed=4,
+        )
+
+    it = loader().iterate()
+    for _ in range(50):  # 44 steps per epoch: into epoch 1
+        next(it)
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        ckpt.save(50, state, {"note": 1}, data_iterator=it)
+        nxt = next(it)  # consumed after the save: not in the checkpoint
+        ckpt.save(51, state, {}, force=True)  # saved without the iterator
+        ckpt.wait()
+        fresh = loader().iterate()
+        _, extra = ckpt.restore(50, abstract_state(state), data_iterator=fresh)
+        assert extra == {"note": 1} and fresh.position == {"epoch": 1, "step": 6}
+        np.testing.assert_array_equal(next(fresh)["image"], nxt["image"])
+        with pytest.raises(CheckpointError, match="no data-iterator state"):
+            ckpt.restore(51, abstract_state(state), data_iterator=loader().iterate())
+        with pytest.raises(CheckpointError, match="global_batch_size 32 vs 16"):
+            ckpt.restore(50, abstract_state(state), data_iterator=loader(16).iterate())
+        with pytest.raises(TypeError, match="data_iterator"):
+            ckpt.save(52, state, {}, data_iterator=[1, 2])
+    fresh.close()
+    it.close()
+
+
 def test_abstract_state_keeps_shapes_and_shardings(state):
     abstract = abstract_state(state)
     chex.assert_trees_all_equal_shapes_and_dtypes(abstract, state)
@@ -156,18 +197,35 @@ def test_abstract_state_keeps_shapes_and_shardings(state):
 
 
 # ------------------------------------------- SIGKILL mid-training and during a save (child processes)
+def _batches(stdout: str) -> dict[str, str]:
+    """``{position: digest}`` of the ``batch <epoch>:<step> <sha1>`` lines a tiny_trainer run printed."""
+    return dict(line.split()[1:3] for line in stdout.splitlines() if line.startswith("batch "))
+
+
 def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
-    """Uninterrupted run == run SIGKILLed mid-training, resumed, killed inside a checkpoint commit, resumed."""
+    """Uninterrupted run == run SIGKILLed mid-training, resumed, killed inside a checkpoint commit, resumed.
+
+    The interrupted runs load with 2 grain worker processes, the reference in-process: every batch
+    after each resume is bitwise the one the uninterrupted run trained on at that position.
+    """
     common = ("--steps", STEPS, "--batch-size", 16, "--save-every", 5)
-    ref = childproc.run(childproc.trainer_cmd(*common, "--workdir", tmp_path / "ref", "--out", tmp_path / "ref.npz"),
-                        num_devices=8, timeout=240)
+    ref = childproc.run(
+        childproc.trainer_cmd(*common, "--workdir", tmp_path / "ref", "--out", tmp_path / "ref.npz"),
+        num_devices=8,
+        timeout=240,
+    )
     assert ref.returncode == 0, ref.stdout[-3000:]
+    ref_batches = _batches(ref.stdout)
+    assert len(ref_batches) == STEPS and len(set(ref_batches.values())) == STEPS
 
     work = tmp_path / "run"
+    workers = ("--workers", 2)
     # 1) SIGKILL from outside while training (after step 12 was printed; ~0.3 s per step remain)
-    proc = childproc.popen(childproc.trainer_cmd(*common, "--workdir", work, "--step-delay", 0.3), num_devices=8)
+    proc = childproc.popen(
+        childproc.trainer_cmd(*common, *workers, "--workdir", work, "--step-delay", 0.3), num_devices=8
+    )
     try:
-        childproc.wait_for_line(proc, "step 12", timeout=240)
+        lines = childproc.wait_for_line(proc, "step 12", timeout=240)
         proc.kill()
         assert proc.wait(timeout=30) == -9
     finally:
@@ -176,11 +234,22 @@ def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
         first = ckpt.latest_step()
     assert first is not None and 0 < first < STEPS, f"unexpected checkpoints after the kill: {first}"
 
+    seen = _batches("".join(lines))
+    assert seen and all(ref_batches[k] == v for k, v in seen.items()), "2 workers read other batches than 0"
+
     # 2) resume, then die in the middle of saving step 15 (files written, commit not done), keeping only 1 checkpoint
-    out = childproc.run(childproc.trainer_cmd(*common, "--workdir", work, "--resume", "--max-to-keep", 1,
-                                              "--kill-during-save-at", 15), num_devices=8, timeout=240)
+    out = childproc.run(
+        childproc.trainer_cmd(
+            *common, *workers, "--workdir", work, "--resume", "--max-to-keep", 1, "--kill-during-save-at", 15
+        ),
+        num_devices=8,
+        timeout=240,
+    )
     assert out.returncode == -9, out.stdout[-3000:]
-    assert f"resumed from step {first}" in out.stdout
+    position = {"epoch": first // SPE, "step": first % SPE}
+    assert f"resumed from step {first} at data position {position}" in out.stdout
+    resumed = _batches(out.stdout)
+    assert f"{first // SPE}:{first % SPE}" in resumed and all(ref_batches[k] == v for k, v in resumed.items())
     assert "killing during the commit" in out.stdout, "the crash did not hit the save"
     assert any(p.name.startswith("15.orbax-checkpoint-tmp") for p in work.iterdir()), sorted(os.listdir(work))
     with Checkpointer(work) as ckpt:  # opening cleans the incomplete save up
@@ -189,20 +258,33 @@ def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
     assert not any("tmp" in p.name for p in work.iterdir())
 
     # 3) resume from the surviving checkpoint and finish
-    out = childproc.run(childproc.trainer_cmd(*common, "--workdir", work, "--resume", "--out", tmp_path / "res.npz"),
-                        num_devices=8, timeout=240)
+    out = childproc.run(
+        childproc.trainer_cmd(*common, *workers, "--workdir", work, "--resume", "--out", tmp_path / "res.npz"),
+        num_devices=8,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stdout[-3000:]
     assert f"resumed from step {survived}" in out.stdout
-    assert json.loads(out.stdout.strip().splitlines()[-1])["done"] == STEPS
-    diff = childproc.max_abs_diff(childproc.load_params(tmp_path / "ref.npz"), childproc.load_params(tmp_path / "res.npz"))
+    resumed = _batches(out.stdout)
+    assert len(resumed) == STEPS - survived and all(ref_batches[k] == v for k, v in resumed.items())
+    assert json.loads([ln for ln in out.stdout.splitlines() if ln.startswith('{"done"')][-1])["done"] == STEPS
+    diff = childproc.max_abs_diff(
+        childproc.load_params(tmp_path / "ref.npz"), childproc.load_params(tmp_path / "res.npz")
+    )
     assert diff <= 1e-6, f"resumed run differs from the uninterrupted one by {diff}"
 
 
-@pytest.mark.parametrize("make", [lambda: jax.random.key(3), lambda: jax.random.key(3, impl="rbg"),
-                                  lambda: jax.random.PRNGKey(3)], ids=["threefry", "rbg", "raw_uint32"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: jax.random.key(3), lambda: jax.random.key(3, impl="rbg"), lambda: jax.random.PRNGKey(3)],
+    ids=["threefry", "rbg", "raw_uint32"],
+)
 def test_key_json_round_trip(make):
     key = make()
     back = key_from_json(json.loads(json.dumps(key_to_json(key))))
     assert back.dtype == key.dtype and back.shape == key.shape
-    data = (lambda k: jax.random.key_data(k) if jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key) else k)
+
+    def data(k):
+        return jax.random.key_data(k) if jax.dtypes.issubdtype(k.dtype, jax.dtypes.prng_key) else k
+
     np.testing.assert_array_equal(np.asarray(data(back)), np.asarray(data(key)))

@@ -7,10 +7,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
+from gmpjax.layers import GmPDense
 from gmpjax.models import MLP
 from gmpjax.train import engine as E
+
+_ADAM = "optax.adam's bias correction mixes a Python float with the int32 step count (an optax limitation)"
 
 
 def _mse(model, batch):
@@ -23,6 +27,7 @@ def _data(n=32):
     return x, jnp.sin(2 * x)
 
 
+@pytest.mark.standard_dtype_promotion(_ADAM)
 def test_train_step_decreases_loss_and_updates_batch_stats():
     tx = optax.adam(1e-2)
     graphdef, state = E.init_train_state(MLP(1, (16,), 1, parameterization="bn", rngs=nnx.Rngs(0)), tx)
@@ -46,6 +51,7 @@ def test_train_step_traces_once():
         state, _ = step(state, batch)
 
 
+@pytest.mark.standard_dtype_promotion(_ADAM)
 def test_vmapped_replicas_equal_individual_runs():
     tx = optax.adam(3e-2)
     keys = jax.random.split(jax.random.key(0), 3)
@@ -59,7 +65,7 @@ def test_vmapped_replicas_equal_individual_runs():
     for i, k in enumerate(keys):
         g1, s1 = E.init_train_state(make(k), tx)
         s1, m1 = jax.jit(lambda s: E.scan_steps_same_batch(step, s, batch, 20))(s1)
-        chex.assert_trees_all_close(jax.tree.map(lambda a: a[i], states.params), s1.params, atol=1e-5)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], states.params), s1.params, atol=1e-5)
         np.testing.assert_allclose(metrics["loss"][i], m1["loss"], rtol=1e-5)
 
 
@@ -93,6 +99,7 @@ def test_early_stopping_is_vmappable():
     np.testing.assert_array_equal(es.stopped, [False, True])
 
 
+@pytest.mark.standard_dtype_promotion(_ADAM)
 def test_fit_logs_jsonl_and_callback_stops(tmp_path):
     tx = optax.adam(1e-2)
     graphdef, state = E.init_train_state(MLP(1, (8,), 1, parameterization="sp", rngs=nnx.Rngs(0)), tx)
@@ -106,8 +113,16 @@ def test_fit_logs_jsonl_and_callback_stops(tmp_path):
         return t >= 6
 
     state, records = E.fit(
-        step, state, iter(lambda: batch, None), num_steps=10, eval_fn=lambda s: {"val": evaluate(s, batch)["metric"]},
-        eval_every=3, log_every=2, logger=E.MetricsLogger(tmp_path), callbacks=[stop_at_6], progress=False,
+        step,
+        state,
+        iter(lambda: batch, None),
+        num_steps=10,
+        eval_fn=lambda s: {"val": evaluate(s, batch)["metric"]},
+        eval_every=3,
+        log_every=2,
+        logger=E.MetricsLogger(tmp_path),
+        callbacks=[stop_at_6],
+        progress=False,
     )
     assert int(state.step) == 6 and seen == list(range(1, 7))
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -116,3 +131,83 @@ def test_fit_logs_jsonl_and_callback_stops(tmp_path):
     # resuming continues from state.step
     state, _ = E.fit(step, state, iter(lambda: batch, None), num_steps=8, progress=False)
     assert int(state.step) == 8
+
+
+# --- gradient accumulation -------------------------------------------------------------------
+
+
+def _accum_setup(parameterization, tx):
+    model = MLP(3, (16, 8), 2, parameterization=parameterization, rngs=nnx.Rngs(1))
+    graphdef, state = E.init_train_state(model, tx)
+    x = jax.random.normal(jax.random.key(2), (24, 3))
+    y = jax.random.normal(jax.random.key(3), (24, 2))
+    return graphdef, state, (x, y)
+
+
+def _max_diff(a, b):
+    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+@pytest.mark.parametrize("parameterization", ["gmp", "sp"])
+def test_accumulated_step_equals_one_big_batch_step(parameterization):
+    """k microbatches (u(theta) hoisted for GmP) give the big-batch loss, gradient and update to 1e-6."""
+    tx = optax.sgd(0.1, momentum=0.9)
+    graphdef, state, batch = _accum_setup(parameterization, tx)
+    big = jax.jit(E.make_train_step(graphdef, tx, _mse))
+    acc = jax.jit(E.make_train_step(graphdef, tx, _mse, microbatches=4))
+    s_big, s_acc = state, state
+    for _ in range(3):
+        s_big, m_big = big(s_big, batch)
+        s_acc, m_acc = acc(s_acc, batch)
+        np.testing.assert_allclose(m_acc["loss"], m_big["loss"], rtol=1e-6, atol=1e-7)
+    assert int(s_acc.step) == 3
+    assert _max_diff(s_acc.params, s_big.params) < 1e-6
+    # the gradients themselves
+    run = jax.jit(E.accumulate_gradients(graphdef, _mse, 6))
+    _, _, _, g_acc = run(state.params, state.rest, batch)
+
+    def loss(p):
+        return _mse(nnx.merge(graphdef, p, state.rest), batch)
+
+    g_big = jax.grad(loss)(state.params)
+    assert _max_diff(g_acc, g_big) < 1e-6
+
+
+def test_accumulated_step_computes_the_map_once(monkeypatch):
+    """The microbatch body never calls angles_to_unit: it runs once per GmP layer per step."""
+    from gmpjax import hyperspherical as hs
+
+    tx = optax.sgd(0.1)
+    graphdef, state, batch = _accum_setup("gmp", tx)
+    calls = []
+    original = hs.angles_to_unit
+    monkeypatch.setattr(hs, "angles_to_unit", lambda *a, **kw: calls.append(1) or original(*a, **kw))
+    jax.make_jaxpr(E.make_train_step(graphdef, tx, _mse, microbatches=4))(state, batch)
+    model = E.merge_model(graphdef, state)
+    n_gmp = sum(isinstance(m, GmPDense) for _, m in nnx.iter_modules(model))
+    assert n_gmp == 2 and len(calls) == n_gmp  # the two hidden GmP layers of MLP(3, (16, 8), 2)
+    # and the module is left intact: unit() is the layer's own method again
+    assert all("unit" not in vars(m) for _, m in nnx.iter_modules(model))
+
+
+def test_accumulated_step_with_batch_statistics_runs_per_microbatch():
+    """IMN/BN: each microbatch is normalised on its own and the moving mean is updated k times."""
+    tx = optax.sgd(0.05)
+    graphdef, state, batch = _accum_setup("gmp_imn", tx)
+    acc = jax.jit(E.make_train_step(graphdef, tx, _mse, microbatches=3))
+    new, metrics = acc(state, batch)
+    assert np.isfinite(float(metrics["loss"]))
+    # reference: three plain steps' worth of moving-mean updates, parameters held fixed
+    model = E.merge_model(graphdef, state)
+    for mb in range(3):
+        model(batch[0][mb * 8 : (mb + 1) * 8])
+    _, _, rest_ref = nnx.split(model, nnx.Param, ...)
+    assert _max_diff(new.rest, rest_ref) < 1e-6
+
+
+@pytest.mark.parametrize("k, match", [(0, "microbatches"), (5, "divisible by 5")])
+def test_accumulation_rejects_bad_microbatches(k, match):
+    tx = optax.sgd(0.1)
+    graphdef, state, batch = _accum_setup("gmp", tx)
+    with pytest.raises(ValueError, match=match):
+        jax.jit(E.make_train_step(graphdef, tx, _mse, microbatches=k))(state, batch)

@@ -47,9 +47,7 @@ def test_matches_loop_reference_float64(n):
     with jax.enable_x64(True):
         theta = _canonical_angles(jax.random.key(n), (5, n - 1), jnp.float64)
         np.testing.assert_allclose(hs.angles_to_unit(theta), _unit_numpy(theta), atol=1e-13)
-        np.testing.assert_allclose(
-            hs.angles_to_unit(theta, renormalize=False), _unit_numpy(theta), atol=1e-13
-        )
+        np.testing.assert_allclose(hs.angles_to_unit(theta, renormalize=False), _unit_numpy(theta), atol=1e-13)
 
 
 def test_unit_norm_float32_n4096():
@@ -225,8 +223,41 @@ def test_jit_and_vmap_agree_with_eager():
         (lambda: hs.from_standard(jnp.ones((1, 3))), ValueError, "n_in >= 2"),
         (lambda: hs.from_standard(jnp.ones((3, 2)), jnp.ones(3)), ValueError, "bias"),
         (lambda: hs.to_standard(jnp.ones((2, 3)), jnp.ones(3), jnp.ones(2)), ValueError, "radius"),
+        (lambda: hs.to_standard(jnp.ones(3), jnp.ones(()), jnp.ones(())), ValueError, r"theta\[None\]"),
+        (lambda: hs.angular_change(jnp.ones((4, 3)), jnp.ones((4, 2))), ValueError, "eps must have theta's shape"),
+        (lambda: hs.angular_change(jnp.ones((3,)), jnp.ones((2, 3))), ValueError, r"\(3,\) or broadcast"),
+        (lambda: hs.sample_uniform_angles(jax.random.key(0), "5"), TypeError, "int or a tuple"),
+        (lambda: hs.sample_uniform_unit(jax.random.key(0), 1), ValueError, "n >= 2"),
+        (
+            lambda: hs.from_standard(jnp.array([[1.0, 0.0], [2.0, 0.0]]), jnp.array([0.0, 0.5])),
+            ValueError,
+            r"columns \[1\] are zero",
+        ),
     ],
 )
 def test_bad_input_raises_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_sample_int_shape_means_one_vector():
+    theta = hs.sample_uniform_angles(jax.random.key(0), 5)
+    assert theta.shape == (5,)
+    np.testing.assert_array_equal(theta, hs.sample_uniform_angles(jax.random.key(0), (5,)))
+    assert hs.sample_uniform_unit(jax.random.key(0), np.int64(4)).shape == (4,)
+
+
+def test_angular_change_broadcasts_eps_to_theta():
+    theta = jnp.array([[jnp.pi / 2, 0.3], [0.2, 1.0]])
+    np.testing.assert_allclose(
+        hs.angular_change(theta, jnp.array([0.0, 0.1])),
+        hs.angular_change(theta, jnp.array([[0.0, 0.1], [0.0, 0.1]])),
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("impl", ["scan_vjp", "fast_vjp"])
+def test_reverse_only_impl_under_jacfwd_names_forward_mode_impls(impl):
+    f = lambda t: hs.angles_to_unit(t, impl=impl)  # noqa: E731
+    with pytest.raises(TypeError, match=r"custom_jvp / forward-mode impl instead: one of \(.*'scan_jvp'"):
+        jax.jacfwd(f)(jnp.ones((2, 3)))

@@ -138,7 +138,8 @@ def test_forward_pass_leaves_parameters_unchanged():
 def test_gmp_conv_equals_dense_on_1x1():
     dense = L.GmPDense(3, 5, rngs=nnx.Rngs(0))
     conv = L.GmPConv(3, 5, (1, 1), rngs=nnx.Rngs(1))
-    conv.theta[...], conv.radius[...], conv.offset[...] = dense.theta[...], dense.radius[...] * 1.5, dense.offset[...] + 0.2
+    conv.theta[...] = dense.theta[...]
+    conv.radius[...], conv.offset[...] = dense.radius[...] * 1.5, dense.offset[...] + 0.2
     dense.radius[...], dense.offset[...] = conv.radius[...], conv.offset[...]
     x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3))
     np.testing.assert_allclose(conv(x), dense(x), atol=1e-5)
@@ -157,7 +158,7 @@ def test_gmp_conv_hwio_flattening_matches_explicit_patches():
         out = np.asarray(conv(jnp.asarray(x)))
         for a in range(3):
             for b in range(3):
-                patch = x[0, a:a + 2, b:b + 3, :].reshape(-1)  # (h, w, c) row-major = (i*kw+j)*C + c
+                patch = x[0, a : a + 2, b : b + 3, :].reshape(-1)  # (h, w, c) row-major = (i*kw+j)*C + c
                 np.testing.assert_allclose(out[0, a, b], u @ patch, atol=1e-12)
 
 
@@ -222,7 +223,9 @@ def test_registry_and_linen_bridge():
         (lambda: L.GmPDense(3, -1, rngs=nnx.Rngs(0)), ValueError, "out_features"),
         (lambda: L.GmPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 5))), ValueError, "in_features=3"),
         (lambda: L.GmPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 3), jnp.int32)), TypeError, "floating-point"),
-        (lambda: L.GmPConv(3, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((2, 5, 3))), ValueError, "rank 4"),
+        # an int kernel_size is a square 2-D kernel here (nnx.Conv: 1-D), so a rank-3 input is ambiguous
+        (lambda: L.GmPConv(3, 4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 5, 3))), ValueError, "rank 4"),
+        (lambda: L.GmPConv(3, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((5, 3))), ValueError, "rank 4"),
         (lambda: L.GmPConv(3, 4, (3, 0), rngs=nnx.Rngs(0)), ValueError, "kernel_size"),
         (lambda: L.InputMeanNorm(0), ValueError, "num_features"),
         (lambda: L.SPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 2))), ValueError, "last axis"),

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from gmpjax.layers import InputMeanNorm
-from gmpjax.models import ResNet18, VGG6
+from gmpjax.models import VGG6, ResNet18
 
 PARAMS = ("sp", "wn", "wn_mbn", "bn", "gmp", "gmp_imn")
 
@@ -32,7 +32,7 @@ def resnet18_convs(c=3):
     convs = [(7, c, 64)]
     cin = 64
     for w in (64, 128, 256, 512):
-        for j in range(2):
+        for _ in range(2):
             down = cin != w
             convs += [(3, cin, w), (3, w, w)] + ([(1, cin, w)] if down else [])
             cin = w
@@ -55,7 +55,9 @@ def test_vgg6_parameter_counts(p):
     convs = vgg6_convs()
     sp = count(convs, 512, 1000, conv_bias=True, bn=False)
     expected = {
-        "sp": sp, "gmp": sp, "gmp_imn": sp,  # GmP: n-1 angles + radius + offset = n + 1 per unit, like SP
+        "sp": sp,
+        "gmp": sp,
+        "gmp_imn": sp,  # GmP: n-1 angles + radius + offset = n + 1 per unit, like SP
         "bn": count(convs, 512, 1000, conv_bias=True, bn=True),
         "wn": sp + sum(co for *_, co in convs) + 1000,  # one g per output unit, head WN too
         "wn_mbn": sp + sum(co for *_, co in convs) + 1000,
@@ -68,7 +70,9 @@ def test_resnet18_parameter_counts(p):
     convs = resnet18_convs()
     sp = count(convs, 512, 1000, conv_bias=True, bn=False)
     expected = {
-        "sp": sp, "gmp": sp, "gmp_imn": sp,
+        "sp": sp,
+        "gmp": sp,
+        "gmp_imn": sp,
         "bn": count(convs, 512, 1000, conv_bias=True, bn=True),
         "wn": sp + sum(co for *_, co in convs) + 1000,
         "wn_mbn": sp + sum(co for *_, co in convs) + 1000,

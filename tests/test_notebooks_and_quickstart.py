@@ -16,7 +16,10 @@ def test_quickstart_runs_and_writes_metrics(tmp_path):
     out = tmp_path / "qs"
     res = subprocess.run(
         [sys.executable, "-m", "experiments.quickstart", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
@@ -30,7 +33,10 @@ def test_quickstart_runs_and_writes_metrics(tmp_path):
 def test_quickstart_rejects_unknown_method(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "experiments.quickstart", "--methods", "sp,foo", "--out", str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert res.returncode != 0
     assert "unknown parameterization 'foo'" in res.stderr
@@ -46,10 +52,14 @@ def test_notebook_executes(path, tmp_path):
     os.environ["GMPJAX_RESULTS_DIR"] = str(tmp_path)
     os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
     try:
-        client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+        client = nbclient.NotebookClient(
+            nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+        )
         client.execute()
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    errors = [
+        o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"
+    ]
     assert not errors

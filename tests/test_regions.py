@@ -1,5 +1,7 @@
 """Exact linear-region counting by breakpoint propagation (gmpjax.regions)."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,7 +43,7 @@ def test_random_mlps_pieces_are_linear_and_distinct(seed):
     """Every reported piece is linear (checked at random interior points) and neighbours differ in slope."""
     rng = np.random.default_rng(seed)
     sizes = (1, 8, 8, 6, 1)
-    layers = [(rng.normal(size=(a, b)) * 1.5, rng.normal(size=b)) for a, b in zip(sizes[:-1], sizes[1:])]
+    layers = [(rng.normal(size=(a, b)) * 1.5, rng.normal(size=b)) for a, b in itertools.pairwise(sizes)]
     p = rg.linear_pieces(layers, (-3, 3))
     assert p.count >= 2
     for j in range(p.count):
@@ -51,7 +53,9 @@ def test_random_mlps_pieces_are_linear_and_distinct(seed):
         np.testing.assert_allclose(_np_net(layers, t)[:, 0], interp, atol=1e-9, rtol=1e-9)
         # the slope from the knot values agrees with the Jacobian slope
         if hi - lo > 1e-6:
-            assert (p.values[j + 1, 0] - p.values[j, 0]) / (hi - lo) == pytest.approx(p.slopes[j, 0], rel=1e-6, abs=1e-8)
+            assert (p.values[j + 1, 0] - p.values[j, 0]) / (hi - lo) == pytest.approx(
+                p.slopes[j, 0], rel=1e-6, abs=1e-8
+            )
     assert np.all(np.abs(np.diff(p.slopes[:, 0])) > 1e-9)
     # an independent, grid-based lower bound: slope changes seen on a fine grid
     x = np.linspace(-3, 3, 200001)
@@ -70,8 +74,8 @@ def test_triangle_nets_have_exactly_2_to_the_d_regions(sign):
             for _ in range(3):
                 a = jnp.asarray(rng.uniform(0.2, 0.8, d + 1))
                 layers = tri.peaks_to_weights(a, tri.theorem31_scales(a, tri.normalised_s0(a)), sign)
-                assert rg.count_linear_regions(layers) == 2 ** d, (d, sign)
-                assert rg.count_activation_regions(layers) == 2 ** d
+                assert rg.count_linear_regions(layers) == 2**d, (d, sign)
+                assert rg.count_activation_regions(layers) == 2**d
 
 
 def test_float32_artefacts_are_absorbed_by_min_width():
@@ -83,10 +87,13 @@ def test_float32_artefacts_are_absorbed_by_min_width():
 
 def test_batched_counts_equal_individual_counts():
     nets = [ReLUMLP((1, 4, 4, 4, 1), rngs=nnx.Rngs(s)) for s in range(4)]
-    stacked = [(np.stack([n.layer_arrays()[k][0] for n in nets]), np.stack([n.layer_arrays()[k][1] for n in nets]))
-               for k in range(4)]
-    np.testing.assert_array_equal(rg.count_linear_regions_batched(stacked, (-1, 1)),
-                                  [rg.count_linear_regions(n, (-1, 1)) for n in nets])
+    stacked = [
+        (np.stack([n.layer_arrays()[k][0] for n in nets]), np.stack([n.layer_arrays()[k][1] for n in nets]))
+        for k in range(4)
+    ]
+    np.testing.assert_array_equal(
+        rg.count_linear_regions_batched(stacked, (-1, 1)), [rg.count_linear_regions(n, (-1, 1)) for n in nets]
+    )
 
 
 def test_relu_mlp_matches_module():
@@ -116,7 +123,7 @@ def test_plot_helper(tmp_path):
 
     matplotlib.use("Agg")
     net = TriangleNet(3, rngs=nnx.Rngs(0))
-    ax = rg.plot_linear_regions(net, target=lambda x: x ** 3)
+    ax = rg.plot_linear_regions(net, target=lambda x: x**3)
     assert "8 linear regions" in ax.get_title()
     ax.figure.savefig(tmp_path / "r.png")
     assert (tmp_path / "r.png").stat().st_size > 0

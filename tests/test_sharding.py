@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import childproc  # noqa: E402
+import tiny_trainer as tt  # noqa: E402
 
 from gmpjax.train import sharding  # noqa: E402
 
@@ -42,7 +43,8 @@ r = sharding.replicate({{"w": np.ones((3, 2))}}, mesh)
 info = {{
     "device_count": jax.device_count(), "mesh_size": mesh.size,
     "batch_shard_shapes": sorted({{s.data.shape for s in b[0].addressable_shards}}),
-    "batch_spec": str(b[0].sharding.spec), "batch_roundtrip": np.array_equal(np.asarray(b[0]), np.arange(48.0).reshape(16, 3)),
+    "batch_spec": str(b[0].sharding.spec),
+    "batch_roundtrip": np.array_equal(np.asarray(b[0]), np.arange(48.0).reshape(16, 3)),
     "replicated": bool(r["w"].is_fully_replicated), "replicated_devices": len(r["w"].sharding.device_set),
 }}
 try:
@@ -65,7 +67,7 @@ def runs(tmp_path_factory):
     proc = childproc.run([sys.executable, "-c", DRIVER.format(steps=STEPS), str(out)], num_devices=8, timeout=300)
     assert proc.returncode == 0, proc.stdout[-4000:]
     (line,) = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    info = json.loads(line[len("RESULT "):])
+    info = json.loads(line[len("RESULT ") :])
     params = {k: childproc.load_params(out / f"{k}.npz") for k in ("one", "eight", "init")}
     return info, params
 
@@ -105,9 +107,23 @@ def test_two_processes_match_one_process(runs, tmp_path):
             log = open(tmp_path / f"proc{pid}.log", "w")
             logs.append(log)
             cmd = childproc.trainer_cmd(
-                "--steps", STEPS, "--batch-size", 16, "--workdir", tmp_path / "ckpt", "--save-every", 5,
-                "--coordinator", f"127.0.0.1:{port}", "--num-processes", 2, "--process-id", pid,
-                "--out", tmp_path / f"p{pid}.npz")
+                "--steps",
+                STEPS,
+                "--batch-size",
+                16,
+                "--workdir",
+                tmp_path / "ckpt",
+                "--save-every",
+                5,
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                2,
+                "--process-id",
+                pid,
+                "--out",
+                tmp_path / f"p{pid}.npz",
+            )
             procs.append(childproc.popen(cmd, num_devices=4, stdout=log))
         for proc in procs:
             proc.wait(timeout=240)
@@ -125,6 +141,18 @@ def test_two_processes_match_one_process(runs, tmp_path):
     for i in range(2):
         diff = childproc.max_abs_diff(childproc.load_params(tmp_path / f"p{i}.npz"), p["eight"])
         assert diff <= 1e-5, f"process {i} params differ from the one-process run by {diff}"
+    # the two processes read disjoint slices of every global batch; their union, in process order, is the
+    # global batch one process reads (example ids of the grain pipeline, printed as "batch e:s sha ids=...")
+    lines = [[ln.split() for ln in out.splitlines() if ln.startswith("batch ")] for out in outputs]
+    ids = [{ln[1]: ln[3].removeprefix("ids=").split(",") for ln in lns} for lns in lines]
+    digests = [{ln[1]: ln[2] for ln in lns} for lns in lines]
+    one = tt.make_loader(0, 16, workers=0)
+    assert sorted(ids[0]) == sorted(ids[1]) and len(ids[0]) == STEPS
+    for pos, a in ids[0].items():
+        b, full = ids[1][pos], one.get_batch(*map(int, pos.split(":")))
+        assert len(a) == len(b) == 8 and not set(a) & set(b) and a + b == [str(i) for i in full["index"]], pos
+        for i, rows in enumerate((slice(0, 8), slice(8, 16))):  # the same pixels (flips included) as well
+            assert digests[i][pos] == tt.batch_digest({k: v[rows] for k, v in full.items()}), (pos, i)
     # the multi-host checkpoint was committed once, by both processes together
     assert sorted(int(d.name) for d in (tmp_path / "ckpt").iterdir() if d.name.isdigit()) == [5, 10, STEPS]
 

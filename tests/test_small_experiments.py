@@ -66,7 +66,7 @@ def test_levy_quick(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     runs = saved["runs"]["cv"]
     assert set(runs) == set(L.METHODS)
-    for m, s in runs.items():
+    for s in runs.values():
         assert _finite(s["rmse_per_seed"]) and len(s["rmse_per_seed"]) == out["config"]["seeds"]
         assert _finite([s["max_dphi_max"]])
     # the paper's claim (Fig. 2c): GmP's characteristic points move by < 1 per step
@@ -118,7 +118,7 @@ def test_banana_quick(tmp_path, banana_data_dir):
         assert (tmp_path / f).exists(), f
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert set(saved["methods"]) == set(B.METHODS)
-    for m, s in saved["methods"].items():
+    for s in saved["methods"].values():
         acc = np.asarray(s["test_acc_per_seed"])
         assert _finite(acc) and np.all((acc >= 0) & (acc <= 1))
         assert 0 <= s["max_dtheta_deg_max"] <= 180 + 1e-9

@@ -1,5 +1,7 @@
 """Triangular-wave reparameterization: peak maps, Theorem 3.1, TriangleNet / TriangleActivation, two-phase switch."""
 
+import operator
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -58,7 +60,10 @@ def test_normalised_s0_gives_unit_slope_at_zero():
             a = _random_peaks(rng, d)
             s = tri.theorem31_scales(a, tri.normalised_s0(a))
             h = 1e-7  # inside the first linear piece (width >= ~1e-4 for these depths)
-            G = lambda x: -(tri.closed_form(x, a, s, -1) - x)  # noqa: E731
+
+            def G(x, a=a, s=s):
+                return -(tri.closed_form(x, a, s, -1) - x)
+
             slope = float((G(jnp.array(h)) - G(jnp.array(0.0))) / h)
             assert slope == pytest.approx(1.0, rel=1e-6)
 
@@ -91,14 +96,14 @@ def test_yarotsky_special_case_sup_error(d):
         s = tri.theorem31_scales(a, 0.25)
         np.testing.assert_allclose(s, 4.0 ** -(np.arange(d) + 1.0), rtol=1e-15)
         # the error x^2 - F_d is maximal at the midpoints between the knots k / 2^d
-        mids = (np.arange(2 ** d) + 0.5) / 2 ** d
+        mids = (np.arange(2**d) + 0.5) / 2**d
         x = jnp.asarray(np.concatenate([np.linspace(0, 1, 2001), mids]))
         y = relu_mlp(tri.peaks_to_weights(a, s, -1), x[:, None])[:, 0]
         err = np.abs(np.asarray(y) - np.asarray(x) ** 2)
         assert err.max() == pytest.approx(4.0 ** -(d + 1), rel=1e-9)
-        knots = np.arange(2 ** d + 1) / 2 ** d
+        knots = np.arange(2**d + 1) / 2**d
         yk = relu_mlp(tri.peaks_to_weights(a, s, -1), jnp.asarray(knots)[:, None])[:, 0]
-        assert np.max(np.abs(np.asarray(yk) - knots ** 2)) < 1e-15
+        assert np.max(np.abs(np.asarray(yk) - knots**2)) < 1e-15
 
 
 def test_constrained_peaks_range_roundtrip_and_grad():
@@ -120,7 +125,7 @@ def test_maps_are_jit_grad_vmap_safe():
         s = tri.theorem31_scales(peaks, tri.normalised_s0(peaks))
         layers = tri.peaks_to_weights(peaks, s, -1)
         x = jnp.linspace(0, 1, 50)[:, None]
-        return jnp.mean((relu_mlp(layers, x) - x ** 3) ** 2)
+        return jnp.mean((relu_mlp(layers, x) - x**3) ** 2)
 
     vals = jax.jit(jax.vmap(f))(a)
     fj = jax.jit(f)
@@ -134,7 +139,11 @@ def test_maps_are_jit_grad_vmap_safe():
 
 @pytest.mark.parametrize(
     "peaks, match",
-    [([0.3, 1.2, 0.5], r"open interval \(0, 1\)"), ([0.3, float("nan"), 0.5], "NaN"), ([0.0, 0.5, 0.5], "open interval")],
+    [
+        ([0.3, 1.2, 0.5], r"open interval \(0, 1\)"),
+        ([0.3, float("nan"), 0.5], "NaN"),
+        ([0.0, 0.5, 0.5], "open interval"),
+    ],
 )
 def test_invalid_peaks_raise(peaks, match):
     a = jnp.array(peaks)
@@ -182,8 +191,9 @@ def test_bad_arguments_raise():
 # ----------------------------------------------------------------------------- modules
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(scales="free"), dict(s0="trained", sign=1, output_affine=True),
-                                dict(s0="normalised")])
+@pytest.mark.parametrize(
+    "kw", [dict(), dict(scales="free"), dict(s0="trained", sign=1, output_affine=True), dict(s0="normalised")]
+)
 def test_trianglenet_matches_closed_form_and_to_raw_preserves(kw):
     with jax.enable_x64(True):
         net = TriangleNet(6, param_dtype=jnp.float64, rngs=nnx.Rngs(3), **kw)
@@ -195,7 +205,7 @@ def test_trianglenet_matches_closed_form_and_to_raw_preserves(kw):
         assert isinstance(raw, ReLUMLP)
         xx = jnp.linspace(-0.5, 1.5, 501, dtype=jnp.float64)[:, None]
         assert float(jnp.max(jnp.abs(raw(xx) - net(xx)))) == 0.0
-        assert count_linear_regions(net) == 2 ** 6 if kw.get("scales") != "free" else True
+        assert count_linear_regions(net) == 2**6 if kw.get("scales") != "free" else True
 
 
 def test_raw_mode_starts_from_the_peak_function():
@@ -215,7 +225,7 @@ def test_triangle_activation_block_diagonal_equals_subnets_one_by_one():
         act = TriangleActivation(F, 3, param_dtype=jnp.float64, rngs=nnx.Rngs(1))
         x = jax.random.uniform(jax.random.key(0), (7, F), jnp.float64, -0.5, 1.5)
         y = act(x)
-        one_by_one = jnp.stack([relu_mlp(act.subnet_layers(f), x[:, f:f + 1])[:, 0] for f in range(F)], -1)
+        one_by_one = jnp.stack([relu_mlp(act.subnet_layers(f), x[:, f : f + 1])[:, 0] for f in range(F)], -1)
         np.testing.assert_allclose(y, one_by_one, atol=1e-14)
         bd = act.block_diagonal_layers()
         # hidden weights really are block diagonal with 4x4 blocks
@@ -252,33 +262,41 @@ def test_two_phase_regions_exact_in_phase1_and_switch_keeps_function():
     with jax.enable_x64(True):
         d = 4
         x = jnp.linspace(0, 1, 200, dtype=jnp.float64)[:, None]
-        batch = (x, x ** 3)
+        batch = (x, x**3)
         keys = jax.random.split(jax.random.key(0), 3)
 
         def snap(phase, graphdef, state):
             counts = []
             for r in range(3):
-                s = jax.tree.map(lambda a: a[r], state)
+                s = jax.tree.map(operator.itemgetter(r), state)
                 counts.append(count_linear_regions(nnx.merge(graphdef, s.params, s.rest)))
             return {"regions": counts}
 
         cfg = TwoPhaseConfig(pretrain_steps=90, finetune_steps=0, pretrain_lr=1e-2, chunk_steps=30)
-        res = train_two_phase(lambda k: TriangleNet(d, param_dtype=jnp.float64, rngs=nnx.Rngs(k)), keys, _mse,
-                              batch, cfg, snapshot=snap, progress=False)
+        res = train_two_phase(
+            lambda k: TriangleNet(d, param_dtype=jnp.float64, rngs=nnx.Rngs(k)),
+            keys,
+            _mse,
+            batch,
+            cfg,
+            snapshot=snap,
+            progress=False,
+        )
         assert [s["phase"] for s in res.snapshots] == ["init", "pretrain", "pretrain", "pretrain", "switch"]
         for s in res.snapshots:
-            assert s["regions"] == [2 ** d] * 3, s
+            assert s["regions"] == [2**d] * 3, s
         assert res.losses[:, -1].mean() < res.losses[:, 0].mean()  # phase 1 learns
         # the switch keeps the function: the model right before == right after (finetune_steps = 0)
         for r in range(3):
-            pre = jax.tree.map(lambda a: a[r], res.pretrain_state)
+            pre = jax.tree.map(operator.itemgetter(r), res.pretrain_state)
             before = nnx.merge(res.pretrain_graphdef, pre.params, pre.rest)
             after = res.model(r)
             assert isinstance(after, ReLUMLP)
             np.testing.assert_allclose(after(x), before(x), atol=1e-13)
         # phase 2 then starts from a fresh optimizer state (Adam count 0) and the same step counter
-        _, sw = switch_to_raw(res.pretrain_graphdef, jax.tree.map(lambda a: a[0], res.pretrain_state),
-                              __import__("optax").adam(1e-3))
+        _, sw = switch_to_raw(
+            res.pretrain_graphdef, jax.tree.map(lambda a: a[0], res.pretrain_state), __import__("optax").adam(1e-3)
+        )
         assert int(sw.step) == 90
         assert int(jax.tree.leaves(sw.opt_state)[0]) == 0
 
@@ -286,8 +304,14 @@ def test_two_phase_regions_exact_in_phase1_and_switch_keeps_function():
 def test_two_phase_continues_training_after_switch_and_validates_config():
     x = jnp.linspace(0, 1, 100)[:, None]
     cfg = TwoPhaseConfig(pretrain_steps=20, finetune_steps=20, chunk_steps=20)
-    res = train_two_phase(lambda k: TriangleNet(3, rngs=nnx.Rngs(k)), jax.random.split(jax.random.key(1), 2), _mse,
-                          (x, x ** 3), cfg, progress=False)
+    res = train_two_phase(
+        lambda k: TriangleNet(3, rngs=nnx.Rngs(k)),
+        jax.random.split(jax.random.key(1), 2),
+        _mse,
+        (x, x**3),
+        cfg,
+        progress=False,
+    )
     assert res.losses.shape == (2, 40) and res.switch_step == 20
     # the first phase-2 loss equals the last phase-1 loss up to one update (no jump at the switch)
     jump = np.abs(res.losses[:, 20] - res.losses[:, 19]) / res.losses[:, 19]
@@ -297,5 +321,10 @@ def test_two_phase_continues_training_after_switch_and_validates_config():
     with pytest.raises(ValueError, match="optimizer"):
         TwoPhaseConfig(optimizer="lbfgs")
     with pytest.raises(TypeError, match="TwoPhaseConfig"):
-        train_two_phase(lambda k: TriangleNet(2, rngs=nnx.Rngs(k)), jax.random.split(jax.random.key(1), 2), _mse,
-                        (x, x), {"pretrain_steps": 1})
+        train_two_phase(
+            lambda k: TriangleNet(2, rngs=nnx.Rngs(k)),
+            jax.random.split(jax.random.key(1), 2),
+            _mse,
+            (x, x),
+            {"pretrain_steps": 1},
+        )

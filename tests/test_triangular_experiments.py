@@ -13,9 +13,19 @@ from gmpjax.data.paths import DataError
 
 
 def test_triangular_1d_small_run_writes_tables_json_and_figures(tmp_path, capsys):
-    cfg = t1d.Config.quick(out=str(tmp_path), dense_targets=("x3",), methods=("kaiming", "thm31"),
-                           sparse_targets=("sin",), sparse_methods=("kaiming", "thm31"), difference=False,
-                           runs=2, pretrain_steps=30, finetune_steps=30, chunk_steps=30, n_dense=100)
+    cfg = t1d.Config.quick(
+        out=str(tmp_path),
+        dense_targets=("x3",),
+        methods=("kaiming", "thm31"),
+        sparse_targets=("sin",),
+        sparse_methods=("kaiming", "thm31"),
+        difference=False,
+        runs=2,
+        pretrain_steps=30,
+        finetune_steps=30,
+        chunk_steps=30,
+        n_dense=100,
+    )
     t1d.run(cfg, progress=False)
     out = capsys.readouterr().out
     assert "pretraining + Thm 3.1" in out and "7.86e-08" in out and "2.27e-05" in out  # paper numbers side by side

@@ -15,14 +15,15 @@ import numpy as np
 import optax
 import pytest
 
-from gmpjax.data import DataError
-from gmpjax.data import uci
+from gmpjax.data import DataError, uci
 from gmpjax.train.plateau import plateau_init, plateau_update, set_learning_rate
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GMPJAX_DATA_DIR", REPO.parent / "shared" / "data"))
-needs_data = pytest.mark.skipif(not (SHARED / "uci" / "yacht" / "data.txt").exists(),
-                                reason="UCI data not found; set GMPJAX_DATA_DIR (e.g. ../shared/data)")
+needs_data = pytest.mark.skipif(
+    not (SHARED / "uci" / "yacht" / "data.txt").exists(),
+    reason="UCI data not found; set GMPJAX_DATA_DIR (e.g. ../shared/data)",
+)
 
 
 @pytest.fixture
@@ -58,8 +59,9 @@ def test_train_val_test_disjoint_and_test_part_matches_plain_split():
     assert abs(len(val) - 0.25 * (len(fit) + len(val))) <= 1
 
 
-@pytest.mark.parametrize("bad", [dict(n=1, seed=0), dict(n=10, seed=0, test_fraction=1.5),
-                                 dict(n=10, seed=0, test_fraction=0.0)])
+@pytest.mark.parametrize(
+    "bad", [dict(n=1, seed=0), dict(n=10, seed=0, test_fraction=1.5), dict(n=10, seed=0, test_fraction=0.0)]
+)
 def test_split_bad_arguments(bad):
     with pytest.raises(ValueError, match="n must be|test_fraction"):
         uci.split_indices(**bad)
@@ -169,8 +171,7 @@ def test_plateau_reduces_after_patience_and_resets_on_improvement():
     p = plateau_update(p, jnp.asarray(1.0), patience=3, factor=0.5)
     assert float(p.best) == 1.0 and int(p.wait) == 0
     # min_delta: a tiny improvement does not count.
-    q = plateau_update(plateau_update(plateau_init(), 1.0, patience=1, min_delta=0.1), 0.95, patience=1,
-                       min_delta=0.1)
+    q = plateau_update(plateau_update(plateau_init(), 1.0, patience=1, min_delta=0.1), 0.95, patience=1, min_delta=0.1)
     assert float(q.scale) == pytest.approx(0.1)
 
 
@@ -193,8 +194,9 @@ def _yacht_data(protocol, splits=2):
     from experiments import uci as exp
 
     x, y = uci.load_uci("yacht")
-    return exp.build_split_arrays(x, y, splits=splits, seed=0, protocol=protocol, val_fraction=0.2,
-                                  standardize_target=protocol == "paper")
+    return exp.build_split_arrays(
+        x, y, splits=splits, seed=0, protocol=protocol, val_fraction=0.2, standardize_target=protocol == "paper"
+    )
 
 
 @needs_data
@@ -207,9 +209,16 @@ def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, prot
 
     data = _yacht_data(protocol)
     lrs = (0.01, 0.1)
-    spec = exp.TrainerSpec(loss="mse" if protocol == "paper" else "mae", num_fit=data["x_fit"].shape[1],
-                           batch_size=batch_size, max_epochs=25, es_patience=8, plateau_patience=4,
-                           plateau_factor=0.1, plateau_min_delta=0.0)
+    spec = exp.TrainerSpec(
+        loss="mse" if protocol == "paper" else "mae",
+        num_fit=data["x_fit"].shape[1],
+        batch_size=batch_size,
+        max_epochs=25,
+        es_patience=8,
+        plateau_patience=4,
+        plateau_factor=0.1,
+        plateau_min_delta=0.0,
+    )
     swept = exp.run_sweep(method, data, lrs, spec, seed=5)
     assert swept["test_rmse"].shape == (2, 2)
 
@@ -218,8 +227,11 @@ def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, prot
     graphdef, states = exp.init_states(method, "uniform", data["x_fit"].shape[2], 100, key[None])
     state = jax.tree.map(lambda a: a[0], states)
     one = {k: jnp.asarray(v[1]) for k, v in data.items()}
-    alone = jax.jit(lambda st, d: exp.train_replica(graphdef, exp.make_tx(), spec, st, jnp.float32(0.1),
-                                                    jax.random.fold_in(key, 1), d))(state, one)
+    alone = jax.jit(
+        lambda st, d: exp.train_replica(
+            graphdef, exp.make_tx(), spec, st, jnp.float32(0.1), jax.random.fold_in(key, 1), d
+        )
+    )(state, one)
     assert int(alone["epochs"]) == int(swept["epochs"][1, 1])
     for k in ("test_rmse", "val_mse"):
         np.testing.assert_allclose(float(alone[k]), swept[k][1, 1], rtol=1e-5, atol=1e-6)
@@ -252,8 +264,15 @@ def test_config_rejects_bad_names():
 def test_official_protocol_warns_and_uses_fixed_lr(shared_data, tmp_path):
     from experiments import uci as exp
 
-    cfg = exp.UCIConfig(protocol="official", datasets=("yacht",), methods=("gmp",), splits=2, max_epochs=5,
-                        out=str(tmp_path), progress=False)
+    cfg = exp.UCIConfig(
+        protocol="official",
+        datasets=("yacht",),
+        methods=("gmp",),
+        splits=2,
+        max_epochs=5,
+        out=str(tmp_path),
+        progress=False,
+    )
     with pytest.warns(UserWarning, match="TEST split"):
         summary = exp.run(cfg)
     r = summary["results"]["yacht"]["gmp"]
@@ -263,13 +282,19 @@ def test_official_protocol_warns_and_uses_fixed_lr(shared_data, tmp_path):
 @needs_data
 def test_quick_experiment_cli_runs(tmp_path):
     env = {**os.environ, "GMPJAX_DATA_DIR": str(SHARED), "GMPJAX_NO_DOWNLOAD": "1"}
-    proc = subprocess.run([sys.executable, "-m", "experiments.uci", "--quick", "--no-progress", "--out", str(tmp_path)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.uci", "--quick", "--no-progress", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "paper 3.057" in proc.stdout  # the paper's GmP Boston figure is printed beside ours
     res = json.loads((tmp_path / "results.json").read_text())
     assert set(res["results"]) == {"boston", "yacht"}
-    for d, by_method in res["results"].items():
+    for by_method in res["results"].values():
         assert set(by_method) == {"sp", "wn", "bn", "gmp"}
         for r in by_method.values():
             assert len(r["test_rmse"]) == 2 and np.all(np.isfinite(r["test_rmse"]))

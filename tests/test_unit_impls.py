@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 from jax.test_util import check_grads
 
@@ -44,8 +43,8 @@ def jacobian_product_rule(theta: np.ndarray) -> np.ndarray:
     jac = np.zeros((n, n - 1))
     for k in range(n - 1):
         jac[k, k] = -s[k] * before[k]
-        between = np.concatenate([[1.0], np.cumprod(s[k + 1:])])[: n - k - 1]  # prod_{k<j<i} s_j, i = k+1..n-1
-        jac[k + 1:, k] = c[k] * cos_ext[k + 1:] * before[k] * between
+        between = np.concatenate([[1.0], np.cumprod(s[k + 1 :])])[: n - k - 1]  # prod_{k<j<i} s_j, i = k+1..n-1
+        jac[k + 1 :, k] = c[k] * cos_ext[k + 1 :] * before[k] * between
     return jac
 
 
@@ -71,7 +70,8 @@ def test_values_and_grads_float64(impl):
         np.testing.assert_allclose(u, closed_form(theta), atol=1e-13)
         g = jax.random.normal(jax.random.key(2), (4, 7), jnp.float64)
         grad = jax.grad(lambda t: jnp.sum(g * U.IMPLS[impl](t)))(theta)
-        expect = np.stack([jacobian_product_rule(t).T @ gi for t, gi in zip(np.asarray(theta), np.asarray(g))])
+        pairs = zip(np.asarray(theta), np.asarray(g), strict=True)
+        expect = np.stack([jacobian_product_rule(t).T @ gi for t, gi in pairs])
         np.testing.assert_allclose(grad, expect, atol=1e-12)
 
 
@@ -80,7 +80,8 @@ def test_grads_float32_match_float64_reference(impl):
     theta = hs.sample_uniform_angles(jax.random.key(3), (4, 200))
     g = jax.random.normal(jax.random.key(4), (4, 201))
     grad = jax.grad(lambda t: jnp.sum(g * U.IMPLS[impl](t)))(theta)
-    expect = np.stack([jacobian_product_rule(t).T @ gi for t, gi in zip(np.asarray(theta), np.asarray(g, np.float64))])
+    pairs = zip(np.asarray(theta), np.asarray(g, np.float64), strict=True)
+    expect = np.stack([jacobian_product_rule(t).T @ gi for t, gi in pairs])
     scale = np.abs(expect).max()
     np.testing.assert_allclose(np.asarray(grad) / scale, expect / scale, atol=1e-5)
 
@@ -109,7 +110,7 @@ def test_check_grads(impl):
         modes = ("fwd", "rev") if impl in U.FORWARD_MODE else ("rev",)
         # second order where a hand-written rule is differentiated again (the others are plain autodiff
         # or the same rule with jnp.sin/jnp.cos); first order everywhere
-        order = 2 if impl in ("fast", "fast_vjp", "scan_vjp") else 1
+        order = 2 if impl in ("fast", "fast_vjp", "scan_vjp", "tiled") else 1
         check_grads(U.IMPLS[impl], (theta,), order=order, modes=modes)
     # float32 path of the default (polynomial sin/cos), first order
     theta32 = jax.random.normal(jax.random.key(7), (2, 4))
@@ -123,11 +124,12 @@ def test_forward_mode(impl):
     np.testing.assert_allclose(jf, jacobian_product_rule(np.asarray(theta)), atol=2e-6)
 
 
-def test_custom_vjp_impl_refuses_forward_mode_with_a_clear_error():
-    # documented: scan_vjp is reverse-mode only; FORWARD_MODE lists the others
-    assert "scan_vjp" not in U.FORWARD_MODE
+@pytest.mark.parametrize("impl", sorted(set(IMPLS) - set(U.FORWARD_MODE)))
+def test_custom_vjp_impl_refuses_forward_mode_with_a_clear_error(impl):
+    # documented: scan_vjp, fast_vjp and tiled are reverse-mode only; FORWARD_MODE lists the others
+    assert impl in ("scan_vjp", "fast_vjp", "tiled")
     with pytest.raises(TypeError, match="forward-mode"):
-        jax.jacfwd(U.IMPLS["scan_vjp"])(jnp.ones(3))
+        jax.jacfwd(U.IMPLS[impl])(jnp.ones(3))
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -141,11 +143,13 @@ def test_jit_vmap_and_leading_dims_agree(impl):
 
 
 def test_sincos_accuracy_float32():
-    x = jnp.concatenate([
-        jax.random.uniform(jax.random.key(10), (200_000,), minval=-4.0, maxval=4.0),
-        jax.random.uniform(jax.random.key(11), (200_000,), minval=-U.SINCOS_F32_RANGE, maxval=U.SINCOS_F32_RANGE),
-        jnp.asarray([0.0, -0.0, np.pi, -np.pi, np.pi / 2, 2 * np.pi, 1e-30, 1e-45], jnp.float32),
-    ])
+    x = jnp.concatenate(
+        [
+            jax.random.uniform(jax.random.key(10), (200_000,), minval=-4.0, maxval=4.0),
+            jax.random.uniform(jax.random.key(11), (200_000,), minval=-U.SINCOS_F32_RANGE, maxval=U.SINCOS_F32_RANGE),
+            jnp.asarray([0.0, -0.0, np.pi, -np.pi, np.pi / 2, 2 * np.pi, 1e-30, 1e-45], jnp.float32),
+        ]
+    )
     s, c = U.sincos(x)
     assert s.dtype == c.dtype == jnp.float32
     x64 = np.asarray(x, np.float64)
@@ -213,3 +217,50 @@ def test_train_step_computes_sin_cos_once(impl):
         assert counts == {"sin": 0, "cos": 0, "round": 1}, counts
     else:
         assert counts == {"sin": 1, "cos": 1, "round": 0}, counts
+
+
+@pytest.mark.parametrize("k", [U.TILE - 1, U.TILE, U.TILE + 1, 3 * U.TILE + 5])
+def test_tiled_across_tile_boundaries_float64(k):
+    """Values and gradients of ``tiled`` (with and without the fused renormalisation) at and across tile edges."""
+    with jax.enable_x64(True):
+        theta = np.asarray(jax.random.normal(jax.random.key(13), (3, k), jnp.float64)) * 2.0
+        theta[0, U.TILE - 1 : U.TILE + 1] = 0.0  # exact zeros on both sides of the first tile edge
+        theta[1, min(U.TILE, k - 1)] = np.pi
+        theta = jnp.asarray(theta)
+        g = jax.random.normal(jax.random.key(14), (3, k + 1), jnp.float64)
+        np.testing.assert_allclose(U.unit_tiled(theta), closed_form(theta), atol=1e-13)
+        grad = jax.grad(lambda t: jnp.sum(g * U.unit_tiled(t)))(theta)
+        pairs = zip(np.asarray(theta), np.asarray(g), strict=True)
+        expect = np.stack([jacobian_product_rule(t).T @ gi for t, gi in pairs])
+        np.testing.assert_allclose(grad, expect, atol=1e-12)
+        # the fused renormalisation equals angles_to_unit's generic one, value and gradient
+        generic = lambda t: hs.angles_to_unit(t, impl="scan_jvp")  # noqa: E731
+        fused = lambda t: hs.angles_to_unit(t, impl="tiled")  # noqa: E731
+        np.testing.assert_allclose(fused(theta), generic(theta), atol=1e-13)
+        np.testing.assert_allclose(
+            jax.grad(lambda t: jnp.sum(g * fused(t)))(theta),
+            jax.grad(lambda t: jnp.sum(g * generic(t)))(theta),
+            atol=1e-12,
+        )
+
+
+def _residual_numbers(fn, theta) -> int:
+    _, pullback = jax.vjp(fn, theta)
+    return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(pullback) if hasattr(leaf, "shape"))
+
+
+def test_tiled_keeps_no_per_angle_residuals():
+    """``tiled`` saves theta and one row per tile; ``fast`` saves sin, cos, u and P (4x theta)."""
+    theta = hs.sample_uniform_angles(jax.random.key(15), (16, 4 * U.TILE))
+    tiled = _residual_numbers(lambda t: hs.angles_to_unit(t, impl="tiled"), theta)
+    fast = _residual_numbers(lambda t: hs.angles_to_unit(t, impl="fast"), theta)
+    assert tiled <= theta.size + theta.size // U.TILE + 3 * theta.shape[0], tiled
+    assert fast >= 4 * theta.size
+
+
+def test_env_override_of_the_default(monkeypatch):
+    monkeypatch.setenv(U.ENV_OVERRIDE, "cumprod")
+    assert U.default_for_backend("cpu") == U.default_for_backend("gpu") == "cumprod"
+    monkeypatch.setenv(U.ENV_OVERRIDE, "fastest")
+    with pytest.raises(ValueError, match="GMPJAX_UNIT_IMPL"):
+        U.default_for_backend("cpu")

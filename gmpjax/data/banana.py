@@ -24,8 +24,10 @@ from gmpjax.data.paths import DataError, require_file
 __all__ = ["BANANA_RELPATH", "BANANA_URL", "BANANA_SHA256", "load_banana", "BananaSplits", "banana_splits"]
 
 BANANA_RELPATH = "banana/2d_banana.csv"
-BANANA_URL = ("https://raw.githubusercontent.com/Wenlin-Chen/geometric-parameterization/"
-              "0c48483a1089c16183308216a990f4235219a0ca/2d_banana/2d_banana.csv")
+BANANA_URL = (
+    "https://raw.githubusercontent.com/Wenlin-Chen/geometric-parameterization/"
+    "0c48483a1089c16183308216a990f4235219a0ca/2d_banana/2d_banana.csv"
+)
 BANANA_SHA256 = "c76502bdf63e4f74e0290bd98da2c425aab247c919cee6dfbfe856694c484e55"
 
 
@@ -42,12 +44,15 @@ def load_banana(*, allow_download: bool | None = None) -> tuple[np.ndarray, np.n
     try:
         path = require_file(BANANA_RELPATH, url=BANANA_URL, sha256=BANANA_SHA256, allow_download=allow_download)
     except DataError as e:
-        raise DataError(f"banana data unavailable: {e} (source: {BANANA_URL}, sha256 {BANANA_SHA256}; "
-                        "in this repository's CI the data directory is ../shared/data)") from None
+        raise DataError(
+            f"banana data unavailable: {e} (source: {BANANA_URL}, sha256 {BANANA_SHA256}; "
+            "in this repository's CI the data directory is ../shared/data)"
+        ) from None
     data = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64)
     if data.ndim != 2 or data.shape[1] != 3:
-        raise DataError(f"{path} should have 3 columns At1,At2,Class; got shape {data.shape}. "
-                        "Delete it and re-download.")
+        raise DataError(
+            f"{path} should have 3 columns At1,At2,Class; got shape {data.shape}. Delete it and re-download."
+        )
     return data[:, :2], (data[:, 2] > 0).astype(np.int32)
 
 
@@ -65,8 +70,14 @@ class BananaSplits:
     std: np.ndarray
 
 
-def banana_splits(*, subset: int = 1000, test_size: float = 0.2, val_fraction: float = 0.2, seed: int = 0,
-                  allow_download: bool | None = None) -> BananaSplits:
+def banana_splits(
+    *,
+    subset: int = 1000,
+    test_size: float = 0.2,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    allow_download: bool | None = None,
+) -> BananaSplits:
     """The released notebook's subset and train/test split, plus a validation part carved from training.
 
     Args:

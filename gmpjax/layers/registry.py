@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import baselines as B
@@ -16,20 +17,20 @@ __all__ = ["PARAMETERIZATIONS", "make_dense", "make_conv", "check_parameterizati
 class _IMNThen(nnx.Module):
     """IMN on the layer input, then the wrapped GmP layer (the paper's GmP+IMN unit)."""
 
-    def __init__(self, in_features: int, layer: nnx.Module):
-        self.imn = InputMeanNorm(in_features)
+    def __init__(self, in_features: int, layer: nnx.Module, param_dtype=jnp.float32):
+        self.imn = InputMeanNorm(in_features, param_dtype=param_dtype)
         self.layer = layer
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.layer(self.imn(x))
+    def __call__(self, x: jax.Array, out_sharding=None, **kwargs) -> jax.Array:
+        return self.layer(self.imn(x), out_sharding, **kwargs)
 
 
 def _gmp_imn_dense(i, o, **kw):
-    return _IMNThen(i, GmPDense(i, o, **kw))
+    return _IMNThen(i, GmPDense(i, o, **kw), kw.get("param_dtype", jnp.float32))
 
 
 def _gmp_imn_conv(i, o, k, **kw):
-    return _IMNThen(i, GmPConv(i, o, k, **kw))
+    return _IMNThen(i, GmPConv(i, o, k, **kw), kw.get("param_dtype", jnp.float32))
 
 
 _DENSE: dict[str, Callable[..., nnx.Module]] = {
@@ -73,5 +74,13 @@ def make_dense(name: str, in_features: int, out_features: int, **kwargs) -> nnx.
 
 
 def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Module:
-    """2-D convolution of parameterization ``name``; keyword arguments as in ``nnx.Conv``."""
+    """Convolution of parameterization ``name``; keyword arguments as in ``nnx.Conv`` (see ``docs/layers.md``).
+
+    An int ``kernel_size`` is a square 2-D kernel; a tuple's length (1, 2 or 3) sets the rank.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> make_conv("gmp_imn", 3, 5, (3,), rngs=nnx.Rngs(0))(jnp.ones((2, 8, 3))).shape
+    (2, 8, 5)
+    """
     return _CONV[check_parameterization(name)](in_features, out_features, kernel_size, **kwargs)

@@ -16,7 +16,9 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+import itertools
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -38,8 +40,9 @@ PeakInit = Literal["uniform", "half"]
 __all__ = ["ReLUMLP", "TriangleNet", "TriangleActivation", "init_peaks"]
 
 
-def init_peaks(key: Array, shape: Sequence[int], init: PeakInit = "uniform", peak_range=(0.2, 0.8),
-               dtype=jnp.float32) -> Array:
+def init_peaks(
+    key: Array, shape: Sequence[int], init: PeakInit = "uniform", peak_range=(0.2, 0.8), dtype=jnp.float32
+) -> Array:
     """Initial peaks: ``U(peak_range)`` ("uniform", research notes' default) or all ``1/2`` ("half", Yarotsky)."""
     lo, hi = peak_range
     if not (0.0 < lo < hi < 1.0):
@@ -58,8 +61,10 @@ def _torch_default(key, fan_in: int, fan_out: int, dtype):
     """PyTorch ``nn.Linear`` default: W, b ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
     kw, kb = jax.random.split(key)
     bound = 1.0 / np.sqrt(fan_in)
-    return (jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound),
-            jax.random.uniform(kb, (fan_out,), dtype, -bound, bound))
+    return (
+        jax.random.uniform(kw, (fan_in, fan_out), dtype, -bound, bound),
+        jax.random.uniform(kb, (fan_out,), dtype, -bound, bound),
+    )
 
 
 def _raai(key, fan_in: int, fan_out: int, dtype):
@@ -80,7 +85,6 @@ def _raai(key, fan_in: int, fan_out: int, dtype):
     return v[:, :fan_in].T, v[:, fan_in]
 
 
-
 def _check_modes(scales: str, s0: str, mode: str) -> None:
     """Validate the scale, s0 and parameter-mode options shared by TriangleNet and TriangleActivation."""
     if scales not in ("theorem31", "free"):
@@ -90,7 +94,8 @@ def _check_modes(scales: str, s0: str, mode: str) -> None:
     if mode not in ("peaks", "raw"):
         raise ValueError(f"mode must be 'peaks' or 'raw'; got {mode!r}.")
 
-def _first_scale(m: nnx.Module, a: Array) -> Array:
+
+def _first_scale(m: Any, a: Array) -> Array:
     """s0 of a TriangleNet / TriangleActivation ``m`` with peaks ``a``, by its ``s0_mode``.
 
     "trained": ``exp(log_s0)``; "normalised": ``normalised_s0(a)``; "bounded":
@@ -120,8 +125,15 @@ class ReLUMLP(nnx.Module):
     ((3, 1), [(1, 4), (4, 4), (4, 1)])
     """
 
-    def __init__(self, sizes: Sequence[int] | None = None, *, layers=None, init: str = "kaiming",
-                 param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        sizes: Sequence[int] | None = None,
+        *,
+        layers=None,
+        init: str = "kaiming",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         if layers is None:
             if sizes is None or len(sizes) < 2 or any(not isinstance(s, (int, np.integer)) or s < 1 for s in sizes):
                 raise ValueError(f"sizes must be a sequence of >= 2 positive ints, e.g. (1, 4, 4, 1); got {sizes!r}.")
@@ -130,14 +142,14 @@ class ReLUMLP(nnx.Module):
             makers = {"kaiming": _torch_default, "raai": _raai}
             if init not in makers:
                 raise ValueError(f"init must be one of {sorted(makers)}; got {init!r}.")
-            layers = [makers[init](rngs.params(), a, b, param_dtype) for a, b in zip(sizes[:-1], sizes[1:])]
+            layers = [makers[init](rngs.params(), a, b, param_dtype) for a, b in itertools.pairwise(sizes)]
         self.kernels = nnx.List([nnx.Param(jnp.asarray(w)) for w, _ in layers])
         self.biases = nnx.List([nnx.Param(jnp.asarray(b)) for _, b in layers])
         self.in_features = int(layers[0][0].shape[0])
 
     def layer_arrays(self) -> list[tuple[Array, Array]]:
         """The ``(W, b)`` list (the format of ``gmpjax.regions``)."""
-        return [(k[...], b[...]) for k, b in zip(self.kernels, self.biases)]
+        return [(k[...], b[...]) for k, b in zip(self.kernels, self.biases, strict=True)]
 
     def __call__(self, x: Array) -> Array:
         x = check_input(x, self.in_features, "ReLUMLP")
@@ -179,10 +191,22 @@ class TriangleNet(nnx.Module):
     8
     """
 
-    def __init__(self, depth: int, *, sign: int = -1, scales: ScaleMode = "theorem31", s0: S0Mode = "bounded",
-                 output_affine: bool = False, margin: float = tri.DEFAULT_MARGIN, peak_init: PeakInit = "uniform",
-                 peak_range=(0.2, 0.8), peaks: Array | None = None, mode: str = "peaks",
-                 param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+    def __init__(
+        self,
+        depth: int,
+        *,
+        sign: int = -1,
+        scales: ScaleMode = "theorem31",
+        s0: S0Mode = "bounded",
+        output_affine: bool = False,
+        margin: float = tri.DEFAULT_MARGIN,
+        peak_init: PeakInit = "uniform",
+        peak_range=(0.2, 0.8),
+        peaks: Array | None = None,
+        mode: str = "peaks",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
         self.depth = tri.check_depth(depth)
         self.sign = tri.check_sign(sign)
         _check_modes(scales, s0, mode)
@@ -276,7 +300,7 @@ def _per_feature_matmul(h: Array, W: Array) -> Array:
     for 4x4 blocks on CPU)."""
     out = h[..., 0:1] * W[:, 0]
     for i in range(1, W.shape[-2]):
-        out = out + h[..., i:i + 1] * W[:, i]
+        out = out + h[..., i : i + 1] * W[:, i]
     return out
 
 
@@ -312,9 +336,21 @@ class TriangleActivation(nnx.Module):
     (2, 6)
     """
 
-    def __init__(self, features: int, depth: int, *, sign: int = -1, scales: ScaleMode = "theorem31",
-                 s0: S0Mode = "bounded", margin: float = tri.DEFAULT_MARGIN, peak_init: PeakInit = "uniform",
-                 peak_range=(0.2, 0.8), mode: str = "peaks", param_dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        features: int,
+        depth: int,
+        *,
+        sign: int = -1,
+        scales: ScaleMode = "theorem31",
+        s0: S0Mode = "bounded",
+        margin: float = tri.DEFAULT_MARGIN,
+        peak_init: PeakInit = "uniform",
+        peak_range=(0.2, 0.8),
+        mode: str = "peaks",
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         if not isinstance(features, (int, np.integer)) or isinstance(features, bool) or features < 1:
             raise ValueError(f"features must be a positive int; got {features!r}.")
         self.features = int(features)
@@ -360,7 +396,7 @@ class TriangleActivation(nnx.Module):
         """Per-feature layers ``[(W (F, in, out), b (F, out)), ...]``."""
         if self.mode == "peaks":
             return self._peak_layers()
-        return [(k[...], b[...]) for k, b in zip(self.kernels, self.biases)]
+        return [(k[...], b[...]) for k, b in zip(self.kernels, self.biases, strict=True)]
 
     def subnet_layers(self, f: int) -> list[tuple[Array, Array]]:
         """The ``(W, b)`` list of feature ``f``'s subnet (a 1 -> 4 x d -> 1 MLP)."""
@@ -379,7 +415,7 @@ class TriangleActivation(nnx.Module):
         out.append((jnp.einsum("fo,fg->fog", W[:, :, 0], eye).reshape(4 * F, F), b[:, 0]))
         return out
 
-    def to_raw(self) -> "TriangleActivation":
+    def to_raw(self) -> TriangleActivation:
         """A copy in mode "raw" (free per-feature weights) computing the identical function."""
         new = nnx.clone(self)
         if self.mode == "raw":

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
+from jax.typing import DTypeLike
 
-from gmpjax.layers import WNDense, SPDense, check_parameterization, make_dense
+from gmpjax.layers import SPDense, WNDense, check_parameterization, make_dense
 
 __all__ = ["MLP"]
 
@@ -21,7 +23,7 @@ class MLP(nnx.Module):
 
     Args:
       in_features: input size.
-      hidden: sizes of the hidden layers, e.g. ``(100,)``.
+      hidden: sizes of the hidden layers, e.g. ``(100,)``; an int ``h`` means one hidden layer ``(h,)``.
       out_features: output size.
       parameterization: "sp", "wn", "wn_mbn", "bn", "gmp" or "gmp_imn".
       init: GmP initialisation ("uniform" paper / "official" released code); ignored otherwise.
@@ -34,16 +36,31 @@ class MLP(nnx.Module):
     (5, 1)
     """
 
-    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
-                 parameterization: str = "gmp", init: str = "uniform", param_dtype=jnp.float32,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int] | int,
+        out_features: int,
+        *,
+        parameterization: str = "gmp",
+        init: str = "uniform",
+        param_dtype: DTypeLike = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         p = check_parameterization(parameterization)
         self.parameterization = p
+        if isinstance(hidden, int | np.integer) and not isinstance(hidden, bool):
+            hidden = (int(hidden),)
+        if isinstance(hidden, str) or not isinstance(hidden, Sequence):
+            raise TypeError(f"MLP: hidden must be an int or a sequence of ints, e.g. (100,) (got {hidden!r}).")
         sizes = (in_features, *hidden)
         extra = {"init": init} if p.startswith("gmp") else {}
-        self.hidden = nnx.List([
-            make_dense(p, a, b, param_dtype=param_dtype, rngs=rngs, **extra) for a, b in zip(sizes[:-1], sizes[1:])
-        ])
+        self.hidden = nnx.List(
+            [
+                make_dense(p, a, b, param_dtype=param_dtype, rngs=rngs, **extra)
+                for a, b in zip(sizes[:-1], sizes[1:], strict=True)
+            ]
+        )
         head = WNDense if p.startswith("wn") else SPDense
         self.head = head(sizes[-1], out_features, activation=None, param_dtype=param_dtype, rngs=rngs)
 

@@ -49,8 +49,18 @@ RESNET18_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 2), (51
 _PAD3 = ((1, 1), (1, 1))
 
 
-def _conv(p: str, cin: int, cout: int, k: int, stride: int, pad, *, relu: bool, init: str,
-          rngs: nnx.Rngs) -> nnx.Module:
+def _conv(
+    p: str,
+    cin: int,
+    cout: int,
+    k: int,
+    stride: int,
+    pad: str | tuple[tuple[int, int], ...],
+    *,
+    relu: bool,
+    init: str,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
     """One conv of parameterization ``p`` with its normalization; ReLU inside when ``relu``."""
     kw = {"strides": stride, "padding": pad, "activation": nnx.relu if relu else None, "rngs": rngs}
     if p in ("gmp", "gmp_imn"):
@@ -67,15 +77,24 @@ class BasicBlock(nnx.Module):
       stride: 1 or 2; a projection shortcut is used when ``stride != 1`` or the width changes.
     """
 
-    def __init__(self, parameterization: str, in_features: int, out_features: int, stride: int, *,
-                 init: str = "uniform", rngs: nnx.Rngs):
+    def __init__(
+        self,
+        parameterization: str,
+        in_features: int,
+        out_features: int,
+        stride: int,
+        *,
+        init: str = "uniform",
+        rngs: nnx.Rngs,
+    ):
         p = check_parameterization(parameterization)
         self.conv1 = _conv(p, in_features, out_features, 3, stride, _PAD3, relu=True, init=init, rngs=rngs)
         self.imn1 = InputMeanNorm(out_features) if p == "gmp_imn" else None
         self.conv2 = _conv(p, out_features, out_features, 3, 1, _PAD3, relu=False, init=init, rngs=rngs)
         if stride != 1 or in_features != out_features:
-            self.shortcut = _conv(p, in_features, out_features, 1, stride, "VALID", relu=False, init=init,
-                                  rngs=rngs)
+            self.shortcut: nnx.Module | None = _conv(
+                p, in_features, out_features, 1, stride, "VALID", relu=False, init=init, rngs=rngs
+            )
         else:
             self.shortcut = None
         self.imn_out = InputMeanNorm(out_features) if p == "gmp_imn" else None
@@ -113,8 +132,16 @@ class ResNet18(nnx.Module):
     (2, 1000)
     """
 
-    def __init__(self, num_classes: int = 1000, *, parameterization: str, init: str = "uniform",
-                 in_channels: int = 3, width: int = 64, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        parameterization: str,
+        init: str = "uniform",
+        in_channels: int = 3,
+        width: int = 64,
+        rngs: nnx.Rngs,
+    ):
         p = check_parameterization(parameterization)
         for name, v in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:

@@ -17,17 +17,25 @@ No hidden fully connected layers and no dropout. Per parameterization ``p``:
   output then goes max-pool -> GAP -> head). The network input itself is not
   normalised by IMN: the data pipeline subtracts the per-channel mean. This is
   the placement of the released code (``gmp_mn``).
+
+Tensor parallelism: ``VGG6(..., model_axis="model")`` annotates every conv as
+column parallel (output channels split over the mesh axis: GmP theta on its
+axis 0, radius and offset; a standard kernel on its output axis) and the head
+as row parallel (its input features split), for ``gmpjax.train.sharding``
+on a ``("data", "model")`` mesh. The widths must be divisible by the axis size.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import InputMeanNorm, SPDense, WNDense, check_parameterization, make_conv
+from gmpjax.train.sharding import column_parallel, row_parallel
 
 __all__ = ["VGG6", "VGG6_WIDTHS", "ConvThenIMN"]
 
@@ -46,17 +54,32 @@ class ConvThenIMN(nnx.Module):
         return self.imn(self.layer(x))
 
 
-def conv_unit(parameterization: str, in_features: int, out_features: int, kernel_size, *,
-              init: str = "uniform", rngs: nnx.Rngs, **kwargs) -> nnx.Module:
-    """A ReLU conv unit of ``parameterization``; ``gmp_imn`` puts IMN after the GmP conv (released code)."""
+def conv_unit(
+    parameterization: str,
+    in_features: int,
+    out_features: int,
+    kernel_size: int | Sequence[int],
+    *,
+    init: str = "uniform",
+    model_axis: str | None = None,
+    rngs: nnx.Rngs,
+    **kwargs: Any,
+) -> nnx.Module:
+    """A ReLU conv unit of ``parameterization``; ``gmp_imn`` puts IMN after the GmP conv (released code).
+
+    ``model_axis`` annotates the conv as column parallel over that mesh axis (``sharding.column_parallel``).
+    """
     p = check_parameterization(parameterization)
+    if model_axis is not None:
+        kernel_ndim = len(kernel_size) + 2 if isinstance(kernel_size, (tuple, list)) else 4
+        kwargs = {**column_parallel(p, kernel_ndim=kernel_ndim, axis=model_axis), **kwargs}
     if p in ("gmp", "gmp_imn"):
         conv = make_conv("gmp", in_features, out_features, kernel_size, init=init, rngs=rngs, **kwargs)
         return ConvThenIMN(conv, out_features) if p == "gmp_imn" else conv
     return make_conv(p, in_features, out_features, kernel_size, rngs=rngs, **kwargs)
 
 
-def _check_positive_int(name: str, v) -> int:
+def _check_positive_int(name: str, v: Any) -> int:
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int (got {v!r}).")
     return v
@@ -72,6 +95,8 @@ class VGG6(nnx.Module):
       in_channels: input channels (3).
       widths: the three stage widths, default ``(128, 256, 512)``; smaller widths give
         a cheap model of the same topology for CPU smoke runs.
+      model_axis: a mesh axis name (``"model"``) to annotate the parameters for
+        tensor parallelism (convs column parallel, head row parallel); None: no annotations.
       rngs: random streams.
 
     The input may have any spatial size divisible by 8; the paper uses 32x32.
@@ -85,8 +110,17 @@ class VGG6(nnx.Module):
     (2, 1000)
     """
 
-    def __init__(self, num_classes: int = 1000, *, parameterization: str, init: str = "uniform",
-                 in_channels: int = 3, widths: Sequence[int] = VGG6_WIDTHS, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        *,
+        parameterization: str,
+        init: str = "uniform",
+        in_channels: int = 3,
+        widths: Sequence[int] = VGG6_WIDTHS,
+        model_axis: str | None = None,
+        rngs: nnx.Rngs,
+    ):
         p = check_parameterization(parameterization)
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("in_channels", in_channels)
@@ -98,11 +132,17 @@ class VGG6(nnx.Module):
         self.parameterization = p
         self.num_classes = num_classes
         chans = (in_channels, widths[0], widths[0], widths[1], widths[1], widths[2], widths[2])
-        self.convs = nnx.List([
-            conv_unit(p, a, b, (3, 3), init=init, padding="SAME", rngs=rngs) for a, b in zip(chans[:-1], chans[1:])
-        ])
+        if model_axis is not None and not isinstance(model_axis, str):
+            raise TypeError(f"model_axis must be a mesh axis name (str) or None, got {model_axis!r}.")
+        self.convs = nnx.List(
+            [
+                conv_unit(p, a, b, (3, 3), init=init, padding="SAME", model_axis=model_axis, rngs=rngs)
+                for a, b in zip(chans[:-1], chans[1:], strict=True)
+            ]
+        )
         head = WNDense if p.startswith("wn") else SPDense
-        self.head = head(widths[2], num_classes, activation=None, rngs=rngs)
+        head_kw: dict[str, Any] = {} if model_axis is None else row_parallel(axis=model_axis)
+        self.head = head(widths[2], num_classes, activation=None, rngs=rngs, **head_kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits, shape ``(batch, num_classes)``, for images ``x`` of shape ``(batch, H, W, C)``."""

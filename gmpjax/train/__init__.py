@@ -3,7 +3,8 @@
 Submodules extend the same ``TrainState``:
 
 * ``gmpjax.train.engine``: ``TrainState``, train/eval step factories, scans, early stopping, ``fit``.
-* ``gmpjax.train.sharding``: data-parallel meshes, batch sharding, multi-host initialisation.
+* ``gmpjax.train.sharding``: data- and tensor-parallel meshes, state/batch sharding, multi-host initialisation.
+* ``gmpjax.train.optim``: parameter labels and the GmP-safe weight-decay mask for optax.
 * ``gmpjax.train.checkpoint``: orbax ``Checkpointer`` with atomic saves and validated restores.
 * ``gmpjax.train.plateau`` / ``gmpjax.train.schedules``: vmappable reduce-on-plateau and lr schedules.
 * ``gmpjax.train.two_phase``: the triangular-wave schedule (peak-space pre-training, then raw weights).
@@ -24,9 +25,24 @@ from gmpjax.train.engine import (
     scan_steps,
     scan_steps_same_batch,
 )
+from gmpjax.train.optim import LABELS, masked_weight_decay, param_labels, weight_decay_mask
 
 __all__ = [
-    "EarlyStopping", "MetricsLogger", "TrainState", "early_stopping_init", "early_stopping_update", "fit",
-    "init_replicas", "init_train_state", "make_eval_step", "make_train_step", "merge_model", "scan_steps",
+    "EarlyStopping",
+    "MetricsLogger",
+    "TrainState",
+    "early_stopping_init",
+    "early_stopping_update",
+    "fit",
+    "init_replicas",
+    "init_train_state",
+    "make_eval_step",
+    "make_train_step",
+    "merge_model",
+    "scan_steps",
     "scan_steps_same_batch",
+    "LABELS",
+    "masked_weight_decay",
+    "param_labels",
+    "weight_decay_mask",
 ]

@@ -9,7 +9,12 @@ Every checkpoint ``<directory>/<step>/`` holds three items:
   data-iterator position, RNG keys (``key_to_json``), the run's config;
 * ``meta``: a JSON signature of the state tree (paths, shapes, dtypes), so that
   restoring into a different model fails with a readable message instead of an
-  orbax tree diff.
+  orbax tree diff;
+* ``data`` (when ``save(..., data_iterator=it)`` is given): the state of a grain
+  data iterator (``it.get_state()``, one JSON file per process) through grain's
+  orbax handler (``grain.checkpoint.CheckpointSave``); ``restore(...,
+  data_iterator=it)`` sets it back (``it.set_state``), so the next batch is the one
+  the interrupted run would have read.
 
 Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames
 it to ``<step>`` only once every item is complete (a ``commit_success`` marker
@@ -108,7 +113,7 @@ def key_from_json(d: dict) -> jax.Array:
     """Inverse of ``key_to_json``."""
     data = np.asarray(d["data"], dtype=d["dtype"])
     if d["typed"]:
-        return jax.random.wrap_key_data(data, impl=d["impl"])
+        return jax.random.wrap_key_data(jax.numpy.asarray(data), impl=d["impl"])
     return jax.numpy.asarray(data)
 
 
@@ -126,6 +131,37 @@ def _signature_diff(saved: list, wanted: list, limit: int = 5) -> list[str]:
     if len(lines) > limit:
         lines = lines[:limit] + [f"  ... and {len(lines) - limit} more"]
     return lines
+
+
+def _data_save_args(data_iterator: Any) -> Any:
+    """grain's orbax save arguments for a snapshot of ``data_iterator.get_state()`` taken now."""
+    import grain
+    from grain.checkpoint import CheckpointSave
+
+    get_state = getattr(data_iterator, "get_state", None)
+    if get_state is None:
+        raise TypeError(
+            f"Checkpointer.save: data_iterator must be a grain iterator with get_state() "
+            f"(got {type(data_iterator).__name__})."
+        )
+
+    class _Snapshot(grain.DatasetIterator):
+        """The iterator's state frozen at ``save`` time (later batches do not change the checkpoint)."""
+
+        def __init__(self, state):
+            super().__init__()
+            self._state = state
+
+        def __next__(self):
+            raise StopIteration
+
+        def get_state(self):
+            return self._state
+
+        def set_state(self, state):
+            self._state = state
+
+    return CheckpointSave(item=_Snapshot(get_state()))
 
 
 class Checkpointer:
@@ -184,12 +220,15 @@ class Checkpointer:
         """Whether ``save(step, ...)`` without ``force`` would write."""
         return int(step) % self.save_every == 0 and int(step) not in self._manager.all_steps()
 
-    def save(self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False) -> bool:
+    def save(
+        self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False, data_iterator: Any = None
+    ) -> bool:
         """Start saving ``state`` and ``extra`` as step ``step``; returns whether a save was started.
 
         Skipped when ``step`` is not a multiple of ``save_every`` (unless
         ``force``) or when that step is already saved. ``extra`` must be
-        JSON-serialisable (use ``key_to_json`` for PRNG keys).
+        JSON-serialisable (use ``key_to_json`` for PRNG keys). ``data_iterator``: a
+        grain iterator (``get_state()``) whose state, taken now, goes into the same step.
         """
         step = int(step)
         if step < 0:
@@ -207,13 +246,14 @@ class Checkpointer:
                 "and PRNG keys with gmpjax.train.checkpoint.key_to_json."
             ) from None
         meta = {"format": _FORMAT, "tree": tree_signature(state)}
-        return self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
+        items = {
+            "state": ocp.args.StandardSave(state),
+            "extra": ocp.args.JsonSave(extra),
+            "meta": ocp.args.JsonSave(meta),
+        }
+        if data_iterator is not None:
+            items["data"] = _data_save_args(data_iterator)
+        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
@@ -227,13 +267,15 @@ class Checkpointer:
             hint += f", or delete {os.path.join(self.directory, str(step))} to resume from step {older[-1]}"
         return hint
 
-    def restore(self, step: int, abstract: PyTree) -> tuple[PyTree, dict]:
+    def restore(self, step: int, abstract: PyTree, *, data_iterator: Any = None) -> tuple[PyTree, dict]:
         """Restore step ``step`` into the structure, shapes, dtypes and shardings of ``abstract``.
 
         Args:
           step: a step from ``all_steps()``.
           abstract: the target (``abstract_state(state)``; a concrete state is
             converted with ``abstract_state``).
+          data_iterator: a grain iterator saved with the step; its state is set
+            in place (``set_state``) and its prefetching started.
 
         Raises:
           CheckpointError: the checkpoint does not match ``abstract`` (another
@@ -269,11 +311,25 @@ class Checkpointer:
                 "with another architecture, parameterization or optimizer?):\n" + "\n".join(diff) + "\n"
                 f"Fix: {self._fix_hint(step)}."
             )
+        items = {"state": ocp.args.StandardRestore(abstract), "extra": ocp.args.JsonRestore()}
+        if data_iterator is not None:
+            if not (epath.Path(where) / "data").exists():
+                raise CheckpointError(
+                    f"checkpoint {where} holds no data-iterator state (it was saved without data_iterator); "
+                    f"{self._fix_hint(step)}."
+                )
+            from grain.checkpoint import CheckpointRestore
+
+            items["data"] = CheckpointRestore(item=data_iterator)
         try:
-            out = self._manager.restore(
-                step,
-                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()),
-            )
+            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+        except ValueError as e:
+            if "data-iterator state" in str(e):  # the iterator refused the saved state: say why, unchanged
+                raise CheckpointError(f"checkpoint {where}: {e}") from e
+            raise CheckpointError(
+                f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {str(e)[:500]}); "
+                f"{self._fix_hint(step)}."
+            ) from e
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(
                 f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {str(e)[:500]}); "
@@ -281,10 +337,10 @@ class Checkpointer:
             ) from e
         return out.state, dict(out.extra or {})
 
-    def restore_latest(self, abstract: PyTree) -> tuple[PyTree, dict] | None:
+    def restore_latest(self, abstract: PyTree, *, data_iterator: Any = None) -> tuple[PyTree, dict] | None:
         """Restore the newest complete checkpoint (see ``restore``); None if there is none."""
         step = self.latest_step()
-        return None if step is None else self.restore(step, abstract)
+        return None if step is None else self.restore(step, abstract, data_iterator=data_iterator)
 
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -292,7 +348,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
         self._manager.close()
 
-    def __enter__(self) -> "Checkpointer":
+    def __enter__(self) -> Checkpointer:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -24,9 +24,11 @@ learning rates -- a sweep compiles once), scanned over many steps with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,8 @@ __all__ = [
     "init_replicas",
     "merge_model",
     "make_train_step",
+    "accumulate_gradients",
+    "split_microbatches",
     "make_eval_step",
     "scan_steps",
     "scan_steps_same_batch",
@@ -72,7 +76,8 @@ class TrainState:
 
 
 def _split(model: nnx.Module, wrt) -> tuple[nnx.GraphDef, PyTree, PyTree]:
-    return nnx.split(model, wrt, ...)
+    # two filters (wrt, ...) give exactly (graphdef, params, rest)
+    return cast("tuple[nnx.GraphDef, PyTree, PyTree]", nnx.split(model, wrt, ...))
 
 
 def init_train_state(
@@ -135,6 +140,7 @@ def make_train_step(
     *,
     wrt=nnx.Param,
     pass_loss_as_value: bool = False,
+    microbatches: int = 1,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]]:
     """Build a pure train step ``(state, batch) -> (state, metrics)``.
 
@@ -150,9 +156,36 @@ def make_train_step(
       wrt: nnx filter of the trainable variables.
       pass_loss_as_value: give ``value=loss`` to ``tx.update`` (for
         ``optax.contrib.reduce_on_plateau`` and similar).
+      microbatches: gradient accumulation. ``k > 1`` splits every leaf of ``batch`` along its
+        leading axis into ``k`` equal microbatches (the size must be divisible by ``k``), runs
+        them one after another with ``lax.scan`` and applies one optimizer update with the mean
+        of their gradients; the loss and metrics are the means over microbatches. For a loss
+        that is a mean over examples this is the gradient of the whole batch. The directions
+        ``u(theta)`` of every GmP layer in the model are computed once per step, ``dL/du`` is
+        accumulated over the microbatches and pulled back through the map once, so the map's
+        cost does not grow with ``k`` (see ``accumulate_gradients``). Layers that use batch
+        statistics (BN, IMN) see each microbatch as its own batch: their means are taken per
+        microbatch, and their moving statistics are updated ``k`` times per step.
 
     Not jitted: wrap it in ``jax.jit`` (and ``jax.vmap`` for replicas) yourself.
     """
+    if not isinstance(microbatches, int) or isinstance(microbatches, bool) or microbatches < 1:
+        raise ValueError(f"microbatches must be a positive int (got {microbatches!r}); 1 means no accumulation.")
+    if microbatches > 1:
+        accumulate = accumulate_gradients(graphdef, loss_fn, microbatches, wrt=wrt)
+
+        def accumulated_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Array]]:
+            loss, metrics, rest, grads = accumulate(state.params, state.rest, batch)
+            extra = {"value": loss} if pass_loss_as_value else {}
+            updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
+            params = optax.apply_updates(state.params, updates)
+            # struct.dataclass adds .replace at runtime; mypy does not see it
+            new = state.replace(  # type: ignore[attr-defined]
+                step=state.step + 1, params=params, rest=rest, opt_state=opt_state
+            )
+            return new, {"loss": loss, **metrics}
+
+        return accumulated_step
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, Array]]:
         def objective(params, rest):
@@ -165,10 +198,103 @@ def make_train_step(
         extra = {"value": loss} if pass_loss_as_value else {}
         updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
         params = optax.apply_updates(state.params, updates)
-        new = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)
+        # struct.dataclass adds .replace at runtime; mypy does not see it
+        new = state.replace(step=state.step + 1, params=params, rest=rest, opt_state=opt_state)  # type: ignore[attr-defined]
         return new, {"loss": loss, **metrics}
 
     return step
+
+
+def _hoisted_layers(model: nnx.Module) -> list[nnx.Module]:
+    """The GmP layers of ``model`` whose direction comes from angles (``unit()`` computes u(theta))."""
+    from gmpjax.layers.gmp import _GmPBase
+
+    return [m for _, m in nnx.iter_modules(model) if isinstance(m, _GmPBase) and m.theta is not None]
+
+
+@contextlib.contextmanager
+def _fed_units(layers: Sequence[nnx.Module], units: Sequence[Array]):
+    """Within the block, ``layer.unit()`` returns the given array (the layers' single source of u)."""
+    try:
+        for layer, u in zip(layers, units, strict=True):
+            object.__setattr__(layer, "unit", lambda u=u: u)
+        yield
+    finally:
+        for layer in layers:
+            if "unit" in vars(layer):
+                object.__delattr__(layer, "unit")
+
+
+def split_microbatches(batch: PyTree, k: int) -> PyTree:
+    """Reshape every leaf ``(B, ...) -> (k, B // k, ...)``; ValueError if ``B`` is not divisible by ``k``.
+
+    >>> import jax.numpy as jnp
+    >>> split_microbatches((jnp.zeros((8, 3)), jnp.zeros(8)), 4)[0].shape
+    (4, 2, 3)
+    """
+
+    def split(a):
+        a = jnp.asarray(a)
+        if a.ndim == 0 or a.shape[0] % k:
+            raise ValueError(
+                f"microbatches={k}: every batch leaf needs a leading axis divisible by {k} "
+                f"(got a leaf of shape {a.shape}); change the batch size or microbatches."
+            )
+        return a.reshape((k, a.shape[0] // k) + a.shape[1:])
+
+    return jax.tree.map(split, batch)
+
+
+def accumulate_gradients(
+    graphdef: nnx.GraphDef, loss_fn: LossFn, microbatches: int, *, wrt=nnx.Param
+) -> Callable[[PyTree, PyTree, Any], tuple[Array, dict[str, Array], PyTree, PyTree]]:
+    """``(params, rest, batch) -> (loss, metrics, rest, grads)`` accumulated over ``microbatches``.
+
+    The chain rule through u(theta) is applied once per step, not once per microbatch:
+
+        u = u(theta) (every GmP layer, once),   G = (1/k) sum_b dL_b/du,   dL/dtheta = J_u(theta)^T G,
+
+    with ``dL_b`` the loss of microbatch ``b`` evaluated with the layers fed the precomputed ``u``
+    (``layer.unit()`` is the only place a GmP layer computes u). Every other parameter gets
+    ``(1/k) sum_b dL_b/dp``, the same as the gradient of the mean loss over the whole batch.
+    ``rest`` (batch statistics) is threaded through the microbatches in order.
+    """
+    k = microbatches
+
+    def units_of(params, rest):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        return [cast(Any, layer).unit() for layer in _hoisted_layers(model)]
+
+    def micro_loss(params, units, rest, mb):
+        model = nnx.merge(graphdef, params, rest, copy=True)
+        with _fed_units(_hoisted_layers(model), units):
+            loss, metrics = _as_loss_and_metrics(loss_fn(model, mb))
+        _, _, rest = _split(model, wrt)
+        return loss, (metrics, rest)
+
+    grad_fn = jax.value_and_grad(micro_loss, argnums=(0, 1), has_aux=True)
+
+    def run(params, rest, batch):
+        mbs = split_microbatches(batch, k)
+        units, pullback = jax.vjp(lambda p: units_of(p, rest), params)
+        first = jax.tree.map(lambda a: a[0], mbs)
+        (_, (metrics0, _)), _ = jax.eval_shape(grad_fn, params, units, rest, first)
+        zeros = lambda tree: jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), tree)  # noqa: E731
+
+        def body(carry, mb):
+            rest, loss_sum, metric_sums, g_params, g_units = carry
+            (loss, (metrics, rest)), (gp, gu) = grad_fn(params, units, rest, mb)
+            add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
+            return (rest, loss_sum + loss, add(metric_sums, metrics), add(g_params, gp), add(g_units, gu)), None
+
+        init = (rest, jnp.zeros((), jnp.result_type(float)), zeros(metrics0), zeros(params), zeros(units))
+        (rest, loss_sum, metric_sums, g_params, g_units), _ = jax.lax.scan(body, init, mbs)
+        (g_theta,) = pullback(jax.tree.map(lambda g: g / k, g_units))
+        grads = jax.tree.map(lambda a, b: a / k + b, g_params, g_theta)
+        metrics = jax.tree.map(lambda m: m / k, metric_sums)
+        return loss_sum / k, metrics, rest, grads
+
+    return run
 
 
 def make_eval_step(
@@ -257,8 +383,11 @@ class MetricsLogger:
     """Append metrics as JSON lines to ``<workdir>/metrics.jsonl`` (one object per call)."""
 
     def __init__(self, workdir: str | os.PathLike | None, filename: str = "metrics.jsonl"):
-        self.path = None if workdir is None else os.path.join(os.fspath(workdir), filename)
-        if self.path is not None:
+        self.path: str | None
+        if workdir is None:
+            self.path = None
+        else:
+            self.path = os.path.join(os.fspath(workdir), filename)
             os.makedirs(os.fspath(workdir), exist_ok=True)
 
     def log(self, step: int, **metrics) -> dict:

@@ -19,32 +19,39 @@ does the same inside the optimizer).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jax.typing import ArrayLike, DTypeLike
 
 Array = jax.Array
 
 __all__ = ["Plateau", "plateau_init", "plateau_update", "set_learning_rate"]
 
 
-@struct.dataclass
-class Plateau:
-    """Attributes: ``scale`` learning-rate multiplier, ``best`` best value (lower is better), ``wait`` checks since improvement."""
+class Plateau(struct.PyTreeNode):
+    """Reduce-on-plateau state.
+
+    Attributes: ``scale`` learning-rate multiplier, ``best`` best value (lower is better), ``wait`` checks since
+    improvement.
+    """
 
     scale: Array
     best: Array
     wait: Array
 
 
-def plateau_init(dtype=jnp.float32) -> Plateau:
+def plateau_init(dtype: DTypeLike = jnp.float32) -> Plateau:
     """Scale 1, no best value yet (``inf``), no waiting."""
     return Plateau(jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
 
 
-def plateau_update(p: Plateau, value: Array, *, patience: int, factor: float = 0.1, min_delta: float = 0.0,
-                   min_scale: float = 0.0) -> Plateau:
-    """Record ``value`` (lower is better); multiply ``scale`` by ``factor`` after ``patience`` checks without improvement.
+def plateau_update(
+    p: Plateau, value: ArrayLike, *, patience: int, factor: float = 0.1, min_delta: float = 0.0, min_scale: float = 0.0
+) -> Plateau:
+    """Record ``value`` (lower is better); multiply ``scale`` by ``factor`` after ``patience`` idle checks.
 
     Improvement means ``value < best - min_delta`` (Keras ``mode="min"``; Keras'
     default ``min_delta`` is 1e-4).  ``wait`` resets to 0 on improvement and
@@ -62,10 +69,12 @@ def plateau_update(p: Plateau, value: Array, *, patience: int, factor: float = 0
     return Plateau(scale=scale, best=jnp.where(improved, v, p.best), wait=jnp.where(reduce, 0, wait).astype(jnp.int32))
 
 
-def set_learning_rate(opt_state, lr: Array):
+def set_learning_rate(opt_state: Any, lr: ArrayLike) -> Any:
     """Return ``opt_state`` of an ``optax.inject_hyperparams(...)`` optimizer with ``learning_rate = lr``."""
     hp = getattr(opt_state, "hyperparams", None)
     if hp is None or "learning_rate" not in hp:
-        raise TypeError("set_learning_rate needs the state of optax.inject_hyperparams(opt)(learning_rate=...); "
-                        f"got {type(opt_state).__name__}.")
+        raise TypeError(
+            "set_learning_rate needs the state of optax.inject_hyperparams(opt)(learning_rate=...); "
+            f"got {type(opt_state).__name__}."
+        )
     return opt_state._replace(hyperparams={**hp, "learning_rate": jnp.asarray(lr).astype(hp["learning_rate"].dtype)})

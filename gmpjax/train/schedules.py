@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
+from typing import Any, TypedDict
 
 import jax.numpy as jnp
 import optax
@@ -24,8 +25,13 @@ import optax
 from gmpjax.train.plateau import Plateau, plateau_init, plateau_update
 
 __all__ = [
-    "PAPER_BOUNDARIES", "piecewise_epochs", "RELEASED_PLATEAU", "RELEASED_EARLY_STOP_PATIENCE",
-    "released_plateau_update", "plateau_to_json", "plateau_from_json",
+    "PAPER_BOUNDARIES",
+    "piecewise_epochs",
+    "RELEASED_PLATEAU",
+    "RELEASED_EARLY_STOP_PATIENCE",
+    "released_plateau_update",
+    "plateau_to_json",
+    "plateau_from_json",
 ]
 
 PAPER_BOUNDARIES: tuple[int, ...] = (30, 60, 80)
@@ -53,12 +59,16 @@ def piecewise_epochs(
     boundaries = tuple(int(b) for b in boundaries)
     if any(b < 0 for b in boundaries) or list(boundaries) != sorted(set(boundaries)):
         raise ValueError(f"boundaries must be strictly increasing non-negative epochs (got {boundaries!r}).")
-    return optax.piecewise_constant_schedule(
-        base_lr, {b * steps_per_epoch: factor for b in boundaries if b > 0}
-    )
+    return optax.piecewise_constant_schedule(base_lr, {b * steps_per_epoch: factor for b in boundaries if b > 0})
 
 
-RELEASED_PLATEAU: dict[str, float] = {"patience": 5, "factor": 0.1, "min_delta": 1e-4}
+class _PlateauSettings(TypedDict):
+    patience: int
+    factor: float
+    min_delta: float
+
+
+RELEASED_PLATEAU: _PlateauSettings = {"patience": 5, "factor": 0.1, "min_delta": 1e-4}
 """Keras ReduceLROnPlateau settings of the released ImageNet32 code (monitor: validation top-5, maximised)."""
 RELEASED_EARLY_STOP_PATIENCE: int = 10
 """Epochs without a top-5 improvement after which the released code stops (EarlyStopping patience)."""
@@ -79,14 +89,17 @@ def released_plateau_update(p: Plateau, top5: float) -> tuple[Plateau, bool]:
     return new, bool(new.best < p.best)
 
 
-def plateau_to_json(p: Plateau) -> dict:
+def plateau_to_json(p: Plateau) -> dict[str, Any]:
     """The plateau state as a JSON dict (for checkpoint ``extra``)."""
     best = float(p.best)
     return {"scale": float(p.scale), "best": best if math.isfinite(best) else None, "wait": int(p.wait)}
 
 
-def plateau_from_json(d: dict) -> Plateau:
+def plateau_from_json(d: dict[str, Any]) -> Plateau:
     """Inverse of ``plateau_to_json``."""
     p = plateau_init()
-    return p.replace(scale=jnp.asarray(d["scale"], p.scale.dtype), best=p.best if d["best"] is None else jnp.asarray(d["best"], p.best.dtype),
-                     wait=jnp.asarray(d["wait"], jnp.int32))
+    return p.replace(
+        scale=jnp.asarray(d["scale"], p.scale.dtype),
+        best=p.best if d["best"] is None else jnp.asarray(d["best"], p.best.dtype),
+        wait=jnp.asarray(d["wait"], jnp.int32),
+    )

@@ -28,8 +28,10 @@ baseline MLP) is trained in phase 2 only.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,9 @@ import optax
 from flax import nnx
 
 from gmpjax.train.engine import TrainState, init_replicas, init_train_state, make_train_step, scan_steps_same_batch
+
+Snapshot = Callable[[str, nnx.GraphDef, TrainState], dict[str, Any]]
+"""``(phase, graphdef, stacked_state) -> record`` callback of :func:`train_two_phase`."""
 
 __all__ = ["TwoPhaseConfig", "TwoPhaseResult", "make_optimizer", "switch_to_raw", "switch_replicas", "train_two_phase"]
 
@@ -62,7 +67,7 @@ class TwoPhaseConfig:
     optimizer: str = "adam"
     chunk_steps: int = 1000
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("pretrain_steps", "finetune_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 0:
@@ -88,8 +93,9 @@ def _raw_module(model: nnx.Module) -> nnx.Module:
     return model.to_raw() if hasattr(model, "to_raw") else model
 
 
-def switch_to_raw(graphdef: nnx.GraphDef, state: TrainState, tx: optax.GradientTransformation
-                  ) -> tuple[nnx.GraphDef, TrainState]:
+def switch_to_raw(
+    graphdef: nnx.GraphDef, state: TrainState, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, TrainState]:
     """The phase switch for one replica: ``to_raw()`` and a fresh optimizer state for ``tx``.
 
     The function computed by the module is unchanged (``to_raw`` is exact); the step
@@ -97,11 +103,12 @@ def switch_to_raw(graphdef: nnx.GraphDef, state: TrainState, tx: optax.GradientT
     """
     model = nnx.merge(graphdef, state.params, state.rest)
     g, new = init_train_state(_raw_module(model), tx)
-    return g, new.replace(step=state.step)
+    return g, dataclasses.replace(new, step=state.step)
 
 
-def switch_replicas(graphdef: nnx.GraphDef, states: TrainState, tx: optax.GradientTransformation
-                    ) -> tuple[nnx.GraphDef, TrainState]:
+def switch_replicas(
+    graphdef: nnx.GraphDef, states: TrainState, tx: optax.GradientTransformation
+) -> tuple[nnx.GraphDef, TrainState]:
     """:func:`switch_to_raw` over a leading replica axis (``jax.vmap``)."""
     one = jax.tree.map(lambda a: a[0], states)
     graph_raw, _ = switch_to_raw(graphdef, one, tx)
@@ -127,7 +134,7 @@ class TwoPhaseResult:
     pretrain_state: TrainState
     losses: np.ndarray
     switch_step: int
-    snapshots: list = field(default_factory=list)
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
 
     def model(self, r: int = 0) -> nnx.Module:
         """The final module of replica ``r``."""
@@ -135,8 +142,21 @@ class TwoPhaseResult:
         return nnx.merge(self.graphdef, s.params, s.rest)
 
 
-def _run_phase(graphdef, state, tx, loss_fn, batch, batch_axis, steps, chunk, phase, snapshot, snaps, bar,
-               start):
+def _run_phase(
+    graphdef: nnx.GraphDef,
+    state: TrainState,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable[[nnx.Module, Any], Any],
+    batch: Any,
+    batch_axis: int | None,
+    steps: int,
+    chunk: int,
+    phase: str,
+    snapshot: Snapshot | None,
+    snaps: list[dict[str, Any]],
+    bar: Any,
+    start: int,
+) -> tuple[TrainState, np.ndarray | None]:
     step = make_train_step(graphdef, tx, loss_fn)
     compiled: dict[int, Callable] = {}
     losses = []
@@ -144,8 +164,9 @@ def _run_phase(graphdef, state, tx, loss_fn, batch, batch_axis, steps, chunk, ph
     while done < steps:
         n = min(chunk, steps - done)
         if n not in compiled:
-            compiled[n] = jax.jit(jax.vmap(lambda s, b, n=n: scan_steps_same_batch(step, s, b, n),
-                                           in_axes=(0, batch_axis)))
+            compiled[n] = jax.jit(
+                jax.vmap(lambda s, b, n=n: scan_steps_same_batch(step, s, b, n), in_axes=(0, batch_axis))
+            )
         state, metrics = compiled[n](state, batch)
         losses.append(np.asarray(metrics["loss"]))
         done += n
@@ -165,7 +186,7 @@ def train_two_phase(
     config: TwoPhaseConfig = TwoPhaseConfig(),
     *,
     batch_axis: int | None = None,
-    snapshot: Callable[[str, nnx.GraphDef, TrainState], dict] | None = None,
+    snapshot: Snapshot | None = None,
     progress: bool = True,
     desc: str = "two-phase",
 ) -> TwoPhaseResult:
@@ -192,7 +213,9 @@ def train_two_phase(
         raise TypeError(f"config must be a TwoPhaseConfig; got {type(config).__name__}.")
     keys = jnp.asarray(keys)
     if keys.ndim != 1:
-        raise ValueError(f"keys must be a 1-D array of PRNG keys, e.g. jax.random.split(key, R); got shape {keys.shape}.")
+        raise ValueError(
+            f"keys must be a 1-D array of PRNG keys, e.g. jax.random.split(key, R); got shape {keys.shape}."
+        )
     tx1 = make_optimizer(config.optimizer, config.pretrain_lr)
     tx2 = make_optimizer(config.optimizer, config.finetune_lr)
     graph1, state = init_replicas(make_model, keys, tx1)
@@ -201,23 +224,48 @@ def train_two_phase(
     from tqdm.auto import tqdm
 
     bar = tqdm(total=pre_steps + config.finetune_steps, desc=desc, disable=not progress, leave=False)
-    snaps: list = []
+    snaps: list[dict[str, Any]] = []
     try:
         if snapshot is not None:
             snaps.append({"phase": "init", "step": 0, **snapshot("init", graph1, state)})
         losses1 = None
         if pre_steps:
-            state, losses1 = _run_phase(graph1, state, tx1, loss_fn, batch, batch_axis, pre_steps,
-                                        config.chunk_steps, "pretrain", snapshot, snaps, bar, 0)
+            state, losses1 = _run_phase(
+                graph1,
+                state,
+                tx1,
+                loss_fn,
+                batch,
+                batch_axis,
+                pre_steps,
+                config.chunk_steps,
+                "pretrain",
+                snapshot,
+                snaps,
+                bar,
+                0,
+            )
         pre_graph, pre_state = graph1, state
         graph2, state = switch_replicas(graph1, state, tx2)
         if snapshot is not None:
             snaps.append({"phase": "switch", "step": pre_steps, **snapshot("switch", graph2, state)})
-        state, losses2 = _run_phase(graph2, state, tx2, loss_fn, batch, batch_axis, config.finetune_steps,
-                                    config.chunk_steps, "finetune", snapshot, snaps, bar, pre_steps)
+        state, losses2 = _run_phase(
+            graph2,
+            state,
+            tx2,
+            loss_fn,
+            batch,
+            batch_axis,
+            config.finetune_steps,
+            config.chunk_steps,
+            "finetune",
+            snapshot,
+            snaps,
+            bar,
+            pre_steps,
+        )
     finally:
         bar.close()
     parts = [p for p in (losses1, losses2) if p is not None]
     losses = np.concatenate(parts, axis=1) if parts else np.zeros((keys.shape[0], 0))
     return TwoPhaseResult(graph2, state, pre_graph, pre_state, losses, pre_steps, snaps)
-

@@ -44,8 +44,15 @@ def trainer_cmd(*args: str) -> list[str]:
 
 def run(cmd: list[str], num_devices: int, timeout: float) -> subprocess.CompletedProcess:
     """Run ``cmd`` to completion (stdout+stderr captured as text); kills it on timeout."""
-    return subprocess.run(cmd, env=child_env(num_devices), cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd,
+        env=child_env(num_devices),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def popen(cmd: list[str], num_devices: int, stdout=subprocess.PIPE, env_extra: dict | None = None) -> subprocess.Popen:
@@ -69,7 +76,9 @@ def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float) -> list[s
                 continue
             line = proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"process exited (rc={proc.wait()}) before {prefix!r}; output:\n" + "".join(lines[-20:]))
+                raise RuntimeError(
+                    f"process exited (rc={proc.wait()}) before {prefix!r}; output:\n" + "".join(lines[-20:])
+                )
             lines.append(line)
             if line.startswith(prefix):
                 return lines

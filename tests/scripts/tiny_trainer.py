@@ -2,9 +2,13 @@
 
 It exercises the whole stack the image experiments use -- ``gmpjax.train.engine``
 (pure step, ``fit``), ``gmpjax.train.sharding`` (mesh, replicated state, sharded
-batch, multi-process) and ``gmpjax.train.checkpoint`` (orbax save/resume of state,
-data-iterator position and RNG) -- on a small GmP+IMN / BN conv net and a
-synthetic 8x8 image data set, so it runs in seconds on CPU.
+batch, multi-process), ``gmpjax.data.images`` (the grain pipeline: shuffle, flips,
+per-process slices, ``--workers`` worker processes) and ``gmpjax.train.checkpoint``
+(orbax save/resume of state, data-iterator state and RNG) -- on a small GmP+IMN /
+BN conv net and a synthetic 8x8 uint8 image data set, so it runs in seconds on CPU.
+Every batch it trains on is printed as ``batch <epoch>:<step> <sha1 of its ids, labels
+and pixels> ids=<example ids>`` so that tests can compare the batches of two runs and
+the slices that two processes read.
 
 Run it as a script (``python tests/scripts/tiny_trainer.py --workdir /tmp/w --steps 30``)
 or call ``main(argv)``, which returns the final parameters as ``{path: np.ndarray}``.
@@ -14,6 +18,7 @@ Set ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` for 8 CPU devices.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -39,53 +44,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=5)
     p.add_argument("--max-to-keep", type=int, default=3)
     p.add_argument("--step-delay", type=float, default=0.0, help="sleep after each step (to be killed mid-run)")
-    p.add_argument("--kill-during-save-at", type=int, default=-1,
-                   help="save this step and SIGKILL this process while orbax commits it (all files written to the "
-                        "tmp directory, not yet renamed)")
+    p.add_argument(
+        "--kill-during-save-at",
+        type=int,
+        default=-1,
+        help="save this step and SIGKILL this process while orbax commits it (all files written to the "
+        "tmp directory, not yet renamed)",
+    )
     p.add_argument("--out", default=None, help="write the final params (npz) here")
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process)")
     p.add_argument("--num-processes", type=int, default=1)
     p.add_argument("--process-id", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="grain worker processes of the data pipeline")
     return p.parse_args(argv)
 
 
-class Batches:
-    """Deterministic shuffled mini-batches with a resumable position ``(epoch, index)``.
-
-    Each epoch is a permutation seeded by ``(seed, epoch)``; a batch that would
-    cross the end of an epoch starts the next epoch. ``state()``/``set_state()``
-    are what goes into the checkpoint's ``extra``.
-    """
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        if batch_size > n:
-            raise ValueError(f"batch_size {batch_size} > data set size {n}")
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.epoch, self.index = 0, 0
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "index": self.index}
-
-    def set_state(self, s: dict) -> None:
-        self.epoch, self.index = int(s["epoch"]), int(s["index"])
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self.index + self.batch_size > self.n:
-            self.epoch, self.index = self.epoch + 1, 0
-        perm = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
-        idx = perm[self.index:self.index + self.batch_size]
-        self.index += self.batch_size
-        return idx
-
-
 def make_data(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``NUM_EXAMPLES`` random uint8 images ``IMAGE`` and integer labels."""
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(NUM_EXAMPLES, *IMAGE)).astype(np.float32) + 0.5
+    x = rng.integers(0, 256, size=(NUM_EXAMPLES, *IMAGE), dtype=np.uint8)
     y = rng.integers(0, NUM_CLASSES, size=NUM_EXAMPLES).astype(np.int32)
     return x, y
+
+
+def make_loader(seed: int, batch_size: int, workers: int):
+    """The grain pipeline of the synthetic data: shuffled epochs, random flips, x / 255 - 0.5."""
+    from gmpjax.data.images import ArraySource, ImageLoader, make_preprocess
+
+    x, y = make_data(seed)
+    pre = make_preprocess("imagenet32", train=True, mean=(0.5,))
+    return ImageLoader(ArraySource(x, y), global_batch_size=batch_size, preprocess=pre, seed=seed, workers=workers)
+
+
+def batch_digest(batch: dict) -> str:
+    """sha1 of a batch's example ids, labels and uint8 pixels (to compare the batches of two runs)."""
+    h = hashlib.sha1()
+    for k in ("index", "label", "image"):
+        h.update(np.ascontiguousarray(batch[k]).tobytes())
+    return h.hexdigest()[:16]
 
 
 def make_model(seed: int):
@@ -146,7 +142,12 @@ def main(argv=None) -> dict[str, np.ndarray]:
     mesh = sharding.make_data_mesh(devices)
     rows = sharding.local_batch_slice(args.batch_size, mesh)  # validates divisibility too
 
-    x_all, y_all = make_data(args.seed)
+    loader = make_loader(args.seed, args.batch_size, args.workers)
+    if (rows.start, rows.stop) != (
+        loader.process_index * loader.local_batch_size,
+        (loader.process_index + 1) * loader.local_batch_size,
+    ):
+        raise ValueError(f"the devices of this process hold rows {rows} but the loader reads another slice")
     tx = optax.sgd(args.lr, momentum=0.9)
     # one compiled init instead of dozens of eagerly compiled initialiser ops
     graphdef = nnx.split(nnx.eval_shape(lambda: make_model(args.seed)), nnx.Param, ...)[0]
@@ -159,18 +160,19 @@ def main(argv=None) -> dict[str, np.ndarray]:
         return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
 
     step_fn = sharding.shard_train_step(make_train_step(graphdef, tx, loss_fn), mesh)
-    batches = Batches(NUM_EXAMPLES, args.batch_size, args.seed)
+    data = loader.iterate()
     rng = jax.random.key(args.seed + 1)
 
-    ckpt = Checkpointer(args.workdir, save_every=args.save_every, max_to_keep=args.max_to_keep) if args.workdir else None
+    ckpt = (
+        Checkpointer(args.workdir, save_every=args.save_every, max_to_keep=args.max_to_keep) if args.workdir else None
+    )
     state = sharding.replicate(state, mesh)
     if ckpt is not None and args.resume:
-        restored = ckpt.restore_latest(abstract_state(state))
+        restored = ckpt.restore_latest(abstract_state(state), data_iterator=data)
         if restored is not None:
             state, extra = restored
-            batches.set_state(extra["data"])
             rng = key_from_json(extra["rng"])
-            print(f"resumed from step {int(sharding.to_host(state.step))}", flush=True)
+            print(f"resumed from step {int(sharding.to_host(state.step))} at data position {data.position}", flush=True)
 
     @jax.jit
     def next_noise(key):
@@ -179,40 +181,47 @@ def main(argv=None) -> dict[str, np.ndarray]:
 
     def global_batches():
         nonlocal rng
-        for idx in batches:
+        while True:
+            pos = data.position
+            batch = next(data)  # this process's rows of the global batch, from the grain pipeline
+            ids = ",".join(str(i) for i in batch["index"])
+            print(f"batch {pos['epoch']}:{pos['step']} {batch_digest(batch)} ids={ids}", flush=True)
             rng, noise = next_noise(rng)  # input noise from a checkpointed key, the same on every process
-            noise = np.asarray(noise)
-            x = x_all[idx] + noise
-            yield sharding.shard_batch((x[rows], y_all[idx][rows]), mesh)
+            x = loader.preprocess.finish(batch) + np.asarray(noise)[rows]
+            yield sharding.shard_batch((x, batch["label"]), mesh)
 
     def on_step(step, st, rec):
         if ckpt is not None:
-            extra = {"data": batches.state(), "rng": key_to_json(rng), "config": vars(args)}
+            extra = {"rng": key_to_json(rng), "config": vars(args)}
             if step == args.kill_during_save_at:
                 ckpt.wait()  # earlier saves are committed; the crash hits this step's save
                 kill_in_next_commit()
-                ckpt.save(step, st, extra, force=True)
+                ckpt.save(step, st, extra, force=True, data_iterator=data)
                 ckpt.wait()
                 print("the commit hook was not reached", flush=True)
                 os.kill(os.getpid(), signal.SIGKILL)
-            ckpt.save(step, st, extra)
+            ckpt.save(step, st, extra, data_iterator=data)
         print(f"step {step}", flush=True)
         if args.step_delay:
             time.sleep(args.step_delay)
         return False
 
-    state, _ = fit(step_fn, state, global_batches(), num_steps=args.steps, callbacks=[on_step], progress=False,
-                   log_every=0)
+    state, _ = fit(
+        step_fn, state, global_batches(), num_steps=args.steps, callbacks=[on_step], progress=False, log_every=0
+    )
     if ckpt is not None:
-        ckpt.save(args.steps, state, {"data": batches.state(), "rng": key_to_json(rng), "config": vars(args)},
-                  force=True)
+        ckpt.save(args.steps, state, {"rng": key_to_json(rng), "config": vars(args)}, force=True, data_iterator=data)
         ckpt.close()
-    params = {jax.tree_util.keystr(p): v for p, v in
-              jax.tree_util.tree_flatten_with_path(sharding.to_host(state.params))[0]}
+    data.close()
+    params = {
+        jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(sharding.to_host(state.params))[0]
+    }
     if args.out:
         np.savez(args.out, **params)
-    print(json.dumps({"done": int(sharding.to_host(state.step)), "process": jax.process_index(),
-                      "devices": mesh.size}), flush=True)
+    print(
+        json.dumps({"done": int(sharding.to_host(state.step)), "process": jax.process_index(), "devices": mesh.size}),
+        flush=True,
+    )
     return params
 
 

@@ -1,0 +1,139 @@
+"""Parameter labels and the weight-decay mask: decayed adamw must not turn GmP units towards e_1."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gmpjax import hyperspherical as hs
+from gmpjax.layers import GmPDense, InputMeanNorm, SPDense, WNDense
+from gmpjax.train import optim
+from gmpjax.train.engine import init_train_state, make_train_step
+
+
+class Net(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.imn = InputMeanNorm(6)
+        self.hidden = GmPDense(6, 5, rngs=rngs)
+        self.wn = WNDense(5, 4, rngs=rngs)
+        self.head = SPDense(4, 2, activation=None, rngs=rngs)
+        self.blocks = nnx.List([GmPDense(2, 2, rngs=rngs)])
+
+    def __call__(self, x):
+        return self.blocks[0](self.head(self.wn(self.hidden(self.imn(x)))))
+
+
+def _pure(tree):
+    return nnx.to_pure_dict(tree) if isinstance(tree, nnx.State) else tree
+
+
+def test_labels_on_module_state_trainstate_and_pure_dict():
+    model = Net(nnx.Rngs(0))
+    expected = {
+        "hidden": {"theta": "angle", "radius": "radius", "offset": "offset"},
+        "wn": {"v": "other", "g": "other", "bias": "other"},
+        "head": {"kernel": "other", "bias": "other"},
+        "blocks": {0: {"theta": "angle", "radius": "radius", "offset": "offset"}},
+    }
+    params = nnx.state(model, nnx.Param)
+    _, state = init_train_state(model, optax.sgd(0.1))
+    for tree in (model, params, state.params, nnx.to_pure_dict(params)):
+        assert _pure(optim.param_labels(tree)) == expected
+    mask = _pure(optim.weight_decay_mask(params))
+    assert mask["hidden"] == {"theta": False, "radius": False, "offset": False}
+    assert mask["wn"] == {"v": True, "g": False, "bias": False}
+    assert mask["head"] == {"kernel": True, "bias": False}
+    assert _pure(optim.weight_decay_mask(params, decay_radius=True))["hidden"]["radius"] is True
+    assert set(jax.tree.leaves(optim.param_labels(params))) <= set(optim.LABELS)
+    with pytest.raises(ValueError, match="no array leaves"):
+        optim.param_labels({})
+    with pytest.raises(ValueError, match="weight_decay"):
+        optim.masked_weight_decay(-1.0)
+
+
+_ADAM = "optax.adamw's bias correction mixes a Python float with the int32 step count (an optax limitation)"
+
+
+def _zero_grad_adamw_run(mask, steps: int = 200, wd: float = 0.1):
+    """Train a GmP layer with a loss whose data gradient is exactly zero; return (u before, u after, state)."""
+    layer = GmPDense(8, 4, rngs=nnx.Rngs(3))
+    tx = optax.adamw(1e-2, weight_decay=wd, mask=mask)
+    graphdef, state = init_train_state(layer, tx)
+    loss_fn = lambda model, batch: 0.0 * jnp.sum(model(batch))  # noqa: E731
+    step = jax.jit(make_train_step(graphdef, tx, loss_fn))
+    theta0 = np.asarray(state.params["theta"][...])
+    x = jnp.ones((2, 8))
+    for _ in range(steps):
+        state, _ = step(state, x)
+    return theta0, np.asarray(state.params["theta"][...]), state
+
+
+@pytest.mark.standard_dtype_promotion(_ADAM)
+def test_masked_adamw_leaves_theta_unchanged_under_zero_gradient():
+    theta0, theta1, state = _zero_grad_adamw_run(optim.weight_decay_mask)
+    np.testing.assert_array_equal(theta1, theta0)
+    np.testing.assert_array_equal(np.asarray(state.params["radius"][...]), 1.0)
+
+
+@pytest.mark.standard_dtype_promotion(_ADAM)
+def test_unmasked_adamw_turns_units_towards_e1():
+    """The hazard the mask prevents: default adamw decay shrinks theta, so u(theta) -> u(0) = e_1."""
+    theta0, theta1, _ = _zero_grad_adamw_run(None)
+    assert np.all(np.abs(theta1) < np.abs(theta0))
+    u0, u1 = np.asarray(hs.angles_to_unit(theta0)), np.asarray(hs.angles_to_unit(theta1))
+    assert np.all(u1[:, 0] > u0[:, 0] + 0.05), (u0[:, 0], u1[:, 0])
+
+
+def test_multi_transform_with_labels_freezes_angles_only():
+    model = Net(nnx.Rngs(1))
+    tx = optax.multi_transform(
+        {"angle": optax.set_to_zero(), "radius": optax.sgd(0.1), "offset": optax.sgd(0.1), "other": optax.sgd(0.1)},
+        optim.param_labels,
+    )
+    graphdef, state = init_train_state(model, tx)
+    loss_fn = lambda m, x: jnp.mean(m(x) ** 2)  # noqa: E731
+    new, _ = jax.jit(make_train_step(graphdef, tx, loss_fn))(state, jax.random.normal(jax.random.key(0), (16, 6)))
+    old_p, new_p = nnx.to_pure_dict(state.params), nnx.to_pure_dict(new.params)
+    np.testing.assert_array_equal(new_p["hidden"]["theta"], old_p["hidden"]["theta"])
+    assert not np.allclose(new_p["head"]["kernel"], old_p["head"]["kernel"])
+    assert not np.allclose(new_p["hidden"]["radius"], old_p["hidden"]["radius"])
+
+
+def test_masked_sgd_decay_chain_matches_manual_decay():
+    params = {
+        "layer": {"theta": jnp.full((2, 3), 0.5), "radius": jnp.ones(2), "offset": jnp.ones(2)},
+        "kernel": jnp.full((3, 2), 2.0),
+        "bias": jnp.ones(2),
+    }
+    tx = optax.chain(optim.masked_weight_decay(0.5), optax.sgd(0.1))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.1 * 0.5 * 2.0)
+    for leaf in (updates["layer"]["theta"], updates["layer"]["radius"], updates["layer"]["offset"], updates["bias"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_image_experiment_optimizer_decays_through_the_mask():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from experiments.image_train import make_optimizer
+
+    params = {
+        "conv": {"theta": jnp.full((2, 3), 0.5), "radius": jnp.ones(2)},
+        "head": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.ones(2)},
+    }
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    tx = make_optimizer(0.1, 0.0, 0.5)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["head"]["kernel"], -0.1 * 0.5 * 2.0)
+    for leaf in (updates["conv"]["theta"], updates["conv"]["radius"], updates["head"]["bias"]):
+        np.testing.assert_array_equal(leaf, 0.0)
+    tx = make_optimizer(0.1, 0.0, 0.5, decay_all=True)  # the unmasked L2 (opt-in) decays theta too
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["conv"]["theta"], -0.1 * 0.5 * 0.5)
