@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from experiments.common import mean_se
+
 METHODS: tuple[str, ...] = ("sp", "wn", "gmp", "gmp_imn")
 DTYPES = ("bfloat16", "float32")
 
@@ -182,12 +184,6 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         if diff:
             p.error(f"--resume: these settings differ from the run in {workdir} (saved, given): {diff}")
     return cfg
-
-
-def mean_se(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and standard error ``std(ddof=1) / sqrt(n)`` (0 for one value)."""
-    v = np.asarray(values, np.float64)
-    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else 0.0
 
 
 class Trainer:
@@ -421,6 +417,7 @@ def print_summary(summary: dict) -> None:
     print(f"validation bits per character (mean +- s.e. over seeds), {summary['config']['steps']} steps:")
     for m, row in summary["table"].items():
         print(f"  {m:8s} {row['mean']:.4f} +- {row['se']:.4f}  (n={row['n']})")
+    print("  paper: neither paper reports a transformer LM; the comparison is SP vs GmP within this run")
     print(
         f"wall time {summary['wall_s']:.1f} s on {summary['machine']['devices'][0]} "
         f"({summary['machine']['cpu_count']} cores visible), mesh {summary['machine']['mesh']}; "

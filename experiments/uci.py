@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from experiments.common import mean_se
 from gmpjax.data.uci import UCI_NAMES, check_dataset_name, load_uci, make_split, split_indices, train_val_test_indices
 from gmpjax.layers import check_parameterization
 from gmpjax.models import MLP
@@ -394,13 +395,6 @@ def select_by_validation(val_mse: np.ndarray) -> np.ndarray:
     """Index of the learning rate with the lowest validation MSE per split: ``(S, L) -> (S,)``."""
     val = np.where(np.isfinite(val_mse), val_mse, np.inf)
     return np.argmin(val, axis=1)
-
-
-def mean_se(values: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error ``std(ddof=1) / sqrt(n)`` (0 for n = 1)."""
-    v = np.asarray(values, np.float64)
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
-    return float(v.mean()), se
 
 
 def _fmt(m: float, se: float) -> str:
