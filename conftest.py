@@ -48,7 +48,7 @@ _OPTAX_SCHEDULE = _OPTAX_ADAM + "; also optax's piecewise schedules (`threshold 
 #: strict promotion: every failure came from optax or flax, none from gmpjax (issue 13).
 STANDARD_DTYPE_PROMOTION: dict[str, str] = {
     "gmpjax/train/two_phase.py::gmpjax.train.two_phase": _OPTAX_ADAM,
-    "tests/test_cab.py::test_track_cab_vmaps_over_replicas_and_runs_inside_scan": _OPTAX_ADAM,
+    "tests/test_cab.py::test_track_cab_vmaps_over_replicas_and_runs_as_the_loops_track_hook": _OPTAX_ADAM,
     "tests/test_image_experiments.py::test_existing_checkpoints_are_not_overwritten": _OPTAX_SCHEDULE,
     "tests/test_image_experiments.py::test_quick_vgg6_end_to_end": _OPTAX_SCHEDULE,
     "tests/test_image_experiments.py::test_resume_matches_uninterrupted_run": _OPTAX_SCHEDULE,

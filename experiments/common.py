@@ -12,19 +12,6 @@ CV_LR = {"gmp": 0.1, "sp": 0.01, "wn": 0.01, "bn": 0.01}
 COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
 
 
-def lr_for(method: str, lr: str) -> float:
-    """Learning rate of ``method``: ``lr == "cv"`` gives ``CV_LR[method]``, else ``float(lr) > 0``."""
-    if lr == "cv":
-        return CV_LR[method]
-    try:
-        v = float(lr)
-    except ValueError:
-        raise ValueError(f"--lr must be 'cv' or a positive number (got {lr!r}).") from None
-    if v <= 0:
-        raise ValueError(f"--lr must be positive (got {lr!r}).")
-    return v
-
-
 def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
     """Mean and standard error ``std(ddof=1) / sqrt(n)`` (0 for n = 1).
 

@@ -1,13 +1,15 @@
 """VGG-6 on ImageNet32 (GmP paper Sec. 4.2.2 / App. C.3, Table 2).
 
-Paper protocol: ``imagenet_resized/32x32`` (1.28M train / 50k validation),
-random horizontal flip, per-channel mean subtraction, SGD momentum 0.9, initial
-lr 0.1 for GmP(+IMN) and 0.01 for the others, x0.1 at epochs 30/60/80 of 90,
-batch size 256/512/1024. The released code's plateau schedule is
-``--schedule plateau``.
+Paper protocol (``get_config``): ``imagenet_resized/32x32`` (1.28M train / 50k
+validation), random horizontal flip, per-channel mean subtraction, SGD momentum
+0.9, initial lr 0.1 for GmP(+IMN) and 0.01 for the others (``--lr cv``), x0.1 at
+epochs 30/60/80 of 90, batch size 256/512/1024. ``--protocol official`` is the
+released code: ReduceLROnPlateau on validation top-5 (x0.1 after 5 epochs without
+a gain), early stopping after 10, the best weights restored when it fires, at most
+500 epochs.
 
-    python -m experiments.imagenet32_vgg6 --parameterization gmp_imn --batch-size 1024 \\
-        --tfds-data-dir ~/tensorflow_datasets --workdir runs/vgg6_gmp_imn_1024
+    python -m experiments.imagenet32_vgg6 --methods gmp_imn bn --batch-size 1024 \\
+        --tfds-data-dir ~/tensorflow_datasets --workdir runs/vgg6_1024
     python -m experiments.imagenet32_vgg6 --quick      # CPU smoke run on the embedded digits
 
 ``--quick``: digits (1437 train / 360 test images upsampled to 32x32), VGG-6 at
@@ -17,9 +19,11 @@ chance is 10%).
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+from typing import ClassVar
 
-from experiments.image_train import ImageConfig, cli_main
+from experiments import cli
+from experiments.image_train import ImageConfig, official, quick_overrides, run_experiment
 
 # Table 2: top-1 / top-5 validation accuracy (%) by batch size (mean over runs; +- omitted).
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
@@ -31,30 +35,39 @@ PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
     "gmp_imn": {"256": (43.14, 67.36), "512": (43.62, 67.76), "1024": (42.70, 66.98)},
 }
 
-DEFAULTS = ImageConfig(
-    experiment="imagenet32_vgg6",
-    model="vgg6",
-    dataset="imagenet_resized/32x32",
-    parameterization="gmp_imn",
-    batch_size=256,
-    epochs=90,
-)
-QUICK = {
-    "dataset": "digits",
-    "batch_size": 64,
-    "epochs": 6,
-    "width": 0.25,
-    "boundaries": (3,),
-    "log_every": 5,
-    "save_every": 20,
-}
+
+@dataclasses.dataclass(frozen=True)
+class Config(ImageConfig):
+    MODEL: ClassVar[str] = "vgg6"
+    NAME: ClassVar[str] = "imagenet32_vgg6"
+
+
+def get_config() -> Config:
+    """The paper's protocol (App. C.3)."""
+    return Config()
+
+
+def get_official_config() -> Config:
+    """The released ``imagenet32/imagenet32.py``: plateau schedule, early stopping restoring the best, 500 epochs."""
+    return official(Config(), epochs=500, restore="if_stopped")
+
+
+CONFIGS = {"paper": get_config, "official": get_official_config}
+
+
+def quick(cfg: Config) -> dict:
+    return quick_overrides(cfg) | {"epochs": 6, "width": 0.25, "boundaries": (3,)}
+
+
+def run(cfg: Config) -> dict:
+    return run_experiment(cfg, paper=PAPER_TABLE2, columns=("256", "512", "1024"))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(
-        argv, doc=__doc__, defaults=DEFAULTS, quick=QUICK, paper=PAPER_TABLE2, batch_sizes=("256", "512", "1024")
+    return cli.main(
+        argv, prog="python -m experiments.imagenet32_vgg6", doc=__doc__, configs=CONFIGS, quick=quick, run=run
     )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

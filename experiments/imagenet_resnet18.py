@@ -1,13 +1,16 @@
 """ResNet-18 on ImageNet (ILSVRC 2012) (GmP paper Sec. 4.2.3 / App. C.2, Table 3).
 
-Paper protocol: ``imagenet2012`` 224x224, random resize of the shorter side to
-[256, 480] + random 224 crop, horizontal flip, colour (PCA lighting)
-augmentation, single centre crop for evaluation, SGD momentum 0.9, lr 0.1 for
-all methods, x0.1 at epochs 30/60/80 of 90, batch size 256. IMN for GmP, MBN
-for WN (placement: ``gmpjax.models.resnet``).
+Paper protocol (``get_config``): ``imagenet2012`` 224x224, random resize of the
+shorter side to [256, 480] + random 224 crop, horizontal flip, colour (PCA
+lighting) augmentation, single centre crop for evaluation, SGD momentum 0.9, lr
+0.1 for all methods, x0.1 at epochs 30/60/80 of 90, batch size 256. IMN for GmP,
+MBN for WN (placement: ``gmpjax.models.resnet``). ``--protocol official`` is the
+schedule of the pre-release ResNet-34 code (there is no released ResNet-18):
+ReduceLROnPlateau on validation top-5 (patience 5) and early stopping (patience
+10, last weights kept), with no epoch cap to speak of (10000).
 
-    python -m experiments.imagenet_resnet18 --parameterization gmp_imn \\
-        --tfds-data-dir ~/tensorflow_datasets --workdir runs/resnet18_gmp_imn
+    python -m experiments.imagenet_resnet18 --methods gmp_imn bn wn_mbn \\
+        --tfds-data-dir ~/tensorflow_datasets --workdir runs/resnet18
     python -m experiments.imagenet_resnet18 --quick    # CPU smoke run on the embedded digits
 
 ``--quick``: digits upsampled to 32x32 (not 224: CPU), ResNet-18 at 1/8 width,
@@ -16,9 +19,11 @@ batch 64, 3 epochs.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+from typing import ClassVar
 
-from experiments.image_train import ImageConfig, cli_main
+from experiments import cli
+from experiments.image_train import ImageConfig, official, quick_overrides, run_experiment
 
 # Table 3: single-centre-crop top-1 / top-5 validation accuracy (%), batch 256.
 PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
@@ -27,29 +32,43 @@ PAPER_TABLE3: dict[str, dict[str, tuple[float, float]]] = {
     "gmp_imn": {"256": (67.24, 87.19)},
 }
 
-DEFAULTS = ImageConfig(
-    experiment="imagenet_resnet18",
-    model="resnet18",
-    dataset="imagenet2012",
-    parameterization="gmp_imn",
-    batch_size=256,
-    epochs=90,
-)
-QUICK = {
-    "dataset": "digits",
-    "batch_size": 64,
-    "epochs": 3,
-    "width": 0.125,
-    "image_size": 32,
-    "boundaries": (2,),
-    "log_every": 5,
-    "save_every": 20,
-}
+
+@dataclasses.dataclass(frozen=True)
+class Config(ImageConfig):
+    MODEL: ClassVar[str] = "resnet18"
+    NAME: ClassVar[str] = "imagenet_resnet18"
+
+    lr: tuple[str, ...] = cli.field(("0.1",), "learning rate(s), or 'cv' (paper: 0.1 for every method)")
+    workdir: str = cli.field("results/imagenet_resnet18", "output folder (one subfolder per run); alias --out")
+    dataset: str = cli.field("imagenet2012", "tfds name (ArrayRecord-prepared) or 'digits' (embedded, runs anywhere)")
+
+
+def get_config() -> Config:
+    """The paper's protocol (App. C.2)."""
+    return Config()
+
+
+def get_official_config() -> Config:
+    """The pre-release ``imagenet2012/imagenet2012.py`` schedule: plateau + early stopping, last weights kept."""
+    return official(Config(), epochs=10000, restore="never")
+
+
+CONFIGS = {"paper": get_config, "official": get_official_config}
+
+
+def quick(cfg: Config) -> dict:
+    return quick_overrides(cfg) | {"epochs": 3, "width": 0.125, "image_size": 32, "boundaries": (2,)}
+
+
+def run(cfg: Config) -> dict:
+    return run_experiment(cfg, paper=PAPER_TABLE3, columns=("256",))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli_main(argv, doc=__doc__, defaults=DEFAULTS, quick=QUICK, paper=PAPER_TABLE3, batch_sizes=("256",))
+    return cli.main(
+        argv, prog="python -m experiments.imagenet_resnet18", doc=__doc__, configs=CONFIGS, quick=quick, run=run
+    )
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -1,18 +1,12 @@
 """1-D Levy regression (GmP paper Sec. 4.1.1, Fig. 2): stability of the characteristic points under SP/WN/BN/GmP.
 
-Setup of the released notebook (``1d_levy/1d_levy.ipynb``; see
-``../shared/research/gmp-official.md`` Sec. 4.1): 50 training points
-``x ~ U(-10, 10)``, ``y = levy(x) + N(0, 0.1^2)`` (numpy seed 0), a noiseless
-201-point test grid, one hidden layer of 100 ReLU units (GmP's fan-in-1
-direction is a fixed random sign), a linear head (SP, or WN for WN), MAE loss,
-full-batch Adam (Keras epsilon 1e-7) for up to 10 000 steps, learning rate x0.1
-after 500 steps without a training-loss improvement of 1e-4
-(``optax.contrib.reduce_on_plateau``), early stopping on the training loss with
-patience 1000 (best weights restored when it fires, as Keras 2.8), float64.
-
-Every method is one compiled program: the replicas of ``--seeds`` initialisations
-are ``jax.vmap``-ed and the steps ``lax.scan``-ned, and the spatial location
-``phi_i`` of every hidden unit is recorded after every step.
+Setup of the released notebook (``1d_levy/1d_levy.ipynb``; ``../shared/research/gmp-official.md`` Sec. 4.1):
+``gmpjax.data.levy_data`` (50 noisy points, a 201-point test grid), 100 ReLU units (GmP's fan-in-1 direction
+is a fixed random sign), a linear head (WN for WN), MAE loss, full-batch Adam (Keras epsilon 1e-7) for up to
+10 000 steps (one step = one epoch), lr x0.1 after 500 steps without a training-loss gain of 1e-4, early
+stopping on the training loss with patience 1000 (best weights restored only when it fires, as Keras 2.8),
+float64. The seeds of a method are one ``gmpjax.train.loop.sweep``; every unit's ``phi_i`` is tracked per step.
+``--protocol official``: the released code's GmP init (r = |w_glorot|).
 
     python -m experiments.levy_1d                 # lr "cv" (0.1 GmP / 0.01 others) and 0.1 for all
     python -m experiments.levy_1d --lr 0.1        # the stability figure (Fig. 2c) only
@@ -21,67 +15,72 @@ are ``jax.vmap``-ed and the steps ``lax.scan``-ned, and the spatial location
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import time
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from flax import nnx  # noqa: E402
+from experiments import cli
+from experiments.common import COLORS, mean_se
+from gmpjax import cab
+from gmpjax.data.levy import levy_data
+from gmpjax.models import MLP
+from gmpjax.train import init_replicas, make_eval_step, make_train_step
+from gmpjax.train.loop import LoopConfig, sweep
+from gmpjax.train.plateau import PlateauConfig
 
-from experiments.common import COLORS, lr_for  # noqa: E402
-from gmpjax import cab  # noqa: E402
-from gmpjax.layers import check_parameterization  # noqa: E402
-from gmpjax.models import MLP  # noqa: E402
-from gmpjax.train import early_stopping_init, early_stopping_update, init_replicas, make_eval_step, make_train_step  # noqa: E402
-
-METHODS = ("gmp", "sp", "wn", "bn")
-# Test RMSE stored in the released notebook (seed 0, lr 0.1 GmP / 0.01 others).
-PAPER_RMSE = {"gmp": 0.496, "sp": 1.104, "bn": 1.244, "wn": 1.219}
+PAPER_RMSE = {"gmp": 0.496, "sp": 1.104, "bn": 1.244, "wn": 1.219}  # released notebook, seed 0, lr "cv"
+PLOTS = ("dphi0", "dphi_max", "pred0", "pred", "phi_rows")  # seed-0 curves kept for the figures only
 
 
-@dataclasses.dataclass
-class Config:
-    methods: tuple[str, ...] = METHODS
-    lrs: tuple[str, ...] = ("cv", "0.1")  # "cv": 0.1 GmP / 0.01 others; a number: that lr for all
-    seeds: int = 5
-    seed: int = 0  # PRNG seed of the initialisations (replica i uses fold i)
-    steps: int = 10_000
-    hidden: int = 100
-    num_train: int = 50
-    noise: float = 0.1
-    data_seed: int = 0
-    init: str = "uniform"  # GmP init: "uniform" (paper: r = 1, default) or "official" (released code: r = |w_glorot|)
-    plateau_factor: float = 0.1
-    plateau_patience: int = 500
-    plateau_min_delta: float = 1e-4
-    es_patience: int = 1000
-    adam_eps: float = 1e-7
-    record_every: int = 50  # spectrum rows kept for the plots
-    out: str = "results/levy_1d"
+def color(method: str) -> str:
+    return COLORS.get(method.split("_")[0], "tab:gray")  # gmp_imn drawn as gmp
 
 
-def levy(x: np.ndarray) -> np.ndarray:
-    """1-D Levy function: ``w = 1 + (x - 1)/4``, ``f = sin^2(pi w) + (w - 1)^2 (1 + sin^2(2 pi w))``."""
-    w = 1.0 + (x - 1.0) / 4.0
-    return np.sin(np.pi * w) ** 2 + (w - 1.0) ** 2 * (1.0 + np.sin(2.0 * np.pi * w) ** 2)
+@dataclasses.dataclass(frozen=True)
+class Config(cli.Common):
+    methods: tuple[str, ...] = cli.field(("gmp", "sp", "wn", "bn"), "parameterizations, space-separated")
+    lr: tuple[str, ...] = cli.field(("cv", "0.1"), "lr settings, each 'cv' (0.1 GmP / 0.01 others) or one lr for all")
+    seeds: int = cli.field(5, "initialisations per method (replica i: fold_in(key(seed), i))")
+    workdir: str = cli.field("results/levy_1d", "output folder; alias --out")
+    steps: int = cli.field(10_000, "full-batch Adam steps at most")
+    hidden: int = cli.field(100, "hidden ReLU units")
+    num_train: int = cli.field(50, "training points")
+    noise: float = cli.field(0.1, "label noise std")
+    data_seed: int = cli.field(0, "numpy seed of the data")
+    init: str = cli.field("uniform", "GmP init: uniform (paper, r = 1) or official", choices=("uniform", "official"))
+    plateau_factor: float = cli.field(0.1, "plateau decay factor")
+    plateau_patience: int = cli.field(500, "steps without a training-loss gain before the lr decays")
+    plateau_min_delta: float = cli.field(1e-4, "plateau improvement threshold")
+    es_patience: int = cli.field(1000, "early-stopping patience (steps)")
+    adam_eps: float = cli.field(1e-7, "Adam epsilon (Keras default)")
+    record_every: int = cli.field(50, "spectrum rows kept for the plot")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("steps", "hidden", "num_train", "plateau_patience", "es_patience", "record_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
 
 
-def make_data(cfg: Config) -> dict[str, np.ndarray]:
-    """Training points (numpy seed ``data_seed``, drawn as the notebook) and the 201-point test grid, ``(N, 1)``."""
-    rng = np.random.RandomState(cfg.data_seed)
-    x = rng.uniform(-10.0, 10.0, size=(cfg.num_train, 1))
-    y = levy(x) + rng.normal(0.0, cfg.noise, size=(cfg.num_train, 1))
-    xt = np.arange(-10.0, 10.1, 0.1).reshape(-1, 1)
-    return {"x": x, "y": y, "x_test": xt, "y_test": levy(xt)}
+def get_config() -> Config:
+    return Config()
+
+
+def get_official_config() -> Config:
+    return Config(init="official")
+
+
+CONFIGS = {"paper": get_config, "official": get_official_config}
+
+
+def quick(cfg: Config) -> dict:
+    return {"seeds": 2, "steps": 200, "lr": ("cv",), "record_every": 10, "plateau_patience": 50, "es_patience": 100}
 
 
 def mae_loss(model, batch):
@@ -90,14 +89,8 @@ def mae_loss(model, batch):
 
 
 def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, np.ndarray]:
-    """Train ``cfg.seeds`` replicas of one method in one jitted vmap(scan); returns numpy arrays per seed."""
-    method = check_parameterization(method)
-    tx = optax.chain(
-        optax.adam(lr, eps=cfg.adam_eps),
-        optax.contrib.reduce_on_plateau(
-            factor=cfg.plateau_factor, patience=cfg.plateau_patience, rtol=0.0, atol=cfg.plateau_min_delta
-        ),
-    )
+    """``cfg.seeds`` replicas of one method in one sweep (call under ``jax.enable_x64``); arrays ``(seeds, ...)``."""
+    tx = optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=cfg.adam_eps)
 
     def make(key):
         return MLP(
@@ -105,206 +98,118 @@ def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, n
         )
 
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
-    graphdef, state0 = init_replicas(make, keys, tx)
-    step = make_train_step(graphdef, tx, mae_loss, pass_loss_as_value=True)
-    track = cab.track_cab(graphdef)
-    predict = make_eval_step(graphdef, lambda m, x: {"pred": m(x)[:, 0]})
+    graphdef, states = init_replicas(make, keys, tx)
+    cabs, predict = cab.track_cab(graphdef), make_eval_step(graphdef, lambda m, x: m(x)[:, 0])
 
-    def one(state, batch, x_test, y_test):
-        es0 = early_stopping_init(state.params, jnp.float64)
+    def track(prev, new):  # per step: the largest |delta phi_i| and every phi_i
+        return {"max_dphi": cab.step_change(cabs(prev), cabs(new))["max_dphi"], "phi": cabs(new).location[:, 0]}
 
-        def body(carry, _):
-            st, es = carry
-            new, metrics = step(st, batch)
-            new = jax.tree.map(lambda a, b: jnp.where(es.stopped, a, b), st, new)  # frozen once stopped
-            es = early_stopping_update(es, metrics["loss"], new.params, new.step, patience=cfg.es_patience)
-            c = track(new)
-            return (new, es), {"loss": metrics["loss"], "phi": c.location[:, 0], "u": c.direction[:, 0]}
+    plateau = PlateauConfig(cfg.plateau_patience, cfg.plateau_factor, cfg.plateau_min_delta)
+    loop = LoopConfig(cfg.steps, monitor_split=None, patience=cfg.es_patience, restore="if_stopped", plateau=plateau)
+    step = make_train_step(graphdef, tx, mae_loss)
+    train = {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))}
+    res = sweep(step, None, states, train, loop, keys=keys, data_axis=None, track=track)
+    x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"][:, 0])
 
-        (final, es), hist = jax.lax.scan(body, (state, es0), None, length=cfg.steps)
-        c0 = track(state)
-        phi = jnp.concatenate([c0.location[None, :, 0], hist["phi"]], 0)  # (T+1, m)
-        dphi = jnp.max(jnp.abs(jnp.diff(phi, axis=0)), axis=-1)  # (T,)
-        restored = final.replace(
-            params=jax.tree.map(lambda b, p: jnp.where(es.stopped, b, p), es.best_params, final.params)
-        )
-        pred0 = predict(state, x_test)["pred"]
-        pred = predict(restored, x_test)["pred"]
-        rmse = jnp.sqrt(jnp.mean((pred - y_test[:, 0]) ** 2))
-        return {
-            "loss": hist["loss"],
-            "max_dphi": dphi,
-            "phi_sub": phi[:: cfg.record_every],
-            "phi_final": track(restored).location[:, 0],
-            "pred0": pred0,
-            "pred": pred,
-            "rmse": rmse,
-            "stopped": es.stopped,
-            "steps_run": final.step,
-            "best_step": es.best_step,
-        }
+    def finish(s0, s):
+        pred = predict(s, x_test)["metric"]
+        rmse = jnp.sqrt(jnp.mean((pred - y_test) ** 2))
+        return {"pred0": predict(s0, x_test)["metric"], "pred": pred, "rmse": rmse, "phi0": cabs(s0).location[:, 0]}
 
-    fn = jax.jit(jax.vmap(one, in_axes=(0, None, None, None)))
-    batch = (jnp.asarray(data["x"]), jnp.asarray(data["y"]))
-    out = fn(state0, batch, jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"]))
-    return jax.tree.map(np.asarray, out)
+    out = jax.tree.map(np.asarray, {**jax.jit(jax.vmap(finish))(states, res.state), "stopped": res.stopped})
+    tr = jax.tree.map(np.asarray, res.history["track"])  # (seeds, steps, 1, ...): one step per epoch
+    phi = np.concatenate([out["phi0"][:, None], tr["phi"][:, :, 0]], 1)  # (seeds, steps + 1, m)
+    return {**out, "steps_run": np.asarray(res.epochs), "max_dphi": tr["max_dphi"][:, :, 0], "phi": phi}
 
 
-def summarize(res: dict[str, dict], cfg: Config) -> dict:
-    summ = {}
-    for m, r in res.items():
-        rmse = r["rmse"]
-        se = float(rmse.std(ddof=1) / np.sqrt(len(rmse))) if len(rmse) > 1 else float("nan")
-        mask = np.arange(r["max_dphi"].shape[1])[None, :] < r["steps_run"][:, None]
-        active = np.where(mask, r["max_dphi"], 0.0)
-        summ[m] = {
-            "rmse_mean": float(rmse.mean()),
-            "rmse_se": se,
-            "rmse_per_seed": rmse.tolist(),
-            "max_dphi_max": float(active.max()),
-            "max_dphi_median_step": float(np.median(r["max_dphi"][mask])),
-            "frac_steps_dphi_ge_1": float((active >= 1).sum() / mask.sum()),
-            "dphi_below_1_every_step_every_seed": bool((active < 1).all()),
-            "steps_run": r["steps_run"].tolist(),
-            "early_stopped": r["stopped"].tolist(),
-            "paper_rmse_seed0": PAPER_RMSE.get(m),
-        }
-    return summ
+def summarize(r: dict[str, np.ndarray], method: str, lr: float, record_every: int) -> dict:
+    """The table's numbers (all seeds; steps after early stopping excluded) and the seed-0 curves of ``PLOTS``."""
+    mask = np.arange(r["max_dphi"].shape[1])[None, :] < r["steps_run"][:, None]
+    active = np.where(mask, r["max_dphi"], 0.0)
+    mean, se = mean_se(r["rmse"])
+    return {
+        "lr": lr,
+        "rmse_mean": mean,
+        "rmse_se": se,
+        "rmse_per_seed": r["rmse"],
+        "max_dphi_max": float(active.max()),
+        "max_dphi_median_step": float(np.median(r["max_dphi"][mask])),
+        "frac_steps_dphi_ge_1": float((active >= 1).sum() / mask.sum()),
+        "dphi_below_1_every_step_every_seed": bool((active < 1).all()),
+        "steps_run": r["steps_run"],
+        "early_stopped": r["stopped"],
+        "paper_rmse_seed0": PAPER_RMSE.get(method),
+        **dict(zip(PLOTS[:4], (active[0], active.max(0), r["pred0"][0], r["pred"][0]), strict=True)),
+        "phi_rows": r["phi"][0, : r["steps_run"][0] + 1 : record_every],
+    }
 
 
-def plot_dphi(all_res: dict, cfg: Config, path: str) -> None:
-    lrs = list(all_res)
-    fig, axes = plt.subplots(1, len(lrs), figsize=(6 * len(lrs), 4), squeeze=False)
-    for ax, lr in zip(axes[0], lrs, strict=True):
-        for m, r in all_res[lr].items():
-            d = r["max_dphi"]
-            steps = np.arange(1, d.shape[1] + 1)
-            ax.plot(steps, np.maximum(d[0], 2.0**-20), color=COLORS[m], lw=0.6, label=f"{m.upper()} (seed 0)")
-            ax.plot(steps, np.maximum(d.max(0), 2.0**-20), color=COLORS[m], lw=0.3, alpha=0.35)
+def plot(runs: dict, data: dict, cfg: Config) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
+    for ax, (label, summ) in zip(axes[0], runs.items(), strict=True):
+        for m, s in summ.items():
+            for d, kw in ((s["dphi0"], dict(lw=0.6, label=f"{m.upper()} (seed 0)")), (s["dphi_max"], dict(lw=0.3))):
+                ax.plot(np.arange(1, len(d) + 1), np.maximum(np.asarray(d, float), 2.0**-20), color=color(m), **kw)
         ax.axhline(1.0, color="k", ls="--", lw=0.8)
         ax.set_yscale("log", base=2)
-        ax.set_ylim(2.0**-16, 2.0**16)
-        ax.set(xlabel="step", ylabel="max_i |delta phi_i,t|", title=f"lr = {lr} (faint: max over seeds)")
-        ax.legend(fontsize=7)
+        ax.set(ylim=(2.0**-16, 2.0**16), xlabel="step", ylabel="max_i |delta phi_i,t|", title=f"lr = {label}")
+        ax.legend(fontsize=7, title="thin: max over seeds")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_spectrum(res: dict, data: dict, cfg: Config, lr: str, path: str) -> None:
-    ms = list(res)
-    fig, axes = plt.subplots(2, len(ms), figsize=(4 * len(ms), 7), squeeze=False, sharex=True)
-    for j, m in enumerate(ms):
-        r = res[m]
-        ax = axes[0, j]
-        ax.plot(data["x_test"][:, 0], data["y_test"][:, 0], "k-", lw=1, label="Levy")
-        ax.scatter(data["x"][:, 0], data["y"][:, 0], s=8, c="k", label="train")
-        ax.plot(data["x_test"][:, 0], r["pred0"][0], color="gray", ls="--", lw=1, label="init")
-        ax.plot(data["x_test"][:, 0], r["pred"][0], color=COLORS[m], lw=1.5, label="trained")
-        ax.set(title=f"{m.upper()} lr={lr_for(m, lr):g}  RMSE {r['rmse'][0]:.3f} (seed 0)", ylim=(-1, 12))
-        if j == 0:
-            ax.legend(fontsize=7)
-        ax = axes[1, j]
-        phi = r["phi_sub"][0]  # (rows, m)
-        rows = np.arange(phi.shape[0]) * cfg.record_every
-        ax.scatter(phi.ravel(), np.repeat(rows, phi.shape[1]), s=1, c=COLORS[m], alpha=0.6)
-        ax.set(xlim=(-12, 12), xlabel="spatial location phi", ylabel="step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    cli.save_figure(fig, os.path.join(cfg.workdir, "levy_max_dphi.png"), dpi=110)
+    xt, yt = data["x_test"][:, 0], data["y_test"][:, 0]
+    for label, summ in runs.items():
+        fig, axes = plt.subplots(2, len(summ), figsize=(4 * len(summ), 7), squeeze=False, sharex=True)
+        for (m, s), top, bottom in zip(summ.items(), axes[0], axes[1], strict=True):
+            top.plot(xt, yt, "k-", lw=1, label="Levy")
+            top.scatter(data["x"][:, 0], data["y"][:, 0], s=8, c="k", label="train")
+            top.plot(xt, s["pred0"], color="gray", ls="--", lw=1, label="init")
+            top.plot(xt, s["pred"], color=color(m), lw=1.5, label="trained")
+            top.set(title=f"{m.upper()} lr={s['lr']:g}  RMSE {s['rmse_per_seed'][0]:.3f} (seed 0)", ylim=(-1, 12))
+            phi = np.asarray(s["phi_rows"], float)  # (rows, m): every record_every-th step of seed 0
+            rows = np.repeat(np.arange(len(phi)) * cfg.record_every, phi.shape[1])
+            bottom.scatter(phi.ravel(), rows, s=1, c=color(m), alpha=0.6)
+            bottom.set(xlim=(-12, 12), xlabel="spatial location phi", ylabel="step")
+        axes[0, 0].legend(fontsize=7)
+        fig.tight_layout()
+        cli.save_figure(fig, os.path.join(cfg.workdir, f"levy_fit_spectrum_lr_{label}.png"), dpi=110)
 
 
 def run(cfg: Config) -> dict:
-    for m in cfg.methods:
-        check_parameterization(m)
-    for lr in cfg.lrs:
-        for m in cfg.methods:
-            lr_for(m, lr)
-    os.makedirs(cfg.out, exist_ok=True)
     t_all = time.time()
-    out: dict = {"config": dataclasses.asdict(cfg), "runs": {}}
-    all_res, cache = {}, {}
-    with jax.enable_x64(True):
-        data = make_data(cfg)
-        for lr in cfg.lrs:
-            res, times = {}, {}
-            for m in cfg.methods:
-                key = (m, lr_for(m, lr))  # e.g. GmP runs at 0.1 under both "cv" and "0.1": train once
-                t0 = time.time()
-                if key not in cache:
-                    cache[key] = train_method(m, key[1], cfg, data)
-                res[m] = cache[key]
-                times[m] = time.time() - t0
-            all_res[lr] = res
-            summ = summarize(res, cfg)
-            for m in summ:
-                summ[m]["lr"] = lr_for(m, lr)
-                summ[m]["wall_s_incl_compile"] = times[m]
-            out["runs"][lr] = summ
-            plot_spectrum(res, data, cfg, lr, os.path.join(cfg.out, f"levy_fit_spectrum_lr_{lr}.png"))
-        plot_dphi(all_res, cfg, os.path.join(cfg.out, "levy_max_dphi.png"))
-    out["wall_s"] = time.time() - t_all
-    with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
-        json.dump(out, f, indent=2)
-    return out
+    data = levy_data(cfg.num_train, cfg.noise, cfg.data_seed)
+    lr_of = {(m, lb): cli.lr_values(dataclasses.replace(cfg, lr=(lb,)), m)[0] for lb in cfg.lr for m in cfg.methods}
+    jobs = {f"{m}_lr{lr:g}": (m, lr) for (m, _), lr in lr_of.items()}  # GmP at 0.1 under "cv" and "0.1": trained once
 
+    def job(name: str) -> dict:
+        t0, (m, lr) = time.time(), jobs[name]
+        with jax.enable_x64(True):
+            s = summarize(train_method(m, lr, cfg, data), m, lr, cfg.record_every)
+        return {**s, "wall_s_incl_compile": time.time() - t0}
 
-def print_table(out: dict) -> None:
-    cfg = out["config"]
-    print(
-        f"1-D Levy, {cfg['seeds']} seeds, {cfg['steps']} steps, GmP init {cfg['init']!r}; "
-        f"total wall {out['wall_s']:.1f} s"
-    )
-    for lr, summ in out["runs"].items():
-        print(f"\nlr = {lr}")
-        print(
-            f"{'method':>6} {'lr':>5} | {'test RMSE mean +- s.e.':>22} | {'paper (seed 0)':>14} | "
-            f"{'max_t max_i|dphi|':>17} | {'steps |dphi|>=1':>15} | {'GmP claim <1':>12} | {'wall s':>6}"
-        )
-        for m, s in summ.items():
-            print(
-                f"{m.upper():>6} {s['lr']:>5g} | {s['rmse_mean']:>12.3f} +- {s['rmse_se']:<6.3f} | "
-                f"{s['paper_rmse_seed0']:>14} | {s['max_dphi_max']:>17.3g} | "
-                f"{100 * s['frac_steps_dphi_ge_1']:>14.2f}% | "
-                f"{str(s['dphi_below_1_every_step_every_seed']):>12} | {s['wall_s_incl_compile']:>6.1f}"
-            )
+    done = cli.run_jobs(cfg, list(jobs), job, desc="levy")
+    runs = {lb: {m: done[f"{m}_lr{lr_of[m, lb]:g}"] for m in cfg.methods} for lb in cfg.lr}
+    plot(runs, data, cfg)
+    table = {lb: {m: {k: v for k, v in s.items() if k not in PLOTS} for m, s in sm.items()} for lb, sm in runs.items()}
+    out = {"config": dataclasses.asdict(cfg), "runs": table, "wall_s": time.time() - t_all}
+    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), out)
+    print(f"1-D Levy, {cfg.seeds} seeds, <= {cfg.steps} steps, GmP init {cfg.init!r}; total wall {out['wall_s']:.1f} s")
+    head = "method;lr;test RMSE mean ± s.e.;paper (seed 0);max_t max_i dphi;steps dphi >= 1;GmP claim < 1;wall s"
+    for lb, summ in table.items():
+        rows = [
+            [m.upper(), f"{s['lr']:g}", cli.fmt_mean_se(s["rmse_mean"], s["rmse_se"]), s["paper_rmse_seed0"],
+             f"{s['max_dphi_max']:.3g}", f"{100 * s['frac_steps_dphi_ge_1']:.2f}%",
+             s["dphi_below_1_every_step_every_seed"], f"{s['wall_s_incl_compile']:.1f}"]
+            for m, s in summ.items()
+        ]  # fmt: skip
+        print(f"\nlr = {lb}\n" + cli.markdown_table(head.split(";"), rows))
     print("\nPaper (Fig. 2c, lr 0.1 for all): GmP max_i|dphi| < 1 at every step; SP/WN/BN reach up to 2^16.")
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 seeds, 200 steps, lr 'cv' only (smoke test)")
-    p.add_argument("--out", default=Config.out)
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument(
-        "--lr",
-        nargs="+",
-        default=None,
-        help="'cv' (0.1 GmP / 0.01 others) and/or numbers for all methods; default: cv 0.1",
-    )
-    p.add_argument("--seeds", type=int, default=None)
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--init", choices=("official", "uniform"), default=Config.init)
-    a = p.parse_args(argv)
-    cfg = Config(methods=tuple(a.methods), init=a.init, out=a.out)
-    if a.quick:
-        cfg = dataclasses.replace(
-            cfg, seeds=2, steps=200, lrs=("cv",), record_every=10, plateau_patience=50, es_patience=100
-        )
-    if a.lr is not None:
-        cfg = dataclasses.replace(cfg, lrs=tuple(a.lr))
-    if a.seeds is not None:
-        cfg = dataclasses.replace(cfg, seeds=a.seeds)
-    if a.steps is not None:
-        cfg = dataclasses.replace(cfg, steps=a.steps)
-    if cfg.seeds < 1 or cfg.steps < 1:
-        p.error("--seeds and --steps must be >= 1")
-    try:
-        out = run(cfg)
-    except ValueError as e:
-        p.error(str(e))
-    print_table(out)
     return out
+
+
+def main(argv=None):
+    return cli.main(argv, prog="python -m experiments.levy_1d", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
 
 
 if __name__ == "__main__":

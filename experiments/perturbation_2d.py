@@ -15,41 +15,60 @@ plus the analytical worst case of Prop. 2.3, ``epsilon = -(1 + delta) w``, which
 turns the SP (and WN) normal by exactly 180 degrees while GmP's change is bounded
 by ``||epsilon||`` (Thm. 3.7).
 
-    python -m experiments.perturbation_2d [--quick] [--out results/perturbation_2d]
+No training: ``--lr`` and ``--seeds`` are accepted (shared flags) and unused; ``--methods`` picks the
+parameterizations drawn and tabulated (of sp, wn, bn, gmp).
+
+    python -m experiments.perturbation_2d [--quick] [--workdir results/perturbation_2d]
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import time
 
-import matplotlib
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from gmpjax import cab  # noqa: E402
-from gmpjax import hyperspherical as hs  # noqa: E402
+from experiments import cli
+from experiments.common import COLORS
+from gmpjax import cab
+from gmpjax import hyperspherical as hs
 
 METHODS = ("sp", "wn", "bn", "gmp")
-COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
 
 
-@dataclasses.dataclass
-class Config:
-    seed: int = 1  # numpy seed of the released notebook
-    scale: float = 1e-3  # w, b ~ N(0, scale^2)
-    deltas: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
-    headline_delta: float = 1e-3  # the paper's "perturbation of magnitude 1e-3"
-    worst_case_delta: float = 1e-3
-    bn_epsilon: float = 0.0  # Eq. (4) has none; Keras' 1e-3 would swamp ||w|| ~ 1e-3
-    out: str = "results/perturbation_2d"
+@dataclasses.dataclass(frozen=True)
+class Config(cli.Common):
+    seed: int = cli.field(1, "numpy seed of the unit (the released notebook's: 1)")
+    workdir: str = cli.field("results/perturbation_2d", "output folder; alias --out")
+    scale: float = cli.field(1e-3, "w, b ~ N(0, scale^2)")
+    deltas: tuple[float, ...] = cli.field((1e-4, 3e-4, 1e-3, 3e-3), "perturbation sizes delta (epsilon = delta * 1)")
+    headline_delta: float = cli.field(1e-3, "the paper's perturbation of magnitude 1e-3")
+    worst_case_delta: float = cli.field(1e-3, "delta of the worst case epsilon = -(1 + delta) w")
+    bn_epsilon: float = cli.field(0.0, "BN epsilon (Eq. 4 has none; Keras' 1e-3 would swamp ||w|| ~ 1e-3)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.deltas or any(not d > 0 for d in self.deltas):
+            raise ValueError(f"--deltas must be positive (got {' '.join(map(str, self.deltas))})")
+        if unknown := [m for m in self.methods if m not in METHODS]:
+            raise ValueError(f"--methods: this demo draws {' '.join(METHODS)} only (got {' '.join(unknown)})")
+        if self.bn_epsilon < 0:
+            raise ValueError(f"--bn-epsilon must be >= 0 (got {self.bn_epsilon})")
+
+
+def get_config() -> Config:
+    return Config()
+
+
+CONFIGS = {"paper": get_config}
+
+
+def quick(cfg: Config) -> dict:
+    return {}  # the full run takes about a second
 
 
 def initial_unit(cfg: Config) -> tuple[np.ndarray, float]:
@@ -131,15 +150,14 @@ def plot_panels(w, b, cfg: Config, path: str) -> None:
     for ax, delta in zip(np.atleast_1d(axes), cfg.deltas, strict=True):
         cabs = _perturbed_cabs_jit(w, b, delta, bn_epsilon=cfg.bn_epsilon)
         _line(ax, cabs["original"], "saddlebrown", lw=4, label="original")
-        for m in METHODS:
+        for m in cfg.methods:
             _line(ax, cabs[m], COLORS[m], label=f"{m.upper()} perturbed")
         ax.scatter([0], [0], color="k", s=20)
         ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title=f"delta = {delta:g}", xlabel="$x_1$", ylabel="$x_2$")
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
     fig.suptitle("CAB of one ReLU unit under epsilon = delta * 1 (Fig. 1 b-e)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    cli.save_figure(fig, path, dpi=110)
 
 
 def plot_worst_case(w, b, cfg: Config, path: str) -> None:
@@ -155,13 +173,11 @@ def plot_worst_case(w, b, cfg: Config, path: str) -> None:
     ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title="Worst case (Prop. 2.3): normal turns 180 deg")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    cli.save_figure(fig, path, dpi=110)
 
 
 def run(cfg: Config) -> dict:
     t0 = time.time()
-    os.makedirs(cfg.out, exist_ok=True)
     with jax.enable_x64(True):
         w, b = initial_unit(cfg)
         table = {}
@@ -173,54 +189,32 @@ def run(cfg: Config) -> dict:
                     "angle_deg": float(jnp.degrees(cab.angle_between(o.direction, cabs[m].direction))),
                     "location_shift": float(jnp.linalg.norm(cabs[m].location - o.location)),
                 }
-                for m in METHODS
+                for m in cfg.methods
             }
         wc = worst_case(w, b, cfg.worst_case_delta)
-        plot_panels(w, b, cfg, os.path.join(cfg.out, "perturbation_panels.png"))
-        plot_worst_case(w, b, cfg, os.path.join(cfg.out, "worst_case_180.png"))
-    res = {
-        "config": dataclasses.asdict(cfg),
-        "w": w.tolist(),
-        "b": b,
-        "per_delta": table,
-        "worst_case": wc,
-        "wall_s": time.time() - t0,
-    }
-    with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
-        json.dump(res, f, indent=2)
-    return res
-
-
-def print_table(res: dict) -> None:
-    print(f"unit: w = {res['w']}, b = {res['b']:.3g}")
-    print(f"{'delta':>8} | " + " | ".join(f"{m.upper():>22}" for m in METHODS))
-    print(f"{'':>8} | " + " | ".join(f"{'angle deg / |dphi|':>22}" for _ in METHODS))
-    for d, row in res["per_delta"].items():
-        print(
-            f"{d:>8} | " + " | ".join(f"{row[m]['angle_deg']:10.3f} / {row[m]['location_shift']:9.3g}" for m in METHODS)
-        )
-    wc = res["worst_case"]
+        plot_panels(w, b, cfg, os.path.join(cfg.workdir, "perturbation_panels.png"))
+        plot_worst_case(w, b, cfg, os.path.join(cfg.workdir, "worst_case_180.png"))
+    res = {"config": dataclasses.asdict(cfg), "w": w, "b": b, "per_delta": table, "worst_case": wc}
+    res["wall_s"] = time.time() - t0
+    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), res)
+    print(f"unit: w = {w.tolist()}, b = {b:.3g}")
+    print(f"{'delta':>8} | " + " | ".join(f"{m.upper():>22}" for m in cfg.methods))
+    print(f"{'':>8} | " + " | ".join(f"{'angle deg / |dphi|':>22}" for _ in cfg.methods))
+    for d, row in table.items():
+        cells = (f"{row[m]['angle_deg']:10.3f} / {row[m]['location_shift']:9.3g}" for m in cfg.methods)
+        print(f"{d:>8} | " + " | ".join(cells))
     print("Worst case eps = -(1+delta) w  (paper, Prop. 2.3: SP and WN turn by 180 deg; GmP <= ||eps||):")
     print(
         f"  SP {wc['sp_angle_deg']:.3f} deg | WN {wc['wn_angle_deg']:.3f} deg | GmP (same-size step on theta) "
         f"{wc['gmp_angle_deg_same_size']:.4f} deg <= bound {wc['gmp_bound_deg']:.4f} deg"
     )
-
-
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="same as the full run (it takes about a second)")
-    p.add_argument("--out", default=Config.out)
-    p.add_argument("--deltas", type=float, nargs="+", default=list(Config.deltas))
-    p.add_argument("--seed", type=int, default=Config.seed)
-    p.add_argument("--bn-epsilon", type=float, default=Config.bn_epsilon)
-    a = p.parse_args(argv)
-    if any(d <= 0 for d in a.deltas):
-        p.error("--deltas must be positive")
-    cfg = Config(seed=a.seed, deltas=tuple(a.deltas), bn_epsilon=a.bn_epsilon, out=a.out)
-    res = run(cfg)
-    print_table(res)
     return res
+
+
+def main(argv=None):
+    return cli.main(
+        argv, prog="python -m experiments.perturbation_2d", doc=__doc__, configs=CONFIGS, quick=quick, run=run
+    )
 
 
 if __name__ == "__main__":

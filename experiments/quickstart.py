@@ -4,26 +4,22 @@ Runs in under a minute on a 2-core CPU with no data download:
 
     python -m experiments.quickstart
 
-The task is the paper's 1-D Levy regression (50 noisy points on [-10, 10], the
-data of ``experiments.levy_1d``), trained with a deliberately plain protocol:
-MAE loss, full-batch Adam for a fixed number of steps (no plateau decay, no
-early stopping), lr 0.1 for GmP and 0.01 for the others (the paper's
-cross-validated rates), the paper's GmP initialisation (u uniform, r = 1,
-lambda = 0), float64. ``experiments.levy_1d`` is the full reproduction of Fig. 2
-with the released code's protocol.
+The task is the paper's 1-D Levy regression (``gmpjax.data.levy_data``: 50 noisy points on [-10, 10]),
+trained with a deliberately plain protocol: MAE loss, full-batch Adam for a fixed number of steps (no
+plateau decay, no early stopping), lr 0.1 for GmP and 0.01 for the others (``--lr cv``, the paper's
+cross-validated rates), the paper's GmP initialisation (u uniform, r = 1, lambda = 0), float64.
+``experiments.levy_1d`` is the full reproduction of Fig. 2 with the released code's protocol.
 
-Each method trains ``--seeds`` replicas at once (``jax.vmap`` over seeds, ``lax.scan``
-over steps: one compiled program per method) and prints the test RMSE as
-mean +- standard error over seeds. Writes ``metrics.json`` and ``fits.png`` under ``--out``.
+The ``--seeds`` replicas of a method train as one compiled ``gmpjax.train.loop.sweep`` (one full-batch
+step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
+and ``fits.png`` under ``--workdir``.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
+import os
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,123 +27,108 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.levy_1d import Config as LevyConfig
-from experiments.levy_1d import mae_loss
-from experiments.levy_1d import make_data as levy_data
-from gmpjax.layers import check_parameterization
+from experiments import cli
+from experiments.common import mean_se
+from gmpjax.data.levy import levy_data
 from gmpjax.models import MLP
-from gmpjax.train import init_replicas, make_train_step, scan_steps_same_batch
+from gmpjax.train import init_replicas, make_eval_step, make_train_step
+from gmpjax.train.loop import LoopConfig, sweep
 
 
-@dataclasses.dataclass
-class Config:
-    methods: tuple[str, ...] = ("sp", "gmp")
-    hidden: int = 100
-    steps: int = 10_000
-    lr_gmp: float = 0.1
-    lr_other: float = 0.01
-    seeds: int = 5
-    data_seed: int = 0
-    out: str = "results/quickstart"
+@dataclasses.dataclass(frozen=True)
+class Config(cli.Common):
+    methods: tuple[str, ...] = cli.field(("sp", "gmp"), "parameterizations, space-separated")
+    seeds: int = cli.field(5, "replicas per method")
+    seed: int = cli.field(1, "PRNG seed of the replicas (split into --seeds keys)")
+    workdir: str = cli.field("results/quickstart", "output folder; alias --out")
+    steps: int = cli.field(10_000, "full-batch Adam steps")
+    hidden: int = cli.field(100, "hidden ReLU units")
+    data_seed: int = cli.field(0, "numpy seed of the data")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("steps", "hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
 
 
-def make_data(cfg: Config):
-    """``((x, y), (x_test, y_test))`` of the Levy task, float64 arrays of shape ``(N, 1)``."""
-    d = levy_data(LevyConfig(data_seed=cfg.data_seed))
-    return (jnp.asarray(d["x"]), jnp.asarray(d["y"])), (jnp.asarray(d["x_test"]), jnp.asarray(d["y_test"]))
+def get_config() -> Config:
+    return Config()
 
 
-def train_method(method: str, cfg: Config, train, test):
-    lr = cfg.lr_gmp if method.startswith("gmp") else cfg.lr_other
+CONFIGS = {"paper": get_config}
+
+
+def quick(cfg: Config) -> dict:
+    return {"steps": 500, "seeds": 2}
+
+
+def mae_loss(model, batch):
+    x, y = batch
+    return jnp.mean(jnp.abs(model(x) - y))
+
+
+def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, np.ndarray]:
+    """``cfg.seeds`` replicas, ``cfg.steps`` steps: ``rmse (seeds,)``, ``pred (seeds, 201)``, ``final_loss``."""
     tx = optax.adam(lr, eps=1e-7)
-    keys = jax.random.split(jax.random.key(1), cfg.seeds)
-    graphdef, states = init_replicas(
-        lambda k: MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(k)),
-        keys,
-        tx,
-    )
-    step = make_train_step(graphdef, tx, mae_loss)
 
-    @jax.jit
-    def run(states):
-        states, metrics = jax.vmap(lambda s: scan_steps_same_batch(step, s, train, cfg.steps))(states)
+    def make(key):
+        return MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(key))
 
-        def predict(s):
-            model = nnx.merge(graphdef, s.params, s.rest)
-            model.eval()
-            return model(test[0])
-
-        preds = jax.vmap(predict)(states)
-        return preds, metrics["loss"]
-
-    preds, losses = run(states)
-    rmse = np.sqrt(np.mean((np.asarray(preds) - np.asarray(test[1])[None]) ** 2, axis=(1, 2)))
-    return rmse, np.asarray(preds), np.asarray(losses)
+    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
+    graphdef, states = init_replicas(make, keys, tx)
+    train = {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))}
+    loop = LoopConfig(cfg.steps, monitor_split=None, restore="never")  # no early stopping, no plateau decay
+    res = sweep(make_train_step(graphdef, tx, mae_loss), None, states, train, loop, keys=keys, data_axis=None)
+    predict = make_eval_step(graphdef, lambda m, x: m(x)[:, 0])
+    pred = np.asarray(jax.jit(jax.vmap(lambda s: predict(s, jnp.asarray(data["x_test"]))["metric"]))(res.state))
+    rmse = np.sqrt(np.mean((pred - data["y_test"][None, :, 0]) ** 2, axis=1))
+    return {"rmse": rmse, "pred": pred, "final_loss": np.asarray(res.history["train_loss"][:, -1])}
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    d = Config()
-    p.add_argument("--methods", default=",".join(d.methods), help="comma list of sp,wn,bn,gmp,gmp_imn,wn_mbn")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--seeds", type=int, default=d.seeds)
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--quick", action="store_true", help="500 steps, 2 seeds (for tests)")
-    a = p.parse_args(argv)
-    methods = tuple(check_parameterization(m) for m in a.methods.split(","))
-    cfg = Config(methods=methods, steps=500 if a.quick else a.steps, seeds=2 if a.quick else a.seeds, out=a.out)
-    if cfg.seeds < 1 or cfg.steps < 1:
-        p.error("--seeds and --steps must be positive")
-
-    jax.config.update("jax_enable_x64", True)
-    train, test = make_data(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def run(cfg: Config) -> dict:
+    data = levy_data(seed=cfg.data_seed)
     results, fits = {}, {}
     t0 = time.perf_counter()
     print(f"{'method':<8} {'lr':>6} {f'test RMSE (mean ± s.e. over {cfg.seeds} seeds)'}")
-    for m in cfg.methods:
-        rmse, preds, losses = train_method(m, cfg, train, test)
-        se = rmse.std(ddof=1) / np.sqrt(len(rmse)) if len(rmse) > 1 else 0.0
-        lr = cfg.lr_gmp if m.startswith("gmp") else cfg.lr_other
-        results[m] = {
-            "lr": lr,
-            "rmse": rmse.tolist(),
-            "rmse_mean": float(rmse.mean()),
-            "rmse_se": float(se),
-            "final_train_mae": losses[:, -1].tolist(),
-        }
-        fits[m] = preds[0, :, 0]
-        print(f"{m:<8} {lr:>6g} {rmse.mean():.4f} ± {se:.4f}")
+    with jax.enable_x64(True):
+        for m in cfg.methods:
+            for lr in cli.lr_values(cfg, m):
+                name = m if len(cfg.lr) == 1 else f"{m}@{lr:g}"
+                r = train_method(m, lr, cfg, data)
+                mean, se = mean_se(r["rmse"])
+                results[name] = {"lr": lr, "rmse": r["rmse"], "rmse_mean": mean, "rmse_se": se}
+                results[name]["final_train_mae"] = r["final_loss"]
+                fits[name] = r["pred"][0]
+                print(f"{name:<8} {lr:>6g} {mean:.4f} ± {se:.4f}")
     wall = time.perf_counter() - t0
     print(f"wall time {wall:.1f}s on {jax.default_backend()}")
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")
-
     metrics = {
         "config": dataclasses.asdict(cfg),
         "results": results,
         "wall_time_s": wall,
         "backend": jax.default_backend(),
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), metrics)
 
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(test[0][:, 0], test[1][:, 0], "k-", lw=2, label="ground truth")
-    ax.plot(train[0][:, 0], train[1][:, 0], "k.", ms=4, label="train")
-    for m, f in fits.items():
-        ax.plot(test[0][:, 0], f, label=f"{m} (RMSE {results[m]['rmse_mean']:.3f})")
+    ax.plot(data["x_test"][:, 0], data["y_test"][:, 0], "k-", lw=2, label="ground truth")
+    ax.plot(data["x"][:, 0], data["y"][:, 0], "k.", ms=4, label="train")
+    for name, f in fits.items():
+        ax.plot(data["x_test"][:, 0], f, label=f"{name} (RMSE {results[name]['rmse_mean']:.3f})")
     ax.legend(fontsize=8)
     ax.set_title("quickstart: 1-D Levy, one hidden layer of 100 ReLU units (seed 0)")
     fig.tight_layout()
-    fig.savefig(out / "fits.png", dpi=120)
-    plt.close(fig)
+    cli.save_figure(fig, os.path.join(cfg.workdir, "fits.png"))
     return metrics
+
+
+def main(argv=None):
+    return cli.main(argv, prog="python -m experiments.quickstart", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,12 @@ The same ``gmpjax.models.transformer.TransformerLM`` is trained with each MLP
 parameterization (``--methods sp wn gmp gmp_imn``) on the embedded corpus of
 ``gmpjax.data.text`` (Python standard-library source, a fixed file list split by
 file into train and validation), in bf16 compute with float32 parameters, with
-adamw and the GmP-safe weight-decay mask (``gmpjax.train.optim``: no decay on
-theta, radius, offsets, biases, norm scales). Training runs through
-``gmpjax.train.engine.fit`` over ``gmpjax.train.sharding`` (``--mesh DxM`` for
-data x tensor parallelism: attention heads and MLP hidden units split over the
-``model`` axis), with orbax checkpoints (``--resume`` continues every unfinished
-run of ``--workdir``).
+adamw (peak ``--lr``, linear warmup, cosine decay to a tenth) and the GmP-safe
+weight-decay mask (``gmpjax.train.optim``: no decay on theta, radius, offsets,
+biases, norm scales). Training runs through the host loop ``gmpjax.train.host.train``
+over ``gmpjax.train.sharding`` (``--mesh DxM`` for data x tensor parallelism:
+attention heads and MLP hidden units split over the ``model`` axis), with orbax
+checkpoints (``--resume`` continues every unfinished run of ``--workdir``).
 
 Reported: validation bits per character (bytes; the corpus is ASCII up to a few
 characters) at the end of training, mean +- standard error over seeds, per
@@ -22,188 +22,125 @@ method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from experiments import cli
 from experiments.common import mean_se
 
-METHODS: tuple[str, ...] = ("sp", "wn", "gmp", "gmp_imn")
-DTYPES = ("bfloat16", "float32")
+if TYPE_CHECKING:
+    import jax
+    from flax import nnx
+    from jax.sharding import Mesh
 
-# Flags --quick may set (only where the user gave none): full value, quick value.
-SIZED = {
-    "steps": (300, 40),
-    "batch_size": (16, 16),
-    "seq_len": (64, 32),
-    "d_model": (64, 32),
-    "heads": (4, 4),
-    "layers": (2, 1),
-    "eval_every": (50, 20),
-    "val_windows": (256, 32),
-    "seeds": (3, 2),
-    "methods": (("sp", "gmp", "gmp_imn"), ("sp", "gmp")),
-}
+    from gmpjax.data.text import TextCorpus
+    from gmpjax.train.engine import TrainState
+
+DTYPES = ("bfloat16", "float32")
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    methods: tuple[str, ...]
-    seeds: int
-    seed: int
-    steps: int
-    batch_size: int
-    seq_len: int
-    d_model: int
-    heads: int
-    layers: int
-    mlp_ratio: int
-    lr: float
-    weight_decay: float
-    warmup: int
-    eval_every: int
-    val_windows: int
-    dtype: str
-    mesh: str | None
-    workdir: str
-    resume: bool
-    save_every: int
-    quick: bool
-    progress: bool
+class Config(cli.Common):
+    methods: tuple[str, ...] = cli.field(("sp", "gmp", "gmp_imn"), "MLP parameterizations: sp wn gmp gmp_imn")
+    lr: tuple[str, ...] = cli.field(("3e-3",), "adamw peak learning rate (one number; linear warmup, cosine decay)")
+    seeds: int = cli.field(3, "seeds per method (runs use --seed, --seed + 1, ...)")
+    workdir: str = cli.field("results/transformer_lm", "checkpoints, results.json, figure; alias --out")
+    steps: int = cli.field(300, "training steps per run")
+    batch_size: int = cli.field(16, "global batch size in sequences")
+    seq_len: int = cli.field(64, "context length in bytes")
+    d_model: int = cli.field(64, "model width")
+    heads: int = cli.field(4, "attention heads")
+    layers: int = cli.field(2, "transformer blocks")
+    mlp_ratio: int = cli.field(4, "MLP hidden width / d_model")
+    weight_decay: float = cli.field(0.1, "adamw decay of kernels (never of theta)")
+    warmup: int | None = cli.field(None, "warmup steps (None: --steps // 20, at least 1)")
+    eval_every: int = cli.field(50, "validation every N steps (and at the end)")
+    val_windows: int = cli.field(256, "validation windows of --seq-len bytes")
+    dtype: str = cli.field("bfloat16", "compute dtype (parameters stay float32)", choices=DTYPES)
+    mesh: str | None = cli.field(None, "DATAxMODEL device mesh, e.g. 2x4 (tensor parallel); None: data parallel")
+    save_every: int = cli.field(100, "checkpoint every N steps")
 
-    def model_key(self) -> dict:
-        """The settings a resumed run must share with the run it continues."""
-        skip = {"resume", "progress", "workdir", "methods", "seeds", "quick"}
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in skip}
+    def __post_init__(self) -> None:
+        from gmpjax.models.transformer import MLP_PARAMETERIZATIONS
+
+        methods = tuple(dict.fromkeys(m.lower().replace("+", "_").replace("-", "_") for m in self.methods))
+        bad = [m for m in methods if m not in MLP_PARAMETERIZATIONS]
+        if bad:
+            raise ValueError(f"--methods: unknown {' '.join(bad)}; choose from {' '.join(MLP_PARAMETERIZATIONS)}")
+        object.__setattr__(self, "methods", methods)
+        super().__post_init__()
+        if len(self.lr) != 1 or self.lr[0] == "cv":
+            raise ValueError(
+                f"--lr takes one number here, the adamw peak learning rate, e.g. --lr 3e-3 (got {' '.join(self.lr)})"
+            )
+        for name in "steps batch_size seq_len d_model heads layers mlp_ratio eval_every val_windows save_every".split():
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(self, name)})")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if self.d_model % self.heads:
+            raise ValueError(f"--d-model {self.d_model} must be divisible by --heads {self.heads}")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"--warmup must be in [0, --steps) (got {self.warmup_steps} with --steps {self.steps})")
+        if self.mesh is not None:
+            from gmpjax.train.sharding import parse_mesh_shape
+
+            try:
+                parse_mesh_shape(self.mesh)
+            except ValueError as e:
+                raise ValueError(f"--mesh: {e}") from None
+
+    @property
+    def peak_lr(self) -> float:
+        return float(self.lr[0])
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, self.steps // 20) if self.warmup is None else self.warmup
 
 
-def parse_args(argv: Sequence[str] | None = None) -> Config:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=None, help=f"MLP parameterizations, from {' '.join(METHODS)}")
-    p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (runs use seed, seed+1, ...)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run (default 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size in sequences (default 16)")
-    p.add_argument("--seq-len", type=int, default=None, help="context length in bytes (default 64)")
-    p.add_argument("--d-model", type=int, default=None, help="model width (default 64)")
-    p.add_argument("--heads", type=int, default=None, help="attention heads (default 4)")
-    p.add_argument("--layers", type=int, default=None, help="transformer blocks (default 2)")
-    p.add_argument("--mlp-ratio", type=int, default=4, help="MLP hidden width / d_model")
-    p.add_argument("--lr", type=float, default=3e-3, help="adamw peak learning rate (cosine decay, linear warmup)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="adamw decay of kernels (never of theta)")
-    p.add_argument("--warmup", type=int, default=None, help="warmup steps (default: 5%% of --steps)")
-    p.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default 50)")
-    p.add_argument("--val-windows", type=int, default=None, help="validation windows of --seq-len bytes (default 256)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="compute dtype (params stay float32)")
-    p.add_argument(
-        "--mesh",
-        default=None,
-        help="DATAxMODEL device mesh, e.g. 2x4 (tensor parallel); default: data parallel over all devices",
+def get_config() -> Config:
+    """The full run: 300 steps of a 2-block, 64-wide model, 3 seeds of sp, gmp, gmp_imn."""
+    return Config()
+
+
+CONFIGS = {"default": get_config}
+
+
+def quick(cfg: Config) -> dict:
+    """A smoke run of seconds: 40 steps of a 1-block, 32-wide model, 2 seeds of sp and gmp."""
+    return dict(
+        steps=40, seq_len=32, d_model=32, layers=1, eval_every=20, val_windows=32, seeds=2, methods=("sp", "gmp")
     )
-    p.add_argument("--workdir", default="results/transformer_lm", help="checkpoints, results.json, figure")
-    p.add_argument("--resume", action="store_true", help="continue the unfinished runs of --workdir")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint every N steps")
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny model and few steps (a smoke run of seconds); flags you give still win",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
-    a = p.parse_args(argv)
-
-    sized = {k: getattr(a, k) if getattr(a, k) is not None else v[1 if a.quick else 0] for k, v in SIZED.items()}
-    methods = tuple(dict.fromkeys(m.lower().replace("+", "_").replace("-", "_") for m in sized["methods"]))
-    bad = [m for m in methods if m not in METHODS]
-    if bad:
-        p.error(f"--methods: unknown {' '.join(bad)}; choose from {' '.join(METHODS)}")
-    for name in ("seeds", "steps", "batch_size", "seq_len", "d_model", "heads", "layers", "eval_every", "val_windows"):
-        if sized[name] < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer (got {sized[name]})")
-    for name in ("mlp_ratio", "save_every"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(a, name)})")
-    if not (math.isfinite(a.lr) and a.lr > 0):
-        p.error(f"--lr must be a positive number (got {a.lr})")
-    if not (math.isfinite(a.weight_decay) and a.weight_decay >= 0):
-        p.error(f"--weight-decay must be >= 0 (got {a.weight_decay})")
-    if a.seed < 0:
-        p.error(f"--seed must be >= 0 (got {a.seed})")
-    if sized["d_model"] % sized["heads"]:
-        p.error(f"--d-model {sized['d_model']} must be divisible by --heads {sized['heads']}")
-    warmup = a.warmup if a.warmup is not None else max(1, sized["steps"] // 20)
-    if warmup < 0 or warmup >= sized["steps"]:
-        p.error(f"--warmup must be in [0, --steps) (got {warmup} with --steps {sized['steps']})")
-    if a.mesh is not None:
-        from gmpjax.train.sharding import parse_mesh_shape
-
-        try:
-            parse_mesh_shape(a.mesh)
-        except ValueError as e:
-            p.error(f"--mesh: {e}")
-    workdir = Path(a.workdir)
-    if a.resume and not (workdir / "config.json").is_file():
-        p.error(f"--resume: {workdir} holds no run to resume (no config.json); drop --resume to start one")
-    if not a.resume and (workdir / "config.json").is_file():
-        p.error(f"--workdir {workdir} already holds a run; pass --resume to continue it, or choose a new --workdir")
-    cfg = Config(
-        methods=methods,
-        seeds=sized["seeds"],
-        seed=a.seed,
-        steps=sized["steps"],
-        batch_size=sized["batch_size"],
-        seq_len=sized["seq_len"],
-        d_model=sized["d_model"],
-        heads=sized["heads"],
-        layers=sized["layers"],
-        mlp_ratio=a.mlp_ratio,
-        lr=a.lr,
-        weight_decay=a.weight_decay,
-        warmup=warmup,
-        eval_every=sized["eval_every"],
-        val_windows=sized["val_windows"],
-        dtype=a.dtype,
-        mesh=a.mesh,
-        workdir=str(workdir),
-        resume=a.resume,
-        save_every=a.save_every,
-        quick=a.quick,
-        progress=not a.no_progress,
-    )
-    if cfg.resume:
-        saved = json.loads((workdir / "config.json").read_text())
-        diff = {k: (saved.get(k), v) for k, v in cfg.model_key().items() if saved.get(k) != v}
-        if diff:
-            p.error(f"--resume: these settings differ from the run in {workdir} (saved, given): {diff}")
-    return cfg
 
 
 class Trainer:
-    """Everything one method shares across seeds: mesh, data, compiled train and eval steps."""
+    """What one method shares across seeds: compiled train step, validation, initialisation, training stream."""
 
-    def __init__(self, cfg: Config, method: str, corpus, mesh, model_axis: str | None):
+    def __init__(self, cfg: Config, method: str, corpus: TextCorpus, mesh: Mesh, model_axis: str | None):
         import jax
         import jax.numpy as jnp
         import optax
         from flax import nnx
 
-        from gmpjax.data.text import eval_windows
+        from gmpjax.data.text import eval_windows, window_batches
         from gmpjax.models.transformer import TransformerLM
         from gmpjax.train import sharding, weight_decay_mask
         from gmpjax.train.engine import init_train_state, make_eval_step, make_train_step
 
-        self.cfg, self.method, self.corpus, self.mesh = cfg, method, corpus, mesh
+        self.cfg, self.method = cfg, method
         dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
 
-        def make_model(key):
+        def make_model(key: jax.Array) -> TransformerLM:
             return TransformerLM(
                 corpus.vocab_size,
                 cfg.seq_len,
@@ -217,178 +154,143 @@ class Trainer:
                 rngs=nnx.Rngs(key),
             )
 
-        schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, cfg.warmup, cfg.steps, end_value=0.1 * cfg.lr)
-        self.tx = optax.chain(
+        lr = cfg.peak_lr
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
+        tx = optax.chain(
             optax.clip_by_global_norm(1.0),
             optax.adamw(schedule, b2=0.99, weight_decay=cfg.weight_decay, mask=weight_decay_mask),
         )
-        self.make_model = make_model
         graphdef = nnx.split(nnx.eval_shape(lambda: make_model(jax.random.key(0))), nnx.Param, ...)[0]
 
-        def loss_fn(model, tokens):
-            logits = model(tokens[:, :-1])
-            return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+        def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
+            return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
 
-        def ce_sums(model, tokens):
-            logits = model(tokens[:, :-1])
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+        def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
+            ce = cross_entropy(model, tokens)
             return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
 
-        self.step = sharding.shard_train_step(make_train_step(graphdef, self.tx, loss_fn), mesh)
-        self.eval_step = sharding.shard_eval_step(make_eval_step(graphdef, ce_sums), mesh)
-        shards = sharding.data_shards(mesh)
-        n_val = (min(cfg.val_windows, (corpus.valid.size - 1) // cfg.seq_len) // shards) * shards
-        if n_val < 1:
-            raise ValueError(f"--val-windows gives fewer windows than the {shards} data shards of the mesh.")
-        self.val = sharding.shard_batch(eval_windows(corpus.valid, cfg.seq_len, n_val), mesh)
-        self._init = jax.jit(lambda key: init_train_state(make_model(key), self.tx)[1])
+        self.step = sharding.shard_train_step(
+            make_train_step(graphdef, tx, lambda m, t: cross_entropy(m, t).mean()), mesh
+        )
+        eval_step = sharding.shard_eval_step(make_eval_step(graphdef, ce_sums), mesh)
+        try:
+            val = eval_windows(corpus.valid, cfg.seq_len, cfg.val_windows, multiple_of=sharding.data_shards(mesh))
+        except ValueError as e:
+            raise ValueError(f"--val-windows: {e}") from None
+        val = sharding.shard_batch(val, mesh)
+        init = jax.jit(lambda key: init_train_state(make_model(key), tx)[1])
 
-    def init_state(self, seed: int):
-        import jax
+        def val_bpc(
+            state: TrainState,
+        ) -> dict[str, float]:  # validation bits per byte: mean next-byte cross-entropy / ln 2
+            sums = jax.device_get(eval_step(state, val))
+            return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
 
-        from gmpjax.train import sharding
+        def batches(
+            seed: int, start: int
+        ) -> Iterator[jax.Array]:  # the training stream from step ``start`` on, sharded
+            windows = window_batches(corpus.train, cfg.batch_size, cfg.seq_len, seed, start)
+            return (sharding.shard_batch(b, mesh) for b in windows)
 
-        return sharding.shard_state(self._init(jax.random.key(seed, impl="rbg")), self.mesh)
-
-    def val_bpc(self, state) -> dict:
-        import jax
-
-        sums = jax.device_get(self.eval_step(state, self.val))
-        return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
-
-    def batches(self, seed: int, start: int):
-        from gmpjax.data.text import sample_windows
-        from gmpjax.train import sharding
-
-        step = start
-        while True:
-            yield sharding.shard_batch(
-                sample_windows(self.corpus.train, self.cfg.batch_size, self.cfg.seq_len, seed, step), self.mesh
-            )
-            step += 1
+        self.val_bpc, self.batches = val_bpc, batches
+        self.init_state = lambda seed: sharding.shard_state(init(jax.random.key(seed, impl="rbg")), mesh)
 
 
 def run_one(trainer: Trainer, seed: int, run_dir: Path) -> dict:
-    """Train (or resume) one (method, seed) run; returns its result record (also written to ``result.json``)."""
+    """Train (or, with ``--resume``, continue) one (method, seed) run in ``run_dir``; returns its result record."""
     import jax
 
     from gmpjax.train import sharding
-    from gmpjax.train.checkpoint import Checkpointer, abstract_state
-    from gmpjax.train.engine import MetricsLogger, fit
+    from gmpjax.train.checkpoint import Checkpointer
+    from gmpjax.train.engine import MetricsLogger
+    from gmpjax.train.host import HostConfig, train
 
     cfg = trainer.cfg
-    done = run_dir / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = trainer.init_state(seed)
-    ckpt = Checkpointer(run_dir / "ckpt", save_every=cfg.save_every, max_to_keep=2)
-    start = 0
-    restored = ckpt.restore_latest(abstract_state(state)) if cfg.resume else None
-    log_path = run_dir / "metrics.jsonl"
-    if restored is not None:
-        state, _ = restored
-        start = int(jax.device_get(state.step))
-        if log_path.is_file():  # drop records logged after the checkpoint (they will be logged again)
-            keep = [ln for ln in log_path.read_text().splitlines() if ln and json.loads(ln)["step"] <= start]
-            log_path.write_text("".join(k + "\n" for k in keep))
-    elif log_path.is_file():
-        log_path.unlink()
     logger = MetricsLogger(run_dir)
+    loop = HostConfig(num_steps=cfg.steps, eval_every=cfg.eval_every, log_every=max(1, cfg.eval_every // 4))
     t0 = time.perf_counter()
-
-    def save(step, st, rec):
-        ckpt.save(step, st, {"method": trainer.method, "seed": seed})
-        return False
-
-    state, _ = fit(
-        trainer.step,
-        state,
-        trainer.batches(seed, start),
-        num_steps=cfg.steps,
-        eval_fn=trainer.val_bpc,
-        eval_every=cfg.eval_every,
-        log_every=max(1, cfg.eval_every // 4),
-        logger=logger,
-        callbacks=[save],
-        progress=cfg.progress,
-        desc=f"{trainer.method} seed {seed}",
-    )
-    ckpt.save(cfg.steps, state, {"method": trainer.method, "seed": seed}, force=True)
-    ckpt.close()
-    records = [json.loads(ln) for ln in log_path.read_text().splitlines() if ln]
+    with Checkpointer(run_dir / "ckpt", save_every=cfg.save_every, max_to_keep=2) as ckpt:
+        state = train(
+            trainer.step,
+            trainer.val_bpc,
+            trainer.init_state(seed),
+            lambda start: trainer.batches(seed, start),
+            loop,
+            checkpointer=ckpt,
+            resume=cfg.resume,
+            config_json={"method": trainer.method, "seed": seed},
+            logger=logger,
+            progress=cfg.progress,
+            desc=f"{trainer.method} seed {seed}",
+        ).state
+    records = logger.read()
     val = [(r["step"], r["val_bpc"]) for r in records if "val_bpc" in r]
-    train = [(r["step"], r["train_loss"] / math.log(2.0)) for r in records if "train_loss" in r]
-    specs = [
-        str(x.sharding.spec)
-        for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0]
-        if "theta" in jax.tree_util.keystr(p)
-    ]
-    result = {
+    train_bpc = [(r["step"], r["train_loss"] / math.log(2.0)) for r in records if "train_loss" in r]
+    theta = [x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0] if "theta" in jax.tree_util.keystr(p)]
+    return {
         "method": trainer.method,
         "seed": seed,
         "val_bpc": val[-1][1],
         "val_curve": val,
-        "theta_sharding": sorted(set(specs)),
-        "train_bpc_curve": train,
+        "theta_sharding": sorted({str(x.sharding.spec) for x in theta}),
+        "train_bpc_curve": train_bpc,
         "train_seconds_this_session": time.perf_counter() - t0,
         "num_params": int(sum(np.size(x) for x in jax.tree.leaves(sharding.to_host(state.params)))),
     }
-    done.write_text(json.dumps(result))
-    return result
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Training and validation bits per character against step: mean over seeds, +- s.e. band."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for i, (method, runs) in enumerate(results.items()):
-        color = f"C{i}"
         for ax, key in ((axes[0], "train_bpc_curve"), (axes[1], "val_curve")):
             steps = [s for s, _ in runs[0][key]]
-            vals = np.array([[v for _, v in r[key]] for r in runs])
-            mean = vals.mean(0)
-            ax.plot(steps, mean, color=color, label=f"{method} (n={len(runs)})")
-            if len(runs) > 1:
-                se = vals.std(0, ddof=1) / np.sqrt(len(runs))
-                ax.fill_between(steps, mean - se, mean + se, color=color, alpha=0.25)
+            mean, se = np.array([mean_se([r[key][j][1] for r in runs]) for j in range(len(steps))]).T
+            ax.plot(steps, mean, color=f"C{i}", label=f"{method} (n={len(runs)})")
+            ax.fill_between(steps, mean - se, mean + se, color=f"C{i}", alpha=0.25)
     axes[0].set(title="training loss", xlabel="step", ylabel="bits per character")
     axes[1].set(title="validation", xlabel="step", ylabel="bits per character")
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    cli.save_figure(fig, str(path))
 
 
 def run(cfg: Config) -> dict:
+    """Train every (method, seed), write ``results.json`` and ``loss_curves.png``, print the table."""
     import jax
 
     from gmpjax.data.text import load_stdlib_corpus
     from gmpjax.train import sharding
 
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    cfg_path = workdir / "config.json"
-    if not cfg.resume:
-        cfg_path.write_text(json.dumps(cfg.model_key(), indent=1))
+    if not cfg.resume and (workdir / "runs").exists():
+        raise ValueError(
+            f"--workdir {workdir} already holds a run; pass --resume to continue it, or choose a new --workdir"
+        )
     if cfg.mesh is not None:
         mesh, model_axis = sharding.make_mesh(cfg.mesh), sharding.MODEL_AXIS
     else:
         mesh, model_axis = sharding.make_data_mesh(), None
     sharding.check_batch_size(cfg.batch_size, sharding.data_shards(mesh), what="--batch-size")
     corpus = load_stdlib_corpus()
+    trainers: dict[str, Trainer] = {}
+
+    def job(name: str) -> dict:
+        method, seed = name.rsplit("_seed", 1)
+        if method not in trainers:
+            trainers[method] = Trainer(cfg, method, corpus, mesh, model_axis)
+        return run_one(trainers[method], int(seed), workdir / "runs" / name)
+
     t0 = time.perf_counter()
-    results: dict[str, list[dict]] = {}
-    for method in cfg.methods:
-        trainer = Trainer(cfg, method, corpus, mesh, model_axis)
-        results[method] = [
-            run_one(trainer, s, workdir / "runs" / f"{method}_seed{s}") for s in range(cfg.seed, cfg.seed + cfg.seeds)
-        ]
+    seeds = range(cfg.seed, cfg.seed + cfg.seeds)
+    done = cli.run_jobs(
+        cfg, [f"{m}_seed{s}" for m in cfg.methods for s in seeds], job, desc="runs", grow=("methods", "seeds")
+    )
+    results = {m: [done[f"{m}_seed{s}"] for s in seeds] for m in cfg.methods}
     wall = time.perf_counter() - t0
     table = {
         m: dict(zip(("mean", "se"), mean_se([r["val_bpc"] for r in rs]), strict=True)) | {"n": len(rs)}
@@ -396,7 +298,7 @@ def run(cfg: Config) -> dict:
     }
     summary = {
         "table": table,
-        "config": dataclasses.asdict(cfg),
+        "config": dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps},
         "corpus": corpus.info,
         "wall_s": wall,
         "command": "python -m experiments.transformer_lm " + " ".join(sys.argv[1:]),
@@ -408,27 +310,23 @@ def run(cfg: Config) -> dict:
         },
         "runs": results,
     }
-    (workdir / "results.json").write_text(json.dumps(summary, indent=1))
+    cli.write_json(str(workdir / "results.json"), summary)
     plot(results, workdir / "loss_curves.png")
-    return summary
-
-
-def print_summary(summary: dict) -> None:
-    print(f"validation bits per character (mean +- s.e. over seeds), {summary['config']['steps']} steps:")
-    for m, row in summary["table"].items():
+    print(f"validation bits per character (mean +- s.e. over seeds), {cfg.steps} steps:")
+    for m, row in table.items():
         print(f"  {m:8s} {row['mean']:.4f} +- {row['se']:.4f}  (n={row['n']})")
     print("  paper: neither paper reports a transformer LM; the comparison is SP vs GmP within this run")
     print(
-        f"wall time {summary['wall_s']:.1f} s on {summary['machine']['devices'][0]} "
-        f"({summary['machine']['cpu_count']} cores visible), mesh {summary['machine']['mesh']}; "
-        f"results in {summary['config']['workdir']}/results.json, loss_curves.png"
+        f"wall time {wall:.1f} s on {jax.devices()[0]} ({os.cpu_count()} cores visible), "
+        f"mesh {dict(mesh.shape)}; results in {workdir}/results.json, loss_curves.png"
     )
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    summary = run(parse_args(argv))
-    print_summary(summary)
-    return summary
+    return cli.main(
+        argv, prog="python -m experiments.transformer_lm", doc=__doc__, configs=CONFIGS, quick=quick, run=run
+    )
 
 
 if __name__ == "__main__":

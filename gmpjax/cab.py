@@ -53,9 +53,9 @@ __all__ = [
     "max_location_change",
     "max_angle_change",
     "cab_changes",
+    "step_change",
     "cab_of_layer",
     "track_cab",
-    "with_cab_tracking",
 ]
 
 
@@ -238,6 +238,27 @@ def cab_changes(history: CAB) -> dict[str, Array]:
     return {"max_dphi": max_location_change(history.location), "max_dtheta": max_angle_change(history.direction)}
 
 
+def step_change(prev: CAB, new: CAB) -> dict[str, Array]:
+    """How far the boundaries moved in one step: ``cab_changes`` of the two-step history ``(prev, new)``.
+
+    ``max_dphi = max_i ||phi_i(new) - phi_i(prev)||`` and ``max_dtheta = max_i <u_i(prev), u_i(new)>``
+    (radians), the maxima over the ``m`` units. Made for the fit loop's per-step ``track`` hook.
+
+    Args:
+      prev, new: CABs of the same layer, shape ``(..., m, n)`` each.
+
+    Returns:
+      ``{"max_dphi": (...), "max_dtheta": (...)}``.
+
+    >>> prev = CAB(jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[0.0, 0.0], [1.0, 1.0]]))
+    >>> new = CAB(jnp.array([[0.0, 1.0], [0.0, 1.0]]), jnp.array([[3.0, 4.0], [1.0, 1.0]]))
+    >>> {k: round(float(v), 4) for k, v in step_change(prev, new).items()}
+    {'max_dphi': 5.0, 'max_dtheta': 1.5708}
+    """
+    history = CAB(*(jnp.stack([a, b], axis=-3) for a, b in zip(prev, new, strict=True)))
+    return {k: v[..., 0] for k, v in cab_changes(history).items()}
+
+
 # --------------------------------------------------------------------------- layers
 def _val(v: Any) -> Array:
     """The value of an ``nnx.Variable`` (or an array)."""
@@ -302,7 +323,7 @@ def track_cab(
 ) -> Callable[[Any], CAB]:
     """A pure ``TrainState -> CAB`` for one layer of the model (default ``model.hidden[0]``).
 
-    Use it per step inside a scanned train step (``with_cab_tracking``), or
+    Use it as the fit loop's per-step hook (``fit(..., track=lambda prev, new: track(new))``), or
     ``jax.vmap`` it over a stacked history of states.
 
     >>> import jax, jax.numpy as jnp, optax
@@ -319,18 +340,3 @@ def track_cab(
         return cab_of_layer(select(model))
 
     return track
-
-
-def with_cab_tracking(step: Callable, track: Callable[[Any], CAB]) -> Callable:
-    """Wrap a train step so its metrics also carry the CAB after the update (``metrics["cab"]``).
-
-    Scanned with ``scan_steps``/``scan_steps_same_batch`` the result stacks to a
-    ``CAB`` history of shape ``(T, m, n)``; prepend ``track(initial_state)`` and
-    call ``cab_changes`` for the per-step maxima.
-    """
-
-    def tracked(state: Any, batch: Any) -> tuple[Any, dict[str, Any]]:
-        state, metrics = step(state, batch)
-        return state, {**metrics, "cab": track(state)}
-
-    return tracked

@@ -16,7 +16,8 @@ from gmpjax import cab
 from gmpjax import hyperspherical as hs
 from gmpjax.layers import make_dense
 from gmpjax.models import MLP
-from gmpjax.train import init_replicas, init_train_state, make_train_step, scan_steps_same_batch
+from gmpjax.train import init_replicas, init_train_state, make_train_step
+from gmpjax.train.loop import LoopConfig, fit
 
 
 # ----------------------------------------------------------------------------- hand-computed 2-D units
@@ -134,6 +135,46 @@ def test_max_changes_on_a_hand_made_history():
     chex.assert_shape([ch["max_dphi"], ch["max_dtheta"]], (2,))
 
 
+def test_step_change_is_cab_changes_of_two_steps():
+    prev = cab.CAB(jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[0.0, 0.0], [1.0, 1.0]]))
+    new = cab.CAB(jnp.array([[0.0, 1.0], [0.0, -1.0]]), jnp.array([[3.0, 4.0], [1.0, 0.5]]))
+    ch = cab.step_change(prev, new)
+    np.testing.assert_allclose(ch["max_dphi"], 5.0)  # unit 0 moves by 5, unit 1 by 0.5
+    np.testing.assert_allclose(ch["max_dtheta"], math.pi, atol=1e-6)  # unit 1 turns 180 deg
+    # leading axes (replicas, steps) pass through: (R, T, m, n) -> (R, T), equal to cab_changes of each pair
+    key = jax.random.split(jax.random.key(0), 4)
+    hist = cab.CAB(*(jax.random.normal(k, (3, 6, 5, 2)) for k in key[:2]))
+    ch = cab.step_change(cab.CAB(*(a[:, :-1] for a in hist)), cab.CAB(*(a[:, 1:] for a in hist)))
+    ref = cab.cab_changes(hist)
+    chex.assert_shape([ch["max_dphi"], ch["max_dtheta"]], (3, 5))
+    for k in ref:
+        np.testing.assert_allclose(ch[k], ref[k], rtol=1e-6)
+
+
+def test_step_change_as_the_fit_loops_track_hook():
+    from gmpjax.train.loop import LoopConfig, fit
+
+    tx = optax.sgd(0.05)
+    graphdef, state = init_train_state(MLP(2, (4,), 1, parameterization="gmp", rngs=nnx.Rngs(0)), tx)
+    track = cab.track_cab(graphdef)
+    x = jax.random.normal(jax.random.key(1), (12, 2))
+    data = {"train": (x, jnp.sin(x[:, :1]))}
+    loss = lambda m, b: jnp.mean((m(b[0]) - b[1]) ** 2)  # noqa: E731
+    hook = lambda prev, new: {**cab.step_change(track(prev), track(new)), "cab": track(new)}  # noqa: E731
+    cfg = LoopConfig(max_epochs=3, batching="drop", batch_size=4, monitor_split=None)
+    res = jax.jit(
+        lambda s: fit(make_train_step(graphdef, tx, loss), None, s, data, cfg, key=jax.random.key(2), track=hook)
+    )(state)
+    tr = res.history["track"]
+    chex.assert_shape([tr["max_dphi"], tr["max_dtheta"]], (3, 3))  # (epochs, steps per epoch)
+    flat = jax.tree.map(lambda a: a.reshape((9,) + a.shape[2:]), tr["cab"])
+    hist = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), track(state), flat)
+    ref = cab.cab_changes(cab.CAB(*hist))
+    np.testing.assert_allclose(tr["max_dphi"].reshape(9), ref["max_dphi"], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(tr["max_dtheta"].reshape(9), ref["max_dtheta"], rtol=1e-5, atol=1e-7)
+    assert float(tr["max_dtheta"].max()) > 0
+
+
 # ----------------------------------------------------------------------------- layers
 def _randomize(layer: nnx.Module, key) -> None:
     """Give every parameter/statistic a random value (positive radius/variance) so no case is trivial."""
@@ -184,7 +225,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 # ----------------------------------------------------------------------------- tracking under jit/vmap/scan
-def test_track_cab_vmaps_over_replicas_and_runs_inside_scan():
+def test_track_cab_vmaps_over_replicas_and_runs_as_the_loops_track_hook():
     tx = optax.adam(0.05)
     make = lambda k: MLP(2, (5,), 1, parameterization="gmp", rngs=nnx.Rngs(k))  # noqa: E731
     keys = jax.random.split(jax.random.key(0), 3)
@@ -197,17 +238,19 @@ def test_track_cab_vmaps_over_replicas_and_runs_inside_scan():
     np.testing.assert_allclose(cab.track_cab(g1)(s1).direction, c.direction[1], atol=1e-6)
 
     loss = lambda m, b: jnp.mean((m(b[0]) - b[1]) ** 2)  # noqa: E731
-    step = cab.with_cab_tracking(make_train_step(graphdef, tx, loss), track)
+    step = make_train_step(graphdef, tx, loss)
     batch = (jax.random.normal(jax.random.key(1), (16, 2)), jnp.ones((16, 1)))
-    run = jax.jit(jax.vmap(lambda s: scan_steps_same_batch(step, s, batch, 7)))
-    final, metrics = run(state)
-    hist = metrics["cab"]
+    cfg = LoopConfig(7, monitor="loss", monitor_split=None, restore="never")
+    hook = lambda prev, new: track(new)  # noqa: E731
+    run = jax.jit(jax.vmap(lambda s: fit(step, None, s, {"train": batch}, cfg, key=jax.random.key(0), track=hook)))
+    out = run(state)
+    hist = jax.tree.map(lambda a: a[:, :, 0], out.history["track"])  # (replicas, epochs, steps=1, ...) -> one step
     chex.assert_shape([hist.location, hist.direction], (3, 7, 5, 2))
     full = jax.tree.map(lambda a, b: jnp.concatenate([a[:, None], b], 1), c, hist)
     ch = cab.cab_changes(full)
     chex.assert_shape([ch["max_dphi"], ch["max_dtheta"]], (3, 7))
     chex.assert_tree_all_finite(ch)
-    np.testing.assert_allclose(hist.location[:, -1], jax.vmap(track)(final).location, atol=1e-6)
+    np.testing.assert_allclose(hist.location[:, -1], jax.vmap(track)(out.last).location, atol=1e-6)
 
 
 def test_track_cab_needs_a_hidden_layer_or_select():

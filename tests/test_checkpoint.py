@@ -86,6 +86,24 @@ def test_round_trip_is_bit_exact(state, tmp_path):
     assert float(jnp.abs(restored.rest["hidden"][0]["imn"]["mean"][...]).max()) > 0
 
 
+def test_restore_params_without_the_model(state, tmp_path):
+    """``restore_params`` reads the parameters of any step back from the checkpoint's own metadata."""
+    with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+        with pytest.raises(CheckpointError, match="no complete checkpoint"):
+            ckpt.restore_params()
+        ckpt.save(1, state, {})
+        ckpt.save(2, {"train": state, "best": {"params": state.params, "rest": state.rest}}, {})
+        ckpt.wait()
+        want = jax.tree.leaves(state.params)
+        for got in (ckpt.restore_params(1), ckpt.restore_params(), ckpt.restore_params(best=True)):
+            assert isinstance(got, dict) and all(isinstance(x, np.ndarray) for x in jax.tree.leaves(got))
+            chex.assert_trees_all_equal(jax.tree.leaves(got), [np.asarray(x) for x in want])
+        with pytest.raises(CheckpointError, match="no best parameters"):
+            ckpt.restore_params(1, best=True)
+        with pytest.raises(CheckpointError, match="step 3"):
+            ckpt.restore_params(3)
+
+
 def test_save_every_max_to_keep_and_empty_dir(state, tmp_path):
     with Checkpointer(tmp_path, save_every=3, max_to_keep=2) as ckpt:
         assert ckpt.restore_latest(abstract_state(state)) is None and ckpt.latest_step() is None

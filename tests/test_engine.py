@@ -1,7 +1,5 @@
 """The training engine (gmpjax.train.engine)."""
 
-import json
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -13,6 +11,7 @@ from flax import nnx
 from gmpjax.layers import GmPDense
 from gmpjax.models import MLP
 from gmpjax.train import engine as E
+from gmpjax.train.loop import LoopConfig, fit
 
 _ADAM = "optax.adam's bias correction mixes a Python float with the int32 step count (an optax limitation)"
 
@@ -59,14 +58,16 @@ def test_vmapped_replicas_equal_individual_runs():
     graphdef, states = E.init_replicas(make, keys, tx)
     step = E.make_train_step(graphdef, tx, _mse)
     batch = _data()
-    run = jax.jit(jax.vmap(lambda s: E.scan_steps_same_batch(step, s, batch, 20)))
-    states, metrics = run(states)
-    chex.assert_shape(metrics["loss"], (3, 20))
+    cfg = LoopConfig(20, monitor="loss", monitor_split=None, restore="never")
+    run = jax.jit(jax.vmap(lambda s: fit(step, None, s, {"train": batch}, cfg, key=jax.random.key(0))))
+    out = run(states)
+    chex.assert_shape(out.history["train_loss"], (3, 20))
     for i, k in enumerate(keys):
         g1, s1 = E.init_train_state(make(k), tx)
-        s1, m1 = jax.jit(lambda s: E.scan_steps_same_batch(step, s, batch, 20))(s1)
-        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], states.params), s1.params, atol=1e-5)
-        np.testing.assert_allclose(metrics["loss"][i], m1["loss"], rtol=1e-5)
+        for _ in range(20):
+            s1, m1 = step(s1, batch)
+        chex.assert_trees_all_close(jax.tree.map(lambda a, i=i: a[i], out.last.params), s1.params, atol=1e-5)
+        np.testing.assert_allclose(out.history["train_loss"][i, -1], m1["loss"], rtol=1e-5)
 
 
 def test_eval_step_uses_moving_statistics():
@@ -97,40 +98,6 @@ def test_early_stopping_is_vmappable():
     es = upd(es, jnp.array([0.5, 3.0]))
     np.testing.assert_array_equal(es.best, [0.5, 2.0])
     np.testing.assert_array_equal(es.stopped, [False, True])
-
-
-@pytest.mark.standard_dtype_promotion(_ADAM)
-def test_fit_logs_jsonl_and_callback_stops(tmp_path):
-    tx = optax.adam(1e-2)
-    graphdef, state = E.init_train_state(MLP(1, (8,), 1, parameterization="sp", rngs=nnx.Rngs(0)), tx)
-    step = jax.jit(E.make_train_step(graphdef, tx, _mse))
-    batch = _data()
-    evaluate = jax.jit(E.make_eval_step(graphdef, _mse))
-    seen = []
-
-    def stop_at_6(t, s, rec):
-        seen.append(t)
-        return t >= 6
-
-    state, records = E.fit(
-        step,
-        state,
-        iter(lambda: batch, None),
-        num_steps=10,
-        eval_fn=lambda s: {"val": evaluate(s, batch)["metric"]},
-        eval_every=3,
-        log_every=2,
-        logger=E.MetricsLogger(tmp_path),
-        callbacks=[stop_at_6],
-        progress=False,
-    )
-    assert int(state.step) == 6 and seen == list(range(1, 7))
-    lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines if "train_loss" in r] == [2, 4, 6]
-    assert [r["step"] for r in lines if "val" in r] == [3, 6]
-    # resuming continues from state.step
-    state, _ = E.fit(step, state, iter(lambda: batch, None), num_steps=8, progress=False)
-    assert int(state.step) == 8
 
 
 # --- gradient accumulation -------------------------------------------------------------------

@@ -15,7 +15,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 def test_quickstart_runs_and_writes_metrics(tmp_path):
     out = tmp_path / "qs"
     res = subprocess.run(
-        [sys.executable, "-m", "experiments.quickstart", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "experiments.quickstart", "--quick", "--workdir", str(out), "--no-progress"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -28,18 +28,33 @@ def test_quickstart_runs_and_writes_metrics(tmp_path):
         assert len(r["rmse"]) == 2 and all(0 < v < 10 for v in r["rmse"])
     assert (out / "fits.png").stat().st_size > 0
     assert "sp" in res.stdout and "gmp" in res.stdout
+    assert metrics["config"]["steps"] == 500 and metrics["config"]["lr"] == ["cv"]
+    assert [r["lr"] for r in metrics["results"].values()] == [0.01, 0.1]
 
 
 def test_quickstart_rejects_unknown_method(tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "experiments.quickstart", "--methods", "sp,foo", "--out", str(tmp_path)],
+        [sys.executable, "-m", "experiments.quickstart", "--methods", "sp", "foo", "--workdir", str(tmp_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert res.returncode != 0
-    assert "unknown parameterization 'foo'" in res.stderr
+    assert res.returncode == 2
+    assert "unknown parameterization 'foo'" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_quickstart_quick_never_overrides_explicit_flags():
+    from experiments import cli
+    from experiments import quickstart as Q
+
+    def parse(argv):
+        return cli.parse(cli.build_parser(Q.Config, prog="q"), Q.Config, Q.CONFIGS, argv, quick=Q.quick)
+
+    assert (parse([]).steps, parse([]).seeds, parse([]).methods) == (10_000, 5, ("sp", "gmp"))
+    assert (parse(["--quick"]).steps, parse(["--quick"]).seeds) == (500, 2)
+    cfg = parse(["--quick", "--steps", "30", "--seeds", "3", "--methods", "gmp", "wn"])
+    assert (cfg.steps, cfg.seeds, cfg.methods, cfg.quick) == (30, 3, ("gmp", "wn"), True)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

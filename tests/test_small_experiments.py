@@ -1,4 +1,4 @@
-"""The illustrative experiments (perturbation demo, 1-D Levy, 2-D banana) in their quick modes."""
+"""The illustrative experiments (perturbation demo, 1-D Levy, 2-D banana) in their quick modes, and their flags."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _finite(x) -> bool:
 def test_perturbation_demo(tmp_path):
     from experiments import perturbation_2d as P
 
-    res = P.main(["--quick", "--out", str(tmp_path)])
+    res = P.main(["--quick", "--out", str(tmp_path)])  # --out: the alias of --workdir
     for f in ("metrics.json", "perturbation_panels.png", "worst_case_180.png"):
         assert (tmp_path / f).exists(), f
     wc = res["worst_case"]
@@ -46,41 +46,68 @@ def test_perturbation_demo(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 1-D Levy
-def test_levy_data_matches_the_function():
-    from experiments.levy_1d import Config, levy, make_data
-
-    d = make_data(Config())
-    assert d["x"].shape == (50, 1) and d["x_test"].shape == (201, 1)
-    assert np.all(np.abs(d["x"]) <= 10)
-    # Levy has its global minimum 0 at x = 1 and the noise has std 0.1
-    assert levy(np.array([1.0]))[0] == pytest.approx(0.0, abs=1e-12)
-    assert 0.05 < np.std(d["y"] - levy(d["x"])) < 0.2
-
-
 def test_levy_quick(tmp_path):
     from experiments import levy_1d as L
 
-    out = L.main(["--quick", "--out", str(tmp_path)])
+    out = L.main(["--quick", "--workdir", str(tmp_path), "--no-progress"])
     for f in ("metrics.json", "levy_max_dphi.png", "levy_fit_spectrum_lr_cv.png"):
         assert (tmp_path / f).exists(), f
     saved = json.loads((tmp_path / "metrics.json").read_text())
     runs = saved["runs"]["cv"]
-    assert set(runs) == set(L.METHODS)
+    assert list(runs) == list(L.get_config().methods)
     for s in runs.values():
-        assert _finite(s["rmse_per_seed"]) and len(s["rmse_per_seed"]) == out["config"]["seeds"]
-        assert _finite([s["max_dphi_max"]])
+        assert _finite(s["rmse_per_seed"]) and len(s["rmse_per_seed"]) == out["config"]["seeds"] == 2
+        assert _finite([s["max_dphi_max"]]) and s["steps_run"] == [200, 200]
     # the paper's claim (Fig. 2c): GmP's characteristic points move by < 1 per step
     assert runs["gmp"]["dphi_below_1_every_step_every_seed"]
+    assert sorted(os.listdir(tmp_path / "jobs")) == [
+        "_config.json",
+        "bn_lr0.01.json",
+        "gmp_lr0.1.json",
+        "sp_lr0.01.json",
+        "wn_lr0.01.json",
+    ]
 
 
-def test_levy_rejects_bad_method_and_lr(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--methods", "gmp", "batchnorm"], "unknown parameterization"),
+        (["--lr", "fast"], "--lr"),
+        (["--steps", "0"], "--steps must be >= 1"),
+        (["--init", "glorot"], "--init"),
+    ],
+)
+def test_levy_rejects_bad_values_in_one_line(argv, message, capsys):
     from experiments import levy_1d as L
 
-    with pytest.raises(SystemExit):
-        L.main(["--methods", "gmp", "batchnorm", "--steps", "2"])
-    assert "unknown parameterization" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="--lr"):
-        L.lr_for("gmp", "fast")
+    with pytest.raises(SystemExit) as e:
+        L.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and "Traceback" not in err
+
+
+def test_quick_keeps_explicit_flags_and_protocols_are_configs():
+    from experiments import banana_2d as B
+    from experiments import cli
+    from experiments import levy_1d as L
+
+    def parse(mod, argv):
+        return cli.parse(
+            cli.build_parser(mod.Config, prog="t", protocols=tuple(mod.CONFIGS)),
+            mod.Config,
+            mod.CONFIGS,
+            argv,
+            quick=mod.quick,
+        )
+
+    cfg = parse(L, ["--quick", "--steps", "7", "--lr", "cv", "0.1"])
+    assert (cfg.steps, cfg.lr, cfg.seeds, cfg.es_patience) == (7, ("cv", "0.1"), 2, 100)
+    assert parse(L, []).init == "uniform" and parse(L, ["--protocol", "official"]).init == "official"
+    cfg = parse(B, ["--quick", "--seeds", "3", "--epochs", "4"])
+    assert (cfg.seeds, cfg.epochs, cfg.grid) == (3, 4, 40)
+    official = parse(B, ["--protocol", "official"])
+    assert (official.init, official.val_fraction) == ("official", 0.0) and parse(B, []).val_fraction == 0.2
 
 
 # ----------------------------------------------------------------------------- 2-D banana
@@ -113,24 +140,16 @@ def test_banana_missing_file_says_how_to_fix(tmp_path, monkeypatch):
 def test_banana_quick(tmp_path, banana_data_dir):
     from experiments import banana_2d as B
 
-    out = B.main(["--quick", "--out", str(tmp_path)])
+    out = B.main(["--quick", "--workdir", str(tmp_path), "--no-progress"])
     for f in ("metrics.json", "banana_trajectories.png", "banana_max_dtheta.png", "banana_boundaries.png"):
         assert (tmp_path / f).exists(), f
     saved = json.loads((tmp_path / "metrics.json").read_text())
-    assert set(saved["methods"]) == set(B.METHODS)
+    assert list(saved["methods"]) == list(B.get_config().methods)
     for s in saved["methods"].values():
         acc = np.asarray(s["test_acc_per_seed"])
         assert _finite(acc) and np.all((acc >= 0) & (acc <= 1))
         assert 0 <= s["max_dtheta_deg_max"] <= 180 + 1e-9
+        assert s["epochs_run"] == [10, 10]
     assert out["sizes"] == {"train": 640, "val": 160, "test": 200}
+    assert saved["steps_per_epoch"] == 5  # ceil(640 / 128); the last batch wraps around the permutation
     assert math.isfinite(saved["wall_s"])
-
-
-def test_banana_batches_cover_every_point():
-    import jax
-
-    from experiments.banana_2d import batch_indices
-
-    idx = np.asarray(batch_indices(jax.random.key(0), 800, 128))
-    assert idx.shape == (7, 128)
-    assert set(idx.ravel().tolist()) == set(range(800))

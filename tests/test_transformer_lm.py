@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import childproc  # noqa: E402
 
 sys.path.insert(0, str(childproc.REPO))
+from experiments import cli  # noqa: E402
 from experiments import transformer_lm as lm  # noqa: E402
 
 
@@ -46,6 +47,10 @@ def test_windows_are_deterministic_and_cover_the_text():
     w = text.eval_windows(np.arange(101, dtype=np.uint8), 10)
     assert w.shape == (10, 11)
     np.testing.assert_array_equal(w[:, 1:].ravel(), np.arange(1, 101))  # every byte after the first, once
+    np.testing.assert_array_equal(next(text.window_batches(t, 4, 16, seed=1, start=7)), a)  # resumable stream
+    assert text.eval_windows(np.arange(101, dtype=np.uint8), 10, 9, multiple_of=4).shape == (8, 11)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        text.eval_windows(np.arange(30, dtype=np.uint8), 10, multiple_of=4)
 
 
 def test_model_is_causal_and_mlp_computes_in_bf16():
@@ -70,40 +75,52 @@ def test_model_is_causal_and_mlp_computes_in_bf16():
         MLPBlock(8, 16, "bn", rngs=nnx.Rngs(0))
 
 
+def _parse(argv: list[str]) -> lm.Config:
+    parser = cli.build_parser(lm.Config, prog="lm", protocols=tuple(lm.CONFIGS))
+    return cli.parse(parser, lm.Config, lm.CONFIGS, argv, quick=lm.quick)
+
+
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--methods", "sp", "foo"], "unknown foo"),
-        (["--lr", "-1"], "--lr must be a positive"),
-        (["--seeds", "0"], "--seeds must be a positive"),
+        (["--methods", "sp", "foo"], "--methods: unknown foo"),
+        (["--methods", "bn"], "--methods: unknown bn"),
+        (["--lr", "-1"], "--lr values must be"),
+        (["--lr", "cv"], "--lr takes one number"),
+        (["--lr", "1e-3", "2e-3"], "--lr takes one number"),
+        (["--seeds", "0"], "--seeds must be >= 1"),
+        (["--steps", "0"], "--steps must be a positive"),
         (["--mesh", "2by4"], "--mesh"),
         (["--d-model", "30", "--heads", "4"], "divisible"),
+        (["--quick", "--warmup", "40"], "--warmup must be in [0, --steps)"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line(argv, msg, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        lm.parse_args([*argv, "--workdir", str(tmp_path / "w")])
+        _parse([*argv, "--workdir", str(tmp_path / "w")])
     assert e.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert msg in err, err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
 
 
-def test_resume_needs_a_run_and_quick_keeps_given_flags(tmp_path, capsys):
+def test_quick_keeps_given_flags_and_resume_checks_the_workdir(tmp_path, capsys):
+    cfg = _parse(["--quick", "--steps", "7", "--methods", "WN", "gmp+imn", "--lr", "0.01"])
+    assert (cfg.steps, cfg.methods, cfg.d_model, cfg.peak_lr, cfg.warmup_steps) == (7, ("wn", "gmp_imn"), 32, 0.01, 1)
+    full = _parse([])
+    assert (full.steps, full.seeds, full.peak_lr, full.warmup_steps) == (300, 3, 3e-3, 15)
+    assert full.methods == ("sp", "gmp", "gmp_imn")
     with pytest.raises(SystemExit) as e:
-        lm.parse_args(["--resume", "--workdir", str(tmp_path / "missing")])
-    assert e.value.code == 2 and "no run to resume" in capsys.readouterr().err
-    cfg = lm.parse_args(["--quick", "--steps", "7", "--methods", "wn", "--workdir", str(tmp_path / "w")])
-    assert (cfg.steps, cfg.methods, cfg.d_model) == (7, ("wn",), lm.SIZED["d_model"][1])
-    assert lm.parse_args(["--workdir", str(tmp_path / "w")]).steps == lm.SIZED["steps"][0]
-    (tmp_path / "w").mkdir()
-    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg.model_key()))
+        _parse(["--resume", "--workdir", str(tmp_path / "missing")])
+    assert e.value.code == 2 and "does not exist" in capsys.readouterr().err
+    work = tmp_path / "w"
+    (work / "runs").mkdir(parents=True)
     with pytest.raises(SystemExit) as e:  # a run is there: starting over it needs --resume
-        lm.parse_args(["--quick", "--steps", "7", "--workdir", str(tmp_path / "w")])
+        lm.main(["--quick", "--workdir", str(work)])
     assert e.value.code == 2 and "pass --resume" in capsys.readouterr().err
+    cli.write_json(str(work / "jobs" / "_config.json"), {"lr": ["0.5"]})
     with pytest.raises(SystemExit) as e:  # resuming with other settings is refused
-        lm.parse_args(["--quick", "--steps", "7", "--lr", "0.5", "--resume", "--workdir", str(tmp_path / "w")])
-    assert e.value.code == 2 and "'lr': (0.003, 0.5)" in capsys.readouterr().err
-    assert lm.parse_args(["--quick", "--steps", "7", "--resume", "--workdir", str(tmp_path / "w")]).resume
+        lm.main(["--quick", "--resume", "--workdir", str(work), "--no-progress"])
+    assert e.value.code == 2 and "other settings" in capsys.readouterr().err
 
 
 def _run_child(args: list[str]) -> subprocess.CompletedProcess:
@@ -151,12 +168,11 @@ def test_quick_tensor_parallel_run_and_resume(tmp_path):
     assert [s for s, _ in first["val_curve"]] == [10, 20]
 
     # simulate a crash after step 10 of seed 1: drop its result and its step-20 checkpoint, then resume
-    run1 = work / "runs" / "gmp_imn_seed1"
-    (run1 / "result.json").unlink()
-    shutil.rmtree(run1 / "ckpt" / "20")
+    (work / "jobs" / "gmp_imn_seed1.json").unlink()
+    shutil.rmtree(work / "runs" / "gmp_imn_seed1" / "ckpt" / "20")
     before = summary["runs"]["gmp_imn"][1]["val_bpc"]
     proc = _run_child([*args, "--resume"])
     assert proc.returncode == 0, proc.stdout[-3000:]
-    again = json.loads((run1 / "result.json").read_text())
+    again = json.loads((work / "jobs" / "gmp_imn_seed1.json").read_text())
     assert again["val_bpc"] == pytest.approx(before, abs=1e-5)
     assert [s for s, _ in again["val_curve"]] == [10, 20]

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 
 from gmpjax import triangular as tri
-from gmpjax.layers import ReLUMLP, TriangleActivation, TriangleNet
+from gmpjax.layers import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
 from gmpjax.regions import count_linear_regions, relu_mlp
-from gmpjax.train.two_phase import TwoPhaseConfig, switch_to_raw, train_two_phase
+from gmpjax.train.two_phase import TwoPhaseConfig, phase_loop_config, region_snapshot, switch_to_raw, train_two_phase
 
 
 def _np_forward(layers, x):
@@ -250,6 +250,23 @@ def test_block_diagonal_difference_of_subnets():
         assert layers[1][0].shape == (8, 8)
 
 
+def test_triangle_difference_is_f1_minus_f2_and_to_raw_is_exact():
+    with jax.enable_x64(True):
+        net = TriangleDifference(3, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
+        x = jnp.linspace(-0.25, 1.25, 301, dtype=jnp.float64)[:, None]
+        np.testing.assert_allclose(net(x), net.f1(x) - net.f2(x), atol=0)
+        raw = net.to_raw()
+        assert isinstance(raw, ReLUMLP) and [W.shape for W, _ in raw.layer_arrays()] == [(1, 8), (8, 8), (8, 8), (8, 1)]
+        np.testing.assert_allclose(raw(x), net(x), atol=1e-14)
+        W = np.asarray(raw.layer_arrays()[1][0])  # hidden weights: two 4x4 blocks
+        assert np.all(W[:4, 4:] == 0) and np.all(W[4:, :4] == 0)
+        # each subnet is convex with 2^d regions; both have a trainable gain and offset
+        assert count_linear_regions(net.f1) == count_linear_regions(net.f2) == 8
+        assert {"gain", "offset"} <= set(nnx.state(net.f1, nnx.Param).keys())
+    with pytest.raises(ValueError, match="sign"):
+        TriangleDifference(3, sign=1, rngs=nnx.Rngs(0))
+
+
 # ----------------------------------------------------------------------------- two-phase schedule
 
 
@@ -328,3 +345,43 @@ def test_two_phase_continues_training_after_switch_and_validates_config():
             (x, x),
             {"pretrain_steps": 1},
         )
+
+
+@pytest.mark.standard_dtype_promotion(
+    "trains with optax.adam (int32 count times a Python float in its bias correction)"
+)
+def test_two_phase_chunks_do_not_change_the_result_and_baselines_skip_phase1():
+    x = jnp.linspace(0, 1, 64)[:, None]
+    keys = jax.random.split(jax.random.key(2), 2)
+    runs = [
+        train_two_phase(
+            lambda k: TriangleNet(3, rngs=nnx.Rngs(k)),
+            keys,
+            _mse,
+            (x, x**3),
+            TwoPhaseConfig(12, 9, chunk_steps=c),
+            snapshot=region_snapshot(1e-6),
+            progress=False,
+        )  # fmt: skip
+        for c in (5, 100)
+    ]
+    np.testing.assert_array_equal(runs[0].losses, runs[1].losses)
+    chex.assert_trees_all_equal(runs[0].state.params, runs[1].state.params)
+    assert [(s["phase"], s["step"]) for s in runs[0].snapshots] == [
+        ("init", 0), ("pretrain", 5), ("pretrain", 10), ("pretrain", 12), ("switch", 12),
+        ("finetune", 17), ("finetune", 21),
+    ]  # fmt: skip
+    assert all(s["regions"] == [8, 8] for s in runs[0].snapshots[:5])
+    assert runs[0].outputs(x).shape == (2, 64, 1) and runs[0].stacked_layers()[1][0].shape == (2, 4, 4)
+    base = train_two_phase(
+        lambda k: ReLUMLP((1, 4, 1), rngs=nnx.Rngs(k)), keys, _mse, (x, x), TwoPhaseConfig(12, 9), progress=False
+    )
+    assert base.switch_step == 0 and base.losses.shape == (2, 9)
+    cfg = phase_loop_config(7)
+    assert (cfg.max_epochs, cfg.batching, cfg.patience, cfg.restore, cfg.monitor_split) == (
+        7,
+        "full",
+        None,
+        "never",
+        None,
+    )

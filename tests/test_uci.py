@@ -165,11 +165,11 @@ def test_plateau_reduces_after_patience_and_resets_on_improvement():
     p = plateau_init()
     for v in [3.0, 2.0, 2.5, 2.5]:  # improvement, improvement, 2 waits
         p = plateau_update(p, jnp.asarray(v), patience=3, factor=0.5)
-    assert float(p.scale) == 1.0 and int(p.wait) == 2
+    assert float(p.scale) == 1.0 and int(p.plateau_count) == 2
     p = plateau_update(p, jnp.asarray(2.1), patience=3, factor=0.5)  # third wait -> reduce
-    assert float(p.scale) == 0.5 and int(p.wait) == 0
+    assert float(p.scale) == 0.5 and int(p.plateau_count) == 0
     p = plateau_update(p, jnp.asarray(1.0), patience=3, factor=0.5)
-    assert float(p.best) == 1.0 and int(p.wait) == 0
+    assert float(p.best_value) == 1.0 and int(p.plateau_count) == 0
     # min_delta: a tiny improvement does not count.
     q = plateau_update(plateau_update(plateau_init(), 1.0, patience=1, min_delta=0.1), 0.95, patience=1, min_delta=0.1)
     assert float(q.scale) == pytest.approx(0.1)
@@ -189,53 +189,82 @@ def test_plateau_bad_arguments_and_set_learning_rate():
 
 # ----------------------------------------------------------------------------- trainer
 
+_ADAM = "optax.adam's bias correction mixes a Python float with the int32 step count"
 
-def _yacht_data(protocol, splits=2):
+
+def _yacht_data(monitor, splits=2):
     from experiments import uci as exp
 
     x, y = uci.load_uci("yacht")
     return exp.build_split_arrays(
-        x, y, splits=splits, seed=0, protocol=protocol, val_fraction=0.2, standardize_target=protocol == "paper"
+        x, y, splits=splits, seed=0, monitor=monitor, val_fraction=0.2, standardize_target=monitor == "val"
+    )
+
+
+def _loop(max_epochs=25, batch_size=None, patience=8, plateau=4, restore="always"):
+    from gmpjax.train.loop import LoopConfig
+    from gmpjax.train.plateau import PlateauConfig
+
+    return LoopConfig(
+        max_epochs=max_epochs,
+        batching="full" if batch_size is None else "even",
+        batch_size=batch_size,
+        monitor="mse",
+        patience=patience,
+        restore=restore,
+        plateau=PlateauConfig(plateau),
     )
 
 
 @needs_data
+@pytest.mark.standard_dtype_promotion(_ADAM)
 # BN is left out on purpose: the bias before a batch norm has an exactly-zero gradient in exact arithmetic,
 # so its float gradient is rounding noise that Adam's first steps turn into +-lr moves; vmapped and single
 # runs then differ by float reassociation alone (measured: 0.3% after one step).
-@pytest.mark.parametrize("method,protocol,batch_size", [("gmp", "paper", None), ("wn", "official", 64)])
-def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, protocol, batch_size):
+# chunk 3 of R = 4 replicas: two compiled sweeps, the second padded with a copy of the last replica.
+@pytest.mark.parametrize("method,monitor,batch_size,chunk", [("gmp", "val", None, 0), ("wn", "test", 64, 3)])
+def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, monitor, batch_size, chunk):
     from experiments import uci as exp
+    from gmpjax.train.loop import fit
 
-    data = _yacht_data(protocol)
-    lrs = (0.01, 0.1)
-    spec = exp.TrainerSpec(
-        loss="mse" if protocol == "paper" else "mae",
-        num_fit=data["x_fit"].shape[1],
-        batch_size=batch_size,
-        max_epochs=25,
-        es_patience=8,
-        plateau_patience=4,
-        plateau_factor=0.1,
-        plateau_min_delta=0.0,
-    )
-    swept = exp.run_sweep(method, data, lrs, spec, seed=5)
-    assert swept["test_rmse"].shape == (2, 2)
+    data = _yacht_data(monitor)
+    loss = "mse" if monitor == "val" else "mae"
+    loop = _loop(batch_size=batch_size, restore="always" if monitor == "val" else "if_stopped")
+    swept = exp.run_sweep(method, data, (0.01, 0.1), loop, seed=5, loss=loss, chunk=chunk)
+    assert swept["test_rmse"].shape == (2, 2) and np.all(np.isfinite(swept["test_rmse"]))
 
-    # Split 1, lr 0.1, trained alone: same init (fold_in(key(5), 1)), same shuffling key.
+    # Split 1, lr 0.1, trained alone with loop.fit: same init (fold_in(key(5), 1)), same shuffling key.
     key = jax.random.fold_in(jax.random.key(5), 1)
     graphdef, states = exp.init_states(method, "uniform", data["x_fit"].shape[2], 100, key[None])
-    state = jax.tree.map(lambda a: a[0], states)
+    train_step, eval_fn = exp.make_steps(graphdef, loss)
     one = {k: jnp.asarray(v[1]) for k, v in data.items()}
-    alone = jax.jit(
-        lambda st, d: exp.train_replica(
-            graphdef, exp.make_tx(), spec, st, jnp.float32(0.1), jax.random.fold_in(key, 1), d
-        )
-    )(state, one)
-    assert int(alone["epochs"]) == int(swept["epochs"][1, 1])
-    for k in ("test_rmse", "val_mse"):
-        np.testing.assert_allclose(float(alone[k]), swept[k][1, 1], rtol=1e-5, atol=1e-6)
-    assert np.all(np.isfinite(swept["test_rmse"]))
+    split = {"train": (one["x_fit"], one["y_fit"]), "val": (one["x_val"], one["y_val"])}
+    run_one = lambda st: fit(train_step, eval_fn, st, split, loop, key=jax.random.fold_in(key, 1), lr=0.1)  # noqa: E731
+    alone = jax.jit(run_one)(jax.tree.map(lambda a: a[0], states))
+    test_rmse = jnp.sqrt(eval_fn(alone.state, (one["x_test"], one["y_test"]))["mse"]) * one["y_std"]
+    assert int(alone.epochs) == int(swept["epochs"][1, 1])
+    np.testing.assert_allclose(float(test_rmse), swept["test_rmse"][1, 1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(alone.best_value), swept["val_mse"][1, 1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.standard_dtype_promotion(_ADAM)
+def test_segmented_sweep_equals_one_loop():
+    """segment=k (stopped replicas compacted away every k epochs) gives the results of one while_loop."""
+    from experiments import uci as exp
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 40, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.1 * rng.normal(size=(3, 40))).astype(np.float32)
+    data = dict(x_fit=x[:, :30], y_fit=y[:, :30], x_val=x[:, 30:], y_val=y[:, 30:], x_test=x, y_test=y)
+    data["y_std"] = np.ones(3, np.float32)
+    loop = _loop(max_epochs=40, patience=3, plateau=2)
+    kw = dict(hidden=8, seed=1)
+    one = exp.run_sweep("sp", data, (0.001, 0.3), loop, **kw)
+    seg = exp.run_sweep("sp", data, (0.001, 0.3), loop, segment=4, **kw)
+    assert len(set(one["epochs"].ravel())) > 1  # some replicas stop before others
+    assert one["val_mse"].dtype == one["test_rmse"].dtype == np.float32  # nothing runs in float64
+    for k, v in one.items():
+        np.testing.assert_array_equal(seg[k], v, err_msg=k)
 
 
 def test_select_by_validation_and_mean_se():
@@ -247,43 +276,81 @@ def test_select_by_validation_and_mean_se():
     assert m == 2.0 and se == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
 
 
-def test_config_rejects_bad_names():
+def _parse(argv):
+    from experiments import cli
+    from experiments import uci as exp
+
+    parser = cli.build_parser(exp.Config, prog="uci", protocols=tuple(exp.CONFIGS))
+    return cli.parse(parser, exp.Config, exp.CONFIGS, argv, quick=exp.quick)
+
+
+def test_protocols_resolve_to_paper_and_released_settings():
+    paper = _parse([])
+    assert (paper.max_epochs, paper.large_max_epochs, paper.init, paper.monitor, paper.restore) == (
+        1000, 300, "uniform", "val", "always"
+    )  # fmt: skip
+    assert paper.lr == ("0.001", "0.003", "0.01", "0.03", "0.1", "0.3") and paper.seeds == 10
+    off = _parse(["--protocol", "official"])
+    assert (off.max_epochs, off.large_max_epochs, off.init, off.batch_size) == (5000, 5000, "official", 1024)
+    assert off.split == "released" and _parse([]).split == "gmpjax"
+    assert (off.loss, off.standardize_target, off.monitor, off.restore, off.plateau_min_delta) == (
+        "mae", False, "test", "if_stopped", 1e-4
+    )  # fmt: skip
+    assert off.lr == ("cv",)
+    # --quick shortens the run but keeps every flag given; the official protocol keeps its fixed lrs.
+    q = _parse(["--protocol", "official", "--quick", "--max-epochs", "7", "--init", "uniform"])
+    assert (q.max_epochs, q.init, q.seeds, q.datasets, q.lr) == (7, "uniform", 2, ("boston", "yacht"), ("cv",))
+    assert _parse(["--quick"]).lr == ("0.01", "0.1")
+
+
+def test_config_rejects_bad_values(capsys):
     from experiments import uci as exp
 
     with pytest.raises(ValueError, match="unknown UCI dataset"):
-        exp.resolve_config(exp.UCIConfig(datasets=("bostn",)))
-    with pytest.raises(ValueError, match="protocol"):
-        exp.resolve_config(exp.UCIConfig(protocol="keras"))
-    with pytest.raises(ValueError):
-        exp.resolve_config(exp.UCIConfig(methods=("foo",)))
-    with pytest.raises(ValueError, match="splits"):
-        exp.resolve_config(exp.UCIConfig(splits=0))
+        exp.Config(datasets=("bostn",))
+    with pytest.raises(ValueError, match="--methods"):
+        exp.Config(methods=("foo",))
+    with pytest.raises(ValueError, match="--seeds"):
+        exp.Config(seeds=0)
+    for argv, msg in [(["--datasets", "bostn"], "unknown UCI dataset"), (["--max-epochs", "0"], "--max-epochs")]:
+        with pytest.raises(SystemExit) as e:
+            exp.main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
 @needs_data
+@pytest.mark.standard_dtype_promotion(_ADAM)
 def test_official_protocol_warns_and_uses_fixed_lr(shared_data, tmp_path):
+    import dataclasses
+
     from experiments import uci as exp
 
-    cfg = exp.UCIConfig(
-        protocol="official",
+    cfg = dataclasses.replace(
+        exp.get_official_config(),
         datasets=("yacht",),
         methods=("gmp",),
-        splits=2,
+        seeds=2,
         max_epochs=5,
-        out=str(tmp_path),
+        workdir=str(tmp_path),
         progress=False,
     )
     with pytest.warns(UserWarning, match="TEST split"):
         summary = exp.run(cfg)
     r = summary["results"]["yacht"]["gmp"]
-    assert r["selected_lr"] == [0.1, 0.1] and np.all(np.isfinite(r["test_rmse"]))
+    assert r["selected_lr"] == [0.1, 0.1] and np.all(np.isfinite(r["test_rmse"])) and r["max_epochs"] == 5
+    assert (tmp_path / "jobs" / "yacht_gmp.json").exists()
+    # --resume reuses the finished job instead of training again.
+    with pytest.warns(UserWarning, match="TEST split"):
+        again = exp.run(dataclasses.replace(cfg, resume=True))
+    assert again["results"]["yacht"]["gmp"]["test_rmse"] == pytest.approx(list(r["test_rmse"]))
+    assert again["results"]["yacht"]["gmp"]["wall_s"] == pytest.approx(r["wall_s"])
 
 
 @needs_data
 def test_quick_experiment_cli_runs(tmp_path):
     env = {**os.environ, "GMPJAX_DATA_DIR": str(SHARED), "GMPJAX_NO_DOWNLOAD": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.uci", "--quick", "--no-progress", "--out", str(tmp_path)],
+        [sys.executable, "-m", "experiments.uci", "--quick", "--no-progress", "--workdir", str(tmp_path)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -300,3 +367,18 @@ def test_quick_experiment_cli_runs(tmp_path):
             assert len(r["test_rmse"]) == 2 and np.all(np.isfinite(r["test_rmse"]))
             assert all(lr in (0.01, 0.1) for lr in r["selected_lr"])
     assert (tmp_path / "uci_rmse.png").stat().st_size > 0 and (tmp_path / "table.md").exists()
+
+
+@pytest.mark.parametrize("n", [308, 506, 768, 9568])
+def test_released_split_rule_is_sklearns_train_test_split(n):
+    from sklearn.model_selection import train_test_split
+
+    for seed in range(5):
+        tr, te = train_test_split(np.arange(n), test_size=0.2, random_state=seed)
+        a, b = uci.split_indices(n, seed, 0.2, rule="released")
+        np.testing.assert_array_equal(a, np.sort(tr))
+        np.testing.assert_array_equal(b, np.sort(te))
+    ours, released = uci.split_indices(n, 0), uci.split_indices(n, 0, rule="released")
+    assert not np.array_equal(ours[1], released[1])  # two different generators
+    with pytest.raises(ValueError, match="rule"):
+        uci.split_indices(n, 0, rule="sklearn")

@@ -25,7 +25,7 @@ import dataclasses
 import os
 import sys
 import sysconfig
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ __all__ = [
     "stdlib_dir",
     "decode",
     "sample_windows",
+    "window_batches",
     "eval_windows",
 ]
 
@@ -166,16 +167,42 @@ def sample_windows(text: np.ndarray, batch_size: int, length: int, seed: int, st
     return text[start[:, None] + np.arange(length + 1)].astype(np.int32)
 
 
-def eval_windows(text: np.ndarray, length: int, max_windows: int | None = None) -> np.ndarray:
+def window_batches(text: np.ndarray, batch_size: int, length: int, seed: int, start: int = 0) -> Iterator[np.ndarray]:
+    """Endless training batches: ``sample_windows(text, batch_size, length, seed, step)`` for ``step >= start``.
+
+    Each batch has shape ``(batch_size, length + 1)``; a run resumed at step
+    ``start`` sees the batches a fresh run sees from that step on.
+
+    >>> t = np.arange(100, dtype=np.uint8)
+    >>> it = window_batches(t, 2, 8, seed=0, start=5)
+    >>> np.array_equal(next(it), sample_windows(t, 2, 8, 0, 5)), next(it).shape
+    (True, (2, 9))
+    """
+    step = start
+    while True:
+        yield sample_windows(text, batch_size, length, seed, step)
+        step += 1
+
+
+def eval_windows(text: np.ndarray, length: int, max_windows: int | None = None, *, multiple_of: int = 1) -> np.ndarray:
     """Consecutive non-overlapping windows of ``length + 1`` bytes (each predicts ``length`` bytes), ``(N, L+1)``.
 
     Window ``i`` covers bytes ``[i * length, (i + 1) * length]``, so every byte
     after the first is predicted exactly once (with at most ``length - 1`` bytes of context).
+    ``N = min((len(text) - 1) // length, max_windows)``, rounded down to a multiple of
+    ``multiple_of`` (e.g. the number of data shards, so the windows split evenly over devices).
+
+    >>> eval_windows(np.arange(100, dtype=np.uint8), 10, multiple_of=4).shape
+    (8, 11)
     """
     n = (text.size - 1) // length
     if max_windows is not None:
         n = min(n, max_windows)
+    n = (n // multiple_of) * multiple_of
     if n < 1:
-        raise ValueError(f"text of {text.size} bytes is too short for one window of length {length}.")
+        raise ValueError(
+            f"text of {text.size} bytes gives no window of length {length}"
+            + (f" (max_windows={max_windows}, in multiples of {multiple_of})." if multiple_of > 1 else ".")
+        )
     idx = np.arange(n)[:, None] * length + np.arange(length + 1)
     return text[idx].astype(np.int32)

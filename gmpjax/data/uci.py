@@ -38,6 +38,7 @@ __all__ = [
     "check_dataset_name",
     "load_uci",
     "split_indices",
+    "SPLIT_RULES",
     "train_val_test_indices",
     "fit_standardizer",
     "standardize",
@@ -203,16 +204,26 @@ def _check_fraction(value: float, name: str) -> float:
     return float(value)
 
 
-def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+SPLIT_RULES = ("gmpjax", "released")
+
+
+def split_indices(n: int, seed: int, test_fraction: float = 0.2, rule: str = "gmpjax") -> tuple[np.ndarray, np.ndarray]:
     """A random train/test partition of ``range(n)`` drawn from ``seed``.
 
     ``n_test = ceil(test_fraction * n)`` (the rounding of sklearn's ``train_test_split``),
-    ``n_train = n - n_test``; both index arrays are sorted.
+    ``n_train = n - n_test``; both index arrays are sorted. The test part is the first
+    ``n_test`` entries of a permutation of ``range(n)``:
+
+    * ``rule="gmpjax"``: ``numpy.random.default_rng(seed).permutation(n)``;
+    * ``rule="released"``: ``numpy.random.RandomState(seed).permutation(n)``, which gives the
+      same sets as sklearn's ``train_test_split(range(n), test_size=test_fraction,
+      random_state=seed)``, the split of the released GmP code (``docs/uci_official.md``).
 
     Args:
       n: number of rows (>= 2).
-      seed: integer seed of ``numpy.random.default_rng``.
+      seed: integer seed.
       test_fraction: fraction of rows in the test part, in (0, 1).
+      rule: ``"gmpjax"`` or ``"released"``.
 
     Returns:
       ``(train_idx, test_idx)``: disjoint int64 arrays whose union is ``range(n)``.
@@ -220,17 +231,22 @@ def split_indices(n: int, seed: int, test_fraction: float = 0.2) -> tuple[np.nda
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"n must be an int >= 2 (got {n!r}).")
     test_fraction = _check_fraction(test_fraction, "test_fraction")
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"rule must be one of {SPLIT_RULES} (got {rule!r}).")
     n_test = min(max(int(np.ceil(test_fraction * n)), 1), n - 1)
-    perm = np.random.default_rng(seed).permutation(n)
+    if rule == "gmpjax":
+        perm = np.random.default_rng(seed).permutation(n)
+    else:
+        perm = np.random.RandomState(seed).permutation(n)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def train_val_test_indices(
-    n: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2
+    n: int, seed: int, test_fraction: float = 0.2, val_fraction: float = 0.2, rule: str = "gmpjax"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``split_indices`` followed by a random validation carve-out of the training part.
 
-    The test part is exactly ``split_indices(n, seed, test_fraction)[1]``; the
+    The test part is exactly ``split_indices(n, seed, test_fraction, rule)[1]``; the
     training part is split again (``val_fraction`` of it for validation) with a
     generator derived from the same seed.
 
@@ -238,7 +254,7 @@ def train_val_test_indices(
       ``(fit_idx, val_idx, test_idx)``: disjoint, union ``range(n)``.
     """
     val_fraction = _check_fraction(val_fraction, "val_fraction")
-    train, test = split_indices(n, seed, test_fraction)
+    train, test = split_indices(n, seed, test_fraction, rule)
     n_val = min(max(int(np.ceil(val_fraction * len(train))), 1), len(train) - 1)
     perm = np.random.default_rng([seed, 1]).permutation(len(train))
     return np.sort(train[perm[n_val:]]), np.sort(train[perm[:n_val]]), test

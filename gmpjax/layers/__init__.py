@@ -19,7 +19,7 @@ from gmpjax.layers.baselines import (
 )
 from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
-from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleNet
+from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
 
 __all__ = [
     "GmPDense",
@@ -40,5 +40,6 @@ __all__ = [
     "make_conv",
     "TriangleNet",
     "TriangleActivation",
+    "TriangleDifference",
     "ReLUMLP",
 ]

@@ -9,6 +9,9 @@
   builds that plain MLP right away from random peaks ("skip pretraining").
 * :class:`ReLUMLP` -- a plain ReLU MLP holding ``(kernel, bias)`` per layer, with the
   PyTorch-default ("kaiming") and randomized asymmetric ("raai") initialisations.
+* :class:`TriangleDifference` -- ``F_1(x) - F_2(x)`` of two convex :class:`TriangleNet` s
+  (a non-convex 1-D function such as ``x^3 - x``); ``to_raw()`` is one width-8 ReLU MLP
+  with block-diagonal hidden weights.
 * :class:`TriangleActivation` -- ``features`` independent width-4 subnets, one learned
   convex 1-D activation per feature (block-diagonal hidden weights), usable as an
   activation inside any Flax model.
@@ -37,7 +40,7 @@ S0Mode = Literal["bounded", "trained", "normalised"]
 S0_BOUND_INIT = 5.0
 PeakInit = Literal["uniform", "half"]
 
-__all__ = ["ReLUMLP", "TriangleNet", "TriangleActivation", "init_peaks"]
+__all__ = ["ReLUMLP", "TriangleNet", "TriangleDifference", "TriangleActivation", "init_peaks"]
 
 
 def init_peaks(
@@ -290,6 +293,52 @@ class TriangleNet(nnx.Module):
     def __call__(self, x: Array) -> Array:
         x = check_input(x, 1, "TriangleNet")
         return relu_mlp(self.layer_arrays(), x)
+
+
+class TriangleDifference(nnx.Module):
+    """Difference of two convex triangle subnets, for non-convex 1-D targets such as ``x^3 - x``.
+
+    ``y = F_1(x) - F_2(x)``, where each ``F_k(x) = g_k (x - sum_i s_{k,i} W_{k,i}(x)) + o_k`` is a
+    :class:`TriangleNet` with ``sign=-1`` (convex on [0, 1]) and its own output gain ``g_k`` and
+    offset ``o_k`` (both trainable, so the difference is not tied to ``F(0) = 0``, ``F(1) = 1``).
+    Both subnets are trained in peak mode, which keeps each one at exactly ``2^d`` regions.
+    :meth:`to_raw` returns one 1 -> 8 x d -> 1 :class:`ReLUMLP` with block-diagonal 4x4 hidden
+    blocks and output weights ``(+1, -1)`` (``gmpjax.triangular.block_diagonal``) that computes
+    the identical function.
+
+    Args:
+      depth: depth ``d`` of each subnet.
+      param_dtype: parameter dtype.
+      rngs: random streams (the first subnet draws its peaks first).
+      **kwargs: the other keywords of :class:`TriangleNet` (``scales``, ``s0``, ``margin``,
+        ``peak_init``, ``peak_range``), shared by both subnets.
+
+    Inputs have shape ``(..., 1)``; outputs ``(..., 1)``.
+
+    >>> from flax import nnx
+    >>> net = TriangleDifference(3, rngs=nnx.Rngs(0))
+    >>> x = jnp.linspace(0, 1, 5)[:, None]
+    >>> net(x).shape, [w.shape for w, _ in net.to_raw().layer_arrays()][:2]
+    ((5, 1), [(1, 8), (8, 8)])
+    """
+
+    def __init__(self, depth: int, *, param_dtype=jnp.float32, rngs: nnx.Rngs, **kwargs: Any):
+        for bad in ("sign", "output_affine", "mode"):
+            if bad in kwargs:
+                raise ValueError(f"TriangleDifference fixes {bad!r} (two convex subnets with gain/offset); drop it.")
+        self.f1 = TriangleNet(depth, sign=-1, output_affine=True, param_dtype=param_dtype, rngs=rngs, **kwargs)
+        self.f2 = TriangleNet(depth, sign=-1, output_affine=True, param_dtype=param_dtype, rngs=rngs, **kwargs)
+
+    def layer_arrays(self) -> list[tuple[Array, Array]]:
+        """The ``(W, b)`` list of the equivalent width-8 MLP (the format of ``gmpjax.regions``)."""
+        return tri.block_diagonal([self.f1.layer_arrays(), self.f2.layer_arrays()], (1.0, -1.0))
+
+    def to_raw(self) -> ReLUMLP:
+        """A plain width-8 :class:`ReLUMLP` computing the identical function, with free weights."""
+        return ReLUMLP(layers=self.layer_arrays())
+
+    def __call__(self, x: Array) -> Array:
+        return self.f1(x) - self.f2(x)
 
 
 # ----------------------------------------------------------------------------- activation

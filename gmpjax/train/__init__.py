@@ -2,7 +2,9 @@
 
 Submodules extend the same ``TrainState``:
 
-* ``gmpjax.train.engine``: ``TrainState``, train/eval step factories, scans, early stopping, ``fit``.
+* ``gmpjax.train.engine``: ``TrainState``, train/eval step factories, gradient accumulation, early stopping.
+* ``gmpjax.train.loop``: the compiled fit loop (``LoopConfig``, ``fit``, ``sweep`` over replicas).
+* ``gmpjax.train.host``: the host-side loop for long runs (``train``, ``HostConfig``): checkpoints, evaluation, logs.
 * ``gmpjax.train.sharding``: data- and tensor-parallel meshes, state/batch sharding, multi-host initialisation.
 * ``gmpjax.train.optim``: parameter labels and the GmP-safe weight-decay mask for optax.
 * ``gmpjax.train.checkpoint``: orbax ``Checkpointer`` with atomic saves and validated restores.
@@ -16,15 +18,14 @@ from gmpjax.train.engine import (
     TrainState,
     early_stopping_init,
     early_stopping_update,
-    fit,
     init_replicas,
     init_train_state,
     make_eval_step,
     make_train_step,
     merge_model,
-    scan_steps,
-    scan_steps_same_batch,
 )
+from gmpjax.train.host import HostConfig, HostResult
+from gmpjax.train.loop import FitResult, LoopConfig, fit, fit_epochs, fit_init, fit_result, sweep
 from gmpjax.train.optim import LABELS, masked_weight_decay, param_labels, weight_decay_mask
 
 __all__ = [
@@ -33,14 +34,20 @@ __all__ = [
     "TrainState",
     "early_stopping_init",
     "early_stopping_update",
-    "fit",
     "init_replicas",
     "init_train_state",
     "make_eval_step",
     "make_train_step",
     "merge_model",
-    "scan_steps",
-    "scan_steps_same_batch",
+    "FitResult",
+    "LoopConfig",
+    "fit",
+    "HostConfig",
+    "HostResult",
+    "fit_epochs",
+    "fit_init",
+    "fit_result",
+    "sweep",
     "LABELS",
     "masked_weight_decay",
     "param_labels",

@@ -342,6 +342,46 @@ class Checkpointer:
         step = self.latest_step()
         return None if step is None else self.restore(step, abstract, data_iterator=data_iterator)
 
+    def restore_params(self, step: int | None = None, *, best: bool = False) -> PyTree:
+        """Host (numpy) copy of the parameters saved at ``step`` (default: the newest), without a model.
+
+        The target is read from the checkpoint's own metadata and every array is restored onto
+        this process's first device, so checkpoints written by any number of devices or
+        processes can be read (for tests and analysis). The saved state is a ``TrainState``
+        (its ``params``) or, when ``gmpjax.train.host.train`` kept the best parameters, a dict
+        ``{"train": TrainState, "best": {"params", "rest"}}`` (``best=True`` returns those).
+
+        Returns:
+          The ``params`` tree as nested dicts of ``np.ndarray``.
+
+        Raises:
+          CheckpointError: no such step, or no parameters (or no best ones) in it.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise CheckpointError(f"no complete checkpoint in {self.directory}.")
+        step = int(step)
+        if step not in self.all_steps():
+            raise CheckpointError(
+                f"no complete checkpoint for step {step} in {self.directory} (available: {self.all_steps()})."
+            )
+        where = epath.Path(self.directory) / str(step) / "state"
+        meta = ocp.StandardCheckpointHandler().metadata(where)
+        meta = getattr(meta, "item_metadata", meta)
+        dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
+        tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+        if best:
+            if "best" not in tree:
+                raise CheckpointError(f"checkpoint {where} holds no best parameters (saved with restore='never').")
+            params = tree["best"]["params"]
+        else:
+            params = tree["train"]["params"] if "train" in tree else tree.get("params")
+        if params is None:
+            raise CheckpointError(f"checkpoint {where} holds no 'params' (keys: {sorted(tree)}).")
+        return jax.tree.map(np.asarray, params)
+
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Wait for pending saves and release the manager's resources."""

@@ -5,8 +5,9 @@ The model is an ``nnx.Module``; the engine splits it once into a static
 module state such as batch statistics, the optax state and a step counter).
 Train and eval steps are pure functions of that state, so they can be
 ``jax.jit``-ed, ``jax.vmap``-ed over independent replicas (seeds, data splits,
-learning rates -- a sweep compiles once), scanned over many steps with
-``lax.scan``, and sharded over devices (``gmpjax.train.sharding``).
+learning rates -- a sweep compiles once), driven by the compiled loop
+(``gmpjax.train.loop``) or the host loop (``gmpjax.train.host``), and sharded
+over devices (``gmpjax.train.sharding``).
 
 >>> import jax, jax.numpy as jnp, optax
 >>> from flax import nnx
@@ -27,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import jax
@@ -48,13 +49,10 @@ __all__ = [
     "accumulate_gradients",
     "split_microbatches",
     "make_eval_step",
-    "scan_steps",
-    "scan_steps_same_batch",
     "EarlyStopping",
     "early_stopping_init",
     "early_stopping_update",
     "MetricsLogger",
-    "fit",
 ]
 
 
@@ -315,21 +313,6 @@ def make_eval_step(
     return evaluate
 
 
-def scan_steps(step, state: TrainState, batches: PyTree, *, unroll: int = 1):
-    """Apply ``step`` over the leading axis of ``batches`` with ``lax.scan``.
-
-    Returns ``(state, metrics)`` with metrics stacked over steps. For full-batch
-    training pass ``batches`` via ``jax.tree.map(lambda a: jnp.broadcast_to(a, (T,) + a.shape), batch)``,
-    or use ``scan_steps_same_batch``.
-    """
-    return jax.lax.scan(step, state, batches, unroll=unroll)
-
-
-def scan_steps_same_batch(step, state: TrainState, batch, num_steps: int):
-    """Apply ``step`` ``num_steps`` times on the same (full) batch with ``lax.scan``."""
-    return jax.lax.scan(lambda s, _: step(s, batch), state, None, length=num_steps)
-
-
 @struct.dataclass
 class EarlyStopping:
     """Pure early-stopping / best-model state (vmappable, works inside ``lax.scan``).
@@ -380,7 +363,11 @@ def early_stopping_update(
 
 
 class MetricsLogger:
-    """Append metrics as JSON lines to ``<workdir>/metrics.jsonl`` (one object per call)."""
+    """Append metrics as JSON lines to ``<workdir>/<filename>`` (one object per ``log`` call).
+
+    ``workdir=None`` writes nothing (``log`` still returns the record), e.g. on the
+    processes of a multi-host run other than the first.
+    """
 
     def __init__(self, workdir: str | os.PathLike | None, filename: str = "metrics.jsonl"):
         self.path: str | None
@@ -391,6 +378,7 @@ class MetricsLogger:
             os.makedirs(os.fspath(workdir), exist_ok=True)
 
     def log(self, step: int, **metrics) -> dict:
+        """Write ``{"step": step, **metrics}`` (arrays as lists) and return it."""
         rec = {"step": int(step)}
         for k, v in metrics.items():
             v = jax.device_get(v)
@@ -400,64 +388,19 @@ class MetricsLogger:
                 f.write(json.dumps(rec) + "\n")
         return rec
 
+    def read(self) -> list[dict]:
+        """Every record of the file, in order (``[]`` without a file)."""
+        if self.path is None or not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
 
-def fit(
-    step_fn: Callable[[TrainState, Any], tuple[TrainState, dict[str, Array]]],
-    state: TrainState,
-    batches: Iterable[Any],
-    *,
-    num_steps: int,
-    eval_fn: Callable[[TrainState], Mapping[str, Any]] | None = None,
-    eval_every: int = 0,
-    log_every: int = 100,
-    logger: MetricsLogger | None = None,
-    callbacks: Iterable[Callable[[int, TrainState, dict], bool | None]] = (),
-    progress: bool = True,
-    desc: str = "train",
-) -> tuple[TrainState, list[dict]]:
-    """Python loop over a jitted step with tqdm progress, periodic eval, JSON-lines logs and callbacks.
-
-    Args:
-      step_fn: jitted ``(state, batch) -> (state, metrics)``.
-      state: initial state (its ``step`` is where the loop resumes).
-      batches: iterator of batches (consumed once per step).
-      num_steps: total number of steps (the loop stops when ``state.step`` reaches it).
-      eval_fn: ``state -> metrics`` run every ``eval_every`` steps and at the end.
-      log_every: how often train metrics are logged.
-      logger: where records go (also returned as a list).
-      callbacks: ``(step, state, record) -> stop?``; returning True stops the loop
-        (early stopping, plateau hooks, checkpointing).
-      progress: show a tqdm bar.
-
-    Returns:
-      ``(state, records)``.
-    """
-    from tqdm.auto import tqdm
-
-    logger = logger or MetricsLogger(None)
-    records: list[dict] = []
-    start = int(jax.device_get(state.step))
-    it = iter(batches)
-    bar = tqdm(total=num_steps, initial=start, desc=desc, disable=not progress, leave=False)
-    step = start
-    try:
-        while step < num_steps:
-            state, metrics = step_fn(state, next(it))
-            step += 1
-            bar.update(1)
-            rec = None
-            if log_every and step % log_every == 0:
-                rec = logger.log(step, **{f"train_{k}": v for k, v in metrics.items()})
-                bar.set_postfix({k: f"{float(v):.4g}" for k, v in metrics.items() if jnp.ndim(v) == 0})
-            if eval_fn is not None and eval_every and (step % eval_every == 0 or step == num_steps):
-                rec = {**(rec or {"step": step}), **logger.log(step, **dict(eval_fn(state)))}
-            if rec is not None:
-                records.append(rec)
-            stop = False
-            for cb in callbacks:
-                stop = bool(cb(step, state, rec or {"step": step})) or stop
-            if stop:
-                break
-    finally:
-        bar.close()
-    return state, records
+    def truncate(self, last_step: int | None) -> None:
+        """Keep only the records with ``step <= last_step`` (``None``: none); a resumed run logs the rest again."""
+        if self.path is None or not os.path.exists(self.path):
+            return
+        keep = [] if last_step is None else [r for r in self.read() if r.get("step", 0) <= last_step]
+        tmp = self.path + ".tmp"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in keep)
+        os.replace(tmp, self.path)

@@ -1,72 +1,113 @@
-"""Reduce-on-plateau learning-rate rule as a pure, vmappable state (Keras ``ReduceLROnPlateau`` semantics).
+"""Reduce-on-plateau: ``optax.contrib.reduce_on_plateau`` driven by a monitored value (Keras semantics).
 
-The state holds a ``scale`` (multiply the base learning rate by it), the best
-monitored value so far (lower is better; pass ``-accuracy`` to maximise) and
-the number of checks since the last improvement.  It is a pytree, so it works
-inside ``jit``/``vmap``/``lax.scan``/``lax.while_loop``.  The learning rate
-itself lives in an ``optax.inject_hyperparams`` state and is overwritten with
-``set_learning_rate`` (for the training loss fed to every update,
-``optax.contrib.reduce_on_plateau`` with ``make_train_step(..., pass_loss_as_value=True)``
-does the same inside the optimizer).
+gmpjax has one plateau rule, optax's. ``plateau_update`` feeds it one monitored
+value per check (an epoch's validation loss, say), outside the optimizer
+chain, so the value can come from any split; the learning rate itself lives in
+an ``optax.inject_hyperparams`` state and is set to ``base_lr * state.scale``
+with ``set_learning_rate``.
+
+With ``rtol = 0``, ``atol = min_delta``, ``cooldown = 0`` and
+``accumulation_size = 1`` optax's rule is Keras ``ReduceLROnPlateau(mode="min")``:
+a value improves when ``value < best - min_delta``; otherwise the wait count
+grows, and when it reaches ``patience`` the scale is multiplied by ``factor``
+(not below ``min_scale``) and the count restarts (tests compare the two on
+random sequences). optax refuses ``atol = rtol = 0``; ``min_delta = 0`` is
+therefore passed as the smallest positive normal float32, which leaves
+``best - atol == best`` for every ``|best| > 1e-30``.
+
+The state is a pytree, so it works inside ``jit``/``vmap``/``lax.while_loop``.
+Lower is better; pass ``-accuracy`` to maximise.
 
 >>> import jax.numpy as jnp
 >>> p = plateau_init()
 >>> for v in [1.0, 0.9, 0.9, 0.9]:
 ...     p = plateau_update(p, jnp.asarray(v), factor=0.1, patience=2)
->>> round(float(p.scale), 6), int(p.wait)
+>>> round(float(p.scale), 6), int(p.plateau_count)
 (0.1, 0)
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import functools
+from typing import Any, TypeAlias
 
 import jax
 import jax.numpy as jnp
-from flax import struct
+import numpy as np
+import optax
 from jax.typing import ArrayLike, DTypeLike
+from optax.contrib import ReduceLROnPlateauState
 
 Array = jax.Array
 
-__all__ = ["Plateau", "plateau_init", "plateau_update", "set_learning_rate"]
+__all__ = ["Plateau", "PlateauConfig", "plateau_init", "plateau_update", "set_learning_rate", "get_learning_rate"]
+
+# The state: ``scale`` (learning-rate multiplier), ``best_value``, ``plateau_count`` (checks since improvement).
+Plateau: TypeAlias = ReduceLROnPlateauState
+
+_TINY = float(np.finfo(np.float32).tiny)
 
 
-class Plateau(struct.PyTreeNode):
-    """Reduce-on-plateau state.
+@dataclasses.dataclass(frozen=True)
+class PlateauConfig:
+    """Keras ``ReduceLROnPlateau`` settings (``cooldown = 0``).
 
-    Attributes: ``scale`` learning-rate multiplier, ``best`` best value (lower is better), ``wait`` checks since
-    improvement.
+    Attributes:
+      patience: checks without improvement before the scale is multiplied by ``factor`` (>= 1).
+      factor: multiplier in (0, 1).
+      min_delta: an improvement must beat the best value by more than this (>= 0).
+      min_scale: the scale never drops below this.
     """
 
-    scale: Array
-    best: Array
-    wait: Array
+    patience: int
+    factor: float = 0.1
+    min_delta: float = 0.0
+    min_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) or self.patience < 1:
+            raise ValueError(f"plateau patience must be an int >= 1 (got {self.patience!r}).")
+        if not 0 < self.factor < 1:
+            raise ValueError(f"plateau factor must be in (0, 1) (got {self.factor!r}).")
+        if not self.min_delta >= 0:
+            raise ValueError(f"plateau min_delta must be >= 0 (got {self.min_delta!r}).")
+        if not self.min_scale >= 0:
+            raise ValueError(f"plateau min_scale must be >= 0 (got {self.min_scale!r}).")
+
+
+@functools.cache
+def _rule(patience: int, factor: float, min_delta: float, min_scale: float) -> optax.GradientTransformationExtraArgs:
+    return optax.contrib.reduce_on_plateau(
+        factor=factor, patience=patience, rtol=0.0, atol=max(min_delta, _TINY), cooldown=0, min_scale=min_scale
+    )
+
+
+@functools.cache
+def _update(patience: int, factor: float, min_delta: float, min_scale: float) -> Any:
+    """The rule's update, jitted once per setting (host loops call it eagerly every evaluation)."""
+    rule = _rule(patience, factor, min_delta, min_scale)
+
+    def update(p: Plateau, value: Array) -> Plateau:
+        # optax mixes its int32 count with float values; keep that inside optax under strict promotion
+        with jax.numpy_dtype_promotion("standard"):
+            return rule.update({}, p, value=value)[1]
+
+    return jax.jit(update)
 
 
 def plateau_init(dtype: DTypeLike = jnp.float32) -> Plateau:
-    """Scale 1, no best value yet (``inf``), no waiting."""
-    return Plateau(jnp.ones((), dtype), jnp.asarray(jnp.inf, dtype), jnp.zeros((), jnp.int32))
+    """Scale 1, no best value yet (``inf``), no waiting; values are compared in ``dtype``."""
+    return _rule(1, 0.1, 0.0, 0.0).init(jnp.zeros((), dtype))
 
 
 def plateau_update(
     p: Plateau, value: ArrayLike, *, patience: int, factor: float = 0.1, min_delta: float = 0.0, min_scale: float = 0.0
 ) -> Plateau:
-    """Record ``value`` (lower is better); multiply ``scale`` by ``factor`` after ``patience`` idle checks.
-
-    Improvement means ``value < best - min_delta`` (Keras ``mode="min"``; Keras'
-    default ``min_delta`` is 1e-4).  ``wait`` resets to 0 on improvement and
-    after each reduction (Keras, ``cooldown=0``); ``scale`` never drops below ``min_scale``.
-    """
-    if not 0 < factor < 1:
-        raise ValueError(f"factor must be in (0, 1) (got {factor!r}).")
-    if isinstance(patience, int) and patience < 1:
-        raise ValueError(f"patience must be >= 1 (got {patience!r}).")
-    v = jnp.asarray(value).astype(p.best.dtype)
-    improved = v < p.best - min_delta
-    wait = jnp.where(improved, 0, p.wait + 1).astype(jnp.int32)
-    reduce = wait >= patience
-    scale = jnp.where(reduce, jnp.maximum(p.scale * factor, min_scale), p.scale).astype(p.scale.dtype)
-    return Plateau(scale=scale, best=jnp.where(improved, v, p.best), wait=jnp.where(reduce, 0, wait).astype(jnp.int32))
+    """Record ``value`` (lower is better) and return the new state (see the module docstring for the rule)."""
+    cfg = PlateauConfig(patience=patience, factor=factor, min_delta=min_delta, min_scale=min_scale)
+    update = _update(cfg.patience, float(cfg.factor), float(cfg.min_delta), float(cfg.min_scale))
+    return update(p, jnp.asarray(value).astype(p.best_value.dtype))
 
 
 def set_learning_rate(opt_state: Any, lr: ArrayLike) -> Any:
@@ -75,6 +116,18 @@ def set_learning_rate(opt_state: Any, lr: ArrayLike) -> Any:
     if hp is None or "learning_rate" not in hp:
         raise TypeError(
             "set_learning_rate needs the state of optax.inject_hyperparams(opt)(learning_rate=...); "
-            f"got {type(opt_state).__name__}."
+            f"got {type(opt_state).__name__}. Build the optimizer as "
+            "optax.inject_hyperparams(optax.adam)(learning_rate=lr) to use plateau decay."
         )
     return opt_state._replace(hyperparams={**hp, "learning_rate": jnp.asarray(lr).astype(hp["learning_rate"].dtype)})
+
+
+def get_learning_rate(opt_state: Any) -> Array:
+    """The ``learning_rate`` of an ``optax.inject_hyperparams(...)`` state (TypeError otherwise)."""
+    hp = getattr(opt_state, "hyperparams", None)
+    if hp is None or "learning_rate" not in hp:
+        raise TypeError(
+            "plateau decay needs an optax.inject_hyperparams(opt)(learning_rate=...) optimizer "
+            f"(got a state of type {type(opt_state).__name__})."
+        )
+    return jnp.asarray(hp["learning_rate"])

@@ -2,11 +2,12 @@
 
 * ``piecewise_epochs``: the paper's schedule (App. C.2-C.3): multiply the
   learning rate by 0.1 at epochs 30, 60 and 80 of 90.
-* ``released_plateau_update``: the released code's Keras ``ReduceLROnPlateau``
-  on validation top-5 (factor 0.1, patience 5, ``min_delta`` 1e-4, cooldown 0),
-  built on ``gmpjax.train.plateau``, updated once per epoch; its state is saved
-  in checkpoints with ``plateau_to_json``. The released code also stops after
-  ``RELEASED_EARLY_STOP_PATIENCE`` epochs without improvement.
+* ``RELEASED_PLATEAU``: the released code's Keras ``ReduceLROnPlateau`` on
+  validation top-5 (factor 0.1, patience 5, ``min_delta`` 1e-4, cooldown 0) as a
+  ``gmpjax.train.plateau.PlateauConfig``; the host loop
+  (``gmpjax.train.host.train``) applies it once per epoch and checkpoints its state.
+  The released code also stops after ``RELEASED_EARLY_STOP_PATIENCE`` epochs
+  without improvement.
 
 >>> s = piecewise_epochs(0.1, steps_per_epoch=10)
 >>> [round(float(s(k)), 6) for k in (0, 299, 300, 600, 800)]
@@ -15,23 +16,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any, TypedDict
 
-import jax.numpy as jnp
 import optax
 
-from gmpjax.train.plateau import Plateau, plateau_init, plateau_update
+from gmpjax.train.plateau import PlateauConfig
 
 __all__ = [
     "PAPER_BOUNDARIES",
     "piecewise_epochs",
     "RELEASED_PLATEAU",
     "RELEASED_EARLY_STOP_PATIENCE",
-    "released_plateau_update",
-    "plateau_to_json",
-    "plateau_from_json",
 ]
 
 PAPER_BOUNDARIES: tuple[int, ...] = (30, 60, 80)
@@ -62,44 +57,8 @@ def piecewise_epochs(
     return optax.piecewise_constant_schedule(base_lr, {b * steps_per_epoch: factor for b in boundaries if b > 0})
 
 
-class _PlateauSettings(TypedDict):
-    patience: int
-    factor: float
-    min_delta: float
-
-
-RELEASED_PLATEAU: _PlateauSettings = {"patience": 5, "factor": 0.1, "min_delta": 1e-4}
-"""Keras ReduceLROnPlateau settings of the released ImageNet32 code (monitor: validation top-5, maximised)."""
+RELEASED_PLATEAU = PlateauConfig(patience=5, factor=0.1, min_delta=1e-4)
+"""The released ImageNet32 code's Keras ``ReduceLROnPlateau`` (monitor: validation top-5, maximised;
+Keras' default ``min_delta`` 1e-4, cooldown 0); ``gmpjax.train.host.HostConfig(plateau=...)`` applies it."""
 RELEASED_EARLY_STOP_PATIENCE: int = 10
-"""Epochs without a top-5 improvement after which the released code stops (EarlyStopping patience)."""
-
-
-def released_plateau_update(p: Plateau, top5: float) -> tuple[Plateau, bool]:
-    """One epoch of the released schedule: ``gmpjax.train.plateau`` on ``-top5`` (Keras ``mode="max"``).
-
-    Returns the new state and whether ``top5`` improved on the best so far by more than ``min_delta``.
-
-    >>> p = plateau_init()
-    >>> for v in [0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6]:
-    ...     p, improved = released_plateau_update(p, v)
-    >>> round(float(p.scale), 6), improved
-    (0.1, False)
-    """
-    new = plateau_update(p, -float(top5), **RELEASED_PLATEAU)
-    return new, bool(new.best < p.best)
-
-
-def plateau_to_json(p: Plateau) -> dict[str, Any]:
-    """The plateau state as a JSON dict (for checkpoint ``extra``)."""
-    best = float(p.best)
-    return {"scale": float(p.scale), "best": best if math.isfinite(best) else None, "wait": int(p.wait)}
-
-
-def plateau_from_json(d: dict[str, Any]) -> Plateau:
-    """Inverse of ``plateau_to_json``."""
-    p = plateau_init()
-    return p.replace(
-        scale=jnp.asarray(d["scale"], p.scale.dtype),
-        best=p.best if d["best"] is None else jnp.asarray(d["best"], p.best.dtype),
-        wait=jnp.asarray(d["wait"], jnp.int32),
-    )
+"""Epochs without a validation top-5 gain before the released code stops (Keras ``EarlyStopping``, ``min_delta`` 0)."""

@@ -9,8 +9,11 @@ for its raw weights (the paper restarts the optimizer; a short loss spike is
 possible). Phase 2 ("standard training") trains the raw weights without constraint.
 
 One :class:`TwoPhaseConfig` describes the whole schedule; :func:`train_two_phase`
-runs it for ``R`` independent replicas at once (``jax.vmap`` over replicas,
-``lax.scan`` over steps: one compiled program per phase and chunk length).
+runs it for ``R`` independent replicas at once (``jax.vmap`` over replicas). Each
+phase goes through the library loop ``gmpjax.train.loop`` as a full-batch
+``LoopConfig`` (one epoch = one step, ``max_epochs`` = the phase's steps, no early
+stopping; :func:`phase_loop_config`), in chunks of ``chunk_steps`` epochs between
+snapshots: one compiled program per phase.
 ``pretrain_steps = 0`` gives "skip pretraining"; a model without ``to_raw`` (a
 baseline MLP) is trained in phase 2 only.
 
@@ -39,12 +42,24 @@ import numpy as np
 import optax
 from flax import nnx
 
-from gmpjax.train.engine import TrainState, init_replicas, init_train_state, make_train_step, scan_steps_same_batch
+from gmpjax.regions import count_linear_regions_batched
+from gmpjax.train.engine import TrainState, init_replicas, init_train_state, make_train_step
+from gmpjax.train.loop import LoopConfig, fit
 
 Snapshot = Callable[[str, nnx.GraphDef, TrainState], dict[str, Any]]
 """``(phase, graphdef, stacked_state) -> record`` callback of :func:`train_two_phase`."""
 
-__all__ = ["TwoPhaseConfig", "TwoPhaseResult", "make_optimizer", "switch_to_raw", "switch_replicas", "train_two_phase"]
+__all__ = [
+    "TwoPhaseConfig",
+    "TwoPhaseResult",
+    "make_optimizer",
+    "phase_loop_config",
+    "region_snapshot",
+    "stacked_layers",
+    "switch_to_raw",
+    "switch_replicas",
+    "train_two_phase",
+]
 
 
 @dataclass(frozen=True)
@@ -57,7 +72,7 @@ class TwoPhaseConfig:
       pretrain_lr: learning rate of phase 1 (paper: Adam 1e-3).
       finetune_lr: learning rate of phase 2 (a fresh optimizer).
       optimizer: "adam" (default) or "sgd" for both phases.
-      chunk_steps: steps per compiled ``lax.scan`` call; snapshots are taken between chunks.
+      chunk_steps: steps per call of the compiled loop; snapshots are taken between chunks.
     """
 
     pretrain_steps: int = 1000
@@ -141,6 +156,52 @@ class TwoPhaseResult:
         s = jax.tree.map(lambda a: a[r], self.state)
         return nnx.merge(self.graphdef, s.params, s.rest)
 
+    def _pick(self, pretrain: bool) -> tuple[nnx.GraphDef, TrainState]:
+        return (self.pretrain_graphdef, self.pretrain_state) if pretrain else (self.graphdef, self.state)
+
+    def outputs(self, x: jax.Array, *, pretrain: bool = False) -> jax.Array:
+        """Every replica's output ``(R, n, 1)`` at ``x``: shared ``(n, 1)`` or one set per replica ``(R, n, 1)``.
+
+        ``pretrain=True`` uses the model at the end of phase 1 (before the switch).
+        """
+        graphdef, state = self._pick(pretrain)
+        axis = 0 if jnp.ndim(x) == 3 else None
+        apply = lambda p, r, xx: nnx.merge(graphdef, p, r)(xx)  # noqa: E731
+        return jax.vmap(apply, in_axes=(0, 0, axis))(state.params, state.rest, x)
+
+    def stacked_layers(self, *, pretrain: bool = False) -> list[tuple[jax.Array, jax.Array]]:
+        """``layer_arrays()`` of every replica, stacked: ``[(W (R, in, out), b (R, out)), ...]``."""
+        return stacked_layers(*self._pick(pretrain))
+
+
+def stacked_layers(graphdef: nnx.GraphDef, state: TrainState) -> list[tuple[jax.Array, jax.Array]]:
+    """``layer_arrays()`` of every replica of a stacked ``state``: ``[(W (R, in, out), b (R, out)), ...]``."""
+    return jax.vmap(lambda p, r: nnx.merge(graphdef, p, r).layer_arrays())(state.params, state.rest)
+
+
+def region_snapshot(min_width: float = 0.0, interval: tuple[float, float] = (0.0, 1.0)) -> Snapshot:
+    """A ``snapshot`` for :func:`train_two_phase`: ``{"regions": [count per replica]}`` of the linear
+    regions on ``interval`` (``gmpjax.regions.count_linear_regions_batched``; ``min_width`` folds
+    pieces narrower than that, e.g. ``1e-6`` for float32 weights)."""
+
+    def snap(phase: str, graphdef: nnx.GraphDef, state: TrainState) -> dict[str, Any]:
+        layers = stacked_layers(graphdef, state)
+        return {"regions": count_linear_regions_batched(layers, interval, min_width=min_width).tolist()}
+
+    return snap
+
+
+def phase_loop_config(steps: int) -> LoopConfig:
+    """One phase as a ``LoopConfig``: full batch (one epoch = one step), ``steps`` epochs, no early stopping.
+
+    The monitored value is the training loss (``monitor_split=None``); nothing stops the phase
+    early and the last state is kept (``restore="never"``).
+
+    >>> phase_loop_config(100).max_epochs, phase_loop_config(100).batching
+    (100, 'full')
+    """
+    return LoopConfig(max_epochs=steps, batching="full", monitor="loss", monitor_split=None, restore="never")
+
 
 def _run_phase(
     graphdef: nnx.GraphDef,
@@ -149,33 +210,41 @@ def _run_phase(
     loss_fn: Callable[[nnx.Module, Any], Any],
     batch: Any,
     batch_axis: int | None,
+    keys: jax.Array,
     steps: int,
     chunk: int,
-    phase: str,
-    snapshot: Snapshot | None,
-    snaps: list[dict[str, Any]],
-    bar: Any,
-    start: int,
-) -> tuple[TrainState, np.ndarray | None]:
+    on_chunk: Callable[[int, TrainState, np.ndarray], None],
+) -> tuple[TrainState, np.ndarray]:
+    """``steps`` full-batch steps of every replica: ``gmpjax.train.loop.fit`` (vmapped) on
+    ``phase_loop_config(n)`` for consecutive chunks of ``n <= chunk`` steps; ``on_chunk(done, state, loss)``
+    after each (``loss``: every replica's loss before the chunk's last step).
+
+    Without early stopping or plateau decay, consecutive fits of ``n_1, n_2, ...`` epochs are the
+    same computation as one fit of ``steps`` epochs. Chunks keep the cost of the vmapped loop's
+    per-epoch bookkeeping (a select over its ``(R, max_epochs)`` history) at ``O(chunk)`` a step
+    instead of ``O(steps)``.
+
+    Returns the last state and the training loss before every step, ``(R, steps)``.
+    """
     step = make_train_step(graphdef, tx, loss_fn)
+    data = {"train": batch}
     compiled: dict[int, Callable] = {}
-    losses = []
-    done = 0
-    while done < steps:
-        n = min(chunk, steps - done)
+
+    def fit_chunk(n: int) -> Callable:
+        cfg = phase_loop_config(n)
+        return jax.jit(
+            jax.vmap(lambda s, d, k: fit(step, None, s, d, cfg, key=k), in_axes=(0, {"train": batch_axis}, 0))
+        )
+
+    losses, done = [], 0
+    for n in [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else []):
         if n not in compiled:
-            compiled[n] = jax.jit(
-                jax.vmap(lambda s, b, n=n: scan_steps_same_batch(step, s, b, n), in_axes=(0, batch_axis))
-            )
-        state, metrics = compiled[n](state, batch)
-        losses.append(np.asarray(metrics["loss"]))
-        done += n
-        if bar is not None:
-            bar.update(n)
-            bar.set_postfix(phase=phase, loss=f"{float(np.mean(losses[-1][:, -1])):.3g}")
-        if snapshot is not None:
-            snaps.append({"phase": phase, "step": start + done, **snapshot(phase, graphdef, state)})
-    return state, (np.concatenate(losses, axis=1) if losses else None)
+            compiled[n] = fit_chunk(n)
+        res = compiled[n](state, data, keys)
+        state, done = res.state, done + n
+        losses.append(np.asarray(res.history["train_loss"]))
+        on_chunk(done, state, losses[-1][:, -1])
+    return state, np.concatenate(losses, axis=1)
 
 
 def train_two_phase(
@@ -190,7 +259,7 @@ def train_two_phase(
     progress: bool = True,
     desc: str = "two-phase",
 ) -> TwoPhaseResult:
-    """Run the two-phase schedule for one replica per key (vmapped, scanned).
+    """Run the two-phase schedule for one replica per key (vmapped; each phase through ``gmpjax.train.loop``).
 
     Args:
       make_model: ``key -> nnx.Module`` (a ``TriangleNet`` in mode "peaks" for the full method;
@@ -225,9 +294,21 @@ def train_two_phase(
 
     bar = tqdm(total=pre_steps + config.finetune_steps, desc=desc, disable=not progress, leave=False)
     snaps: list[dict[str, Any]] = []
-    try:
+
+    def record(phase: str, graphdef: nnx.GraphDef, state: TrainState, step: int) -> None:
         if snapshot is not None:
-            snaps.append({"phase": "init", "step": 0, **snapshot("init", graph1, state)})
+            snaps.append({"phase": phase, "step": step, **snapshot(phase, graphdef, state)})
+
+    def chunk_done(phase: str, graphdef: nnx.GraphDef, start: int) -> Callable[[int, TrainState, np.ndarray], None]:
+        def on_chunk(done: int, state: TrainState, loss: np.ndarray) -> None:
+            bar.update(start + done - bar.n)
+            bar.set_postfix(phase=phase, loss=f"{float(np.mean(loss)):.3g}")
+            record(phase, graphdef, state, start + done)
+
+        return on_chunk
+
+    try:
+        record("init", graph1, state, 0)
         losses1 = None
         if pre_steps:
             state, losses1 = _run_phase(
@@ -237,33 +318,28 @@ def train_two_phase(
                 loss_fn,
                 batch,
                 batch_axis,
+                keys,
                 pre_steps,
                 config.chunk_steps,
-                "pretrain",
-                snapshot,
-                snaps,
-                bar,
-                0,
+                chunk_done("pretrain", graph1, 0),
             )
         pre_graph, pre_state = graph1, state
         graph2, state = switch_replicas(graph1, state, tx2)
-        if snapshot is not None:
-            snaps.append({"phase": "switch", "step": pre_steps, **snapshot("switch", graph2, state)})
-        state, losses2 = _run_phase(
-            graph2,
-            state,
-            tx2,
-            loss_fn,
-            batch,
-            batch_axis,
-            config.finetune_steps,
-            config.chunk_steps,
-            "finetune",
-            snapshot,
-            snaps,
-            bar,
-            pre_steps,
-        )
+        record("switch", graph2, state, pre_steps)
+        losses2 = None
+        if config.finetune_steps:
+            state, losses2 = _run_phase(
+                graph2,
+                state,
+                tx2,
+                loss_fn,
+                batch,
+                batch_axis,
+                keys,
+                config.finetune_steps,
+                config.chunk_steps,
+                chunk_done("finetune", graph2, pre_steps),
+            )
     finally:
         bar.close()
     parts = [p for p in (losses1, losses2) if p is not None]

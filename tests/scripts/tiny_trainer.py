@@ -1,7 +1,7 @@
 """A tiny data-parallel, checkpointed trainer used by tests/test_sharding.py and tests/test_checkpoint.py.
 
 It exercises the whole stack the image experiments use -- ``gmpjax.train.engine``
-(pure step, ``fit``), ``gmpjax.train.sharding`` (mesh, replicated state, sharded
+(pure step), ``gmpjax.train.host`` (the host loop), ``gmpjax.train.sharding`` (mesh, replicated state, sharded
 batch, multi-process), ``gmpjax.data.images`` (the grain pipeline: shuffle, flips,
 per-process slices, ``--workers`` worker processes) and ``gmpjax.train.checkpoint``
 (orbax save/resume of state, data-iterator state and RNG) -- on a small GmP+IMN /
@@ -48,8 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--kill-during-save-at",
         type=int,
         default=-1,
-        help="save this step and SIGKILL this process while orbax commits it (all files written to the "
-        "tmp directory, not yet renamed)",
+        help="SIGKILL this process while orbax commits the save of this step (all files written to the "
+        "tmp directory, not yet renamed); a multiple of --save-every",
     )
     p.add_argument("--out", default=None, help="write the final params (npz) here")
     p.add_argument("--coordinator", default=None, help="host:port of process 0 (multi-process)")
@@ -135,8 +135,9 @@ def main(argv=None) -> dict[str, np.ndarray]:
     # sharding and checkpoints, not about the random stream); they are checkpointed like any key.
     jax.config.update("jax_default_prng_impl", "rbg")
 
-    from gmpjax.train.checkpoint import Checkpointer, abstract_state, key_from_json, key_to_json
-    from gmpjax.train.engine import fit, init_train_state, make_train_step
+    from gmpjax.train.checkpoint import Checkpointer, key_from_json, key_to_json
+    from gmpjax.train.engine import init_train_state, make_train_step
+    from gmpjax.train.host import HostConfig, train
 
     devices = jax.devices()[: args.devices] if args.devices else None
     mesh = sharding.make_data_mesh(devices)
@@ -167,12 +168,8 @@ def main(argv=None) -> dict[str, np.ndarray]:
         Checkpointer(args.workdir, save_every=args.save_every, max_to_keep=args.max_to_keep) if args.workdir else None
     )
     state = sharding.replicate(state, mesh)
-    if ckpt is not None and args.resume:
-        restored = ckpt.restore_latest(abstract_state(state), data_iterator=data)
-        if restored is not None:
-            state, extra = restored
-            rng = key_from_json(extra["rng"])
-            print(f"resumed from step {int(sharding.to_host(state.step))} at data position {data.position}", flush=True)
+    if args.kill_during_save_at >= 0 and args.kill_during_save_at % args.save_every:
+        raise ValueError("--kill-during-save-at must be a multiple of --save-every (a step the loop saves)")
 
     @jax.jit
     def next_noise(key):
@@ -190,27 +187,41 @@ def main(argv=None) -> dict[str, np.ndarray]:
             x = loader.preprocess.finish(batch) + np.asarray(noise)[rows]
             yield sharding.shard_batch((x, batch["label"]), mesh)
 
+    def on_resume(step, extra):
+        nonlocal rng
+        rng = key_from_json(extra["rng"])
+        print(f"resumed from step {step} at data position {data.position}", flush=True)
+
     def on_step(step, st, rec):
-        if ckpt is not None:
-            extra = {"rng": key_to_json(rng), "config": vars(args)}
-            if step == args.kill_during_save_at:
-                ckpt.wait()  # earlier saves are committed; the crash hits this step's save
-                kill_in_next_commit()
-                ckpt.save(step, st, extra, force=True, data_iterator=data)
-                ckpt.wait()
-                print("the commit hook was not reached", flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-            ckpt.save(step, st, extra, data_iterator=data)
+        if ckpt is not None and step == args.kill_during_save_at:
+            ckpt.wait()  # earlier saves are committed; the crash hits this step's save (right after this callback)
+            kill_in_next_commit()
+        elif ckpt is not None and args.kill_during_save_at >= 0 and step == args.kill_during_save_at + 1:
+            ckpt.wait()
+            print("the commit hook was not reached", flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
         print(f"step {step}", flush=True)
         if args.step_delay:
             time.sleep(args.step_delay)
         return False
 
-    state, _ = fit(
-        step_fn, state, global_batches(), num_steps=args.steps, callbacks=[on_step], progress=False, log_every=0
+    result = train(
+        step_fn,
+        None,
+        state,
+        global_batches(),
+        HostConfig(num_steps=args.steps, log_every=0),
+        checkpointer=ckpt,
+        resume=args.resume,
+        data_iterator=data,
+        config_json={"seed": args.seed, "batch_size": args.batch_size, "lr": args.lr},
+        extra=lambda step: {"rng": key_to_json(rng), "args": vars(args)},
+        on_resume=on_resume,
+        callbacks=[on_step],
+        progress=False,
     )
+    state = result.state
     if ckpt is not None:
-        ckpt.save(args.steps, state, {"rng": key_to_json(rng), "config": vars(args)}, force=True, data_iterator=data)
         ckpt.close()
     data.close()
     params = {

@@ -1,0 +1,94 @@
+"""What a stopped replica costs in ``gmpjax.train.loop.sweep``: one batch, segments, chunks.
+
+One UCI job of the paper protocol (a dataset x method: 10 splits x 6 learning rates = 60
+replicas, full-batch Adam, early stopping patience 100, at most 1000 epochs) is trained with
+
+* ``one``: all 60 replicas in one ``while_loop`` (it runs until the last one stops);
+* ``segment=k``: stopped replicas compacted away every ``k`` epochs (more compiled programs);
+* ``chunk=c``: ``c`` replicas at a time, one compiled program run ``60 / c`` times;
+
+and each layout's wall and process CPU time (compilation included: it is part of what a layout
+costs), the epochs the replicas ran, and the epochs the compiled programs stepped
+(``sum over batches of batch size x its slowest replica's epochs``) are written to JSON.
+
+    python -m benchmarks.sweep --out benchmarks/results/sweep.json [--dataset boston] [--method gmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import numpy as np
+
+
+def _layouts() -> list[tuple[str, dict]]:
+    return [
+        ("one", {}),
+        ("segment=100", {"segment": 100}),
+        ("segment=25", {"segment": 25}),
+        ("chunk=12", {"chunk": 12}),
+        ("chunk=6", {"chunk": 6}),
+        ("chunk=2", {"chunk": 2}),
+        ("chunk=1", {"chunk": 1}),
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", default="boston")
+    p.add_argument("--method", default="gmp")
+    p.add_argument("--out", default="benchmarks/results/sweep.json")
+    a = p.parse_args(argv)
+
+    import jax
+
+    from experiments import uci
+    from gmpjax.data.uci import load_uci
+
+    cfg = uci.get_config()
+    data = uci.build_split_arrays(
+        *load_uci(a.dataset), splits=cfg.seeds, seed=0, monitor="val", val_fraction=0.2, standardize_target=True
+    )
+    loop = uci.loop_config(cfg, data["x_fit"].shape[1])
+    lrs = [float(v) for v in cfg.lr]
+    rows = []
+    for name, kw in _layouts():
+        t0, c0 = time.perf_counter(), time.process_time()
+        out = uci.run_sweep(a.method, data, lrs, loop, chunk=kw.get("chunk", 0), segment=kw.get("segment"))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        epochs = out["epochs"].reshape(-1)
+        c = kw.get("chunk", len(epochs))
+        padded = np.concatenate([epochs, np.full(-len(epochs) % c, epochs[-1])]).reshape(-1, c)
+        stepped = int(padded.shape[1] * padded.max(axis=1).sum()) if "segment" not in kw else None
+        rows.append(
+            {
+                "layout": name,
+                "wall_s": wall,
+                "cpu_s": cpu,
+                "replica_epochs": int(epochs.sum()),
+                "stepped_replica_epochs": stepped,
+                "test_rmse_selected": float(
+                    np.mean(out["test_rmse"][np.arange(cfg.seeds), uci.select_by_validation(out["val_mse"])])
+                ),
+            }
+        )
+        print(f"{name:12s} wall {wall:6.1f} s  cpu {cpu:6.1f} s  replica-epochs {rows[-1]['replica_epochs']}")
+    result = {
+        "what": f"one UCI paper-protocol job ({a.dataset}, {a.method}): 60 replicas, <= 1000 epochs",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, {jax.devices()[0].platform}",
+        "load_average_at_start": os.getloadavg()[0],
+        "jax": jax.__version__,
+        "rows": rows,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
