@@ -1,5 +1,6 @@
 """End-to-end runs of the image experiment scripts in tiny ``--quick`` settings, exact resume, and clear errors."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -140,8 +141,14 @@ def test_configs_and_quick_overrides():
 
 
 def test_missing_dataset_and_bad_options(tmp_path, capsys):
+    # a missing dataset is a DataError inside run(); the CLI prints it as one line and exits 2
+    missing = _error(capsys, ["--tfds-data-dir", str(tmp_path), "--workdir", str(tmp_path / "w"), "--no-progress"])
+    assert "--dataset digits" in missing and len(missing.strip().splitlines()) == 1
     with pytest.raises(DataError, match="--dataset digits"):
-        imagenet32_vgg6.main(["--tfds-data-dir", str(tmp_path), "--workdir", str(tmp_path / "w"), "--no-progress"])
+        cfg = dataclasses.replace(
+            imagenet32_vgg6.get_config(), tfds_data_dir=str(tmp_path), workdir=str(tmp_path / "r")
+        )
+        imagenet32_vgg6.run(dataclasses.replace(cfg, progress=False))
     for argv, match in [
         (["--batch-size", "0"], "--batch-size must be a positive int"),
         (["--methods", "gmp_bn"], "--methods"),

@@ -126,11 +126,11 @@ def test_full_batch_loop_equals_hand_written_steps():
     out = jax.jit(
         lambda s: fit(step, ev, s, data, LoopConfig(7, monitor="mse", restore="never"), key=jax.random.key(0))
     )(state)
-    ref = state
-    vals = []
+    ref, vals = state, []
+    jstep, jev = jax.jit(step), jax.jit(ev)
     for _ in range(7):
-        ref, _ = step(ref, data["train"])
-        vals.append(float(ev(ref, data["val"])["mse"]))
+        ref, _ = jstep(ref, data["train"])
+        vals.append(float(jev(ref, data["val"])["mse"]))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), out.state.params, ref.params)
     np.testing.assert_allclose(np.asarray(out.history["monitor"]), vals, rtol=1e-5)
     assert int(out.epochs) == 7 and int(out.best_epoch) == int(np.argmin(vals)) + 1
@@ -248,7 +248,7 @@ def test_sweep_equals_fit_per_replica_and_segments_change_nothing():
         step, ev = _fns(graphdef, tx)
         data = _problem(60)
         lrs = jnp.array([0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
-        cfg = LoopConfig(40, "even", 8, monitor="mse", patience=3, plateau=PlateauConfig(2, 0.5))
+        cfg = LoopConfig(24, "even", 8, monitor="mse", patience=3, plateau=PlateauConfig(2, 0.5))
         whole = sweep(step, ev, states, data, cfg, keys=keys, lrs=lrs, data_axis=None)
         seg = sweep(step, ev, states, data, cfg, keys=keys, lrs=lrs, data_axis=None, segment=5, min_bucket=3)
         epochs = np.asarray(whole.epochs)
@@ -273,7 +273,7 @@ def test_sweep_with_per_replica_data():
         step, ev = _fns(graphdef, tx)
         splits = [_problem(40, seed=s) for s in range(3)]
         data = jax.tree.map(lambda *a: jnp.stack(a), *splits)
-        cfg = LoopConfig(8, monitor="mse")
+        cfg = LoopConfig(4, monitor="mse")
         out = sweep(step, ev, states, data, cfg, keys=keys)
         one = jax.tree.map(lambda a: a[2], states)
         alone = fit(step, ev, one, splits[2], cfg, key=keys[2])

@@ -247,26 +247,6 @@ def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, moni
     np.testing.assert_allclose(float(alone.best_value), swept["val_mse"][1, 1], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.standard_dtype_promotion(_ADAM)
-def test_segmented_sweep_equals_one_loop():
-    """segment=k (stopped replicas compacted away every k epochs) gives the results of one while_loop."""
-    from experiments import uci as exp
-
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(3, 40, 3)).astype(np.float32)
-    y = (x @ np.array([1.0, -2.0, 0.5], np.float32) + 0.1 * rng.normal(size=(3, 40))).astype(np.float32)
-    data = dict(x_fit=x[:, :30], y_fit=y[:, :30], x_val=x[:, 30:], y_val=y[:, 30:], x_test=x, y_test=y)
-    data["y_std"] = np.ones(3, np.float32)
-    loop = _loop(max_epochs=40, patience=3, plateau=2)
-    kw = dict(hidden=8, seed=1)
-    one = exp.run_sweep("sp", data, (0.001, 0.3), loop, **kw)
-    seg = exp.run_sweep("sp", data, (0.001, 0.3), loop, segment=4, **kw)
-    assert len(set(one["epochs"].ravel())) > 1  # some replicas stop before others
-    assert one["val_mse"].dtype == one["test_rmse"].dtype == np.float32  # nothing runs in float64
-    for k, v in one.items():
-        np.testing.assert_array_equal(seg[k], v, err_msg=k)
-
-
 def test_select_by_validation_and_mean_se():
     from experiments import uci as exp
 
