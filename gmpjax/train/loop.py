@@ -523,6 +523,11 @@ def _sweep_epochs(
     return loops
 
 
+def _rows(tree: PyTree, idx: Array | None) -> PyTree:
+    """``tree`` with every leaf indexed by ``idx`` along its leading axis (``tree`` itself for ``None``)."""
+    return tree if idx is None else jax.tree.map(lambda a: a[idx], tree)
+
+
 def _bucket(n: int, total: int, min_bucket: int) -> int:
     """Smallest of ``total, ceil(total/2), ceil(total/4), ...`` (not below ``min_bucket``) that holds ``n``."""
     b = total
@@ -592,12 +597,10 @@ def sweep(
     def init_one(s: TrainState, d: Any, k: Array, lr: Array | None) -> LoopState:
         return fit_init(train_step, eval_fn, s, d, config, key=k, lr=lr, track=track)
 
-    def pick(d: Any, idx: Array | None) -> Any:
-        return d if idx is None else jax.tree.map(lambda a: a[idx], d)
-
     def run(loops: LoopState, d: Any, start: Array | int, until: Array | int) -> LoopState:
         return _sweep_epochs(train_step, eval_fn, track, config, loops, d, data_axis, jnp.asarray(start), until)
 
+    take = jax.jit(_rows)
     init = jax.vmap(init_one, in_axes=(0, data_axis, 0, lr_axis))
     result = jax.vmap(lambda lp: fit_result(lp, config))
     E = config.max_epochs
@@ -605,13 +608,12 @@ def sweep(
 
         @jax.jit
         def whole(states: TrainState, d: Any, keys: Array, lrs: Array | None, idx: Array | None) -> FitResult:
-            d = pick(d, idx)
+            d = _rows(d, idx)
             return result(run(init(states, d, keys, lrs), d, 0, E))
 
         if chunk is None or chunk >= R:
             return whole(states, data, keys, lrs, data_index)
         rows = np.minimum(np.arange(-(-R // chunk) * chunk), R - 1).reshape(-1, chunk)
-        take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
         parts = []
         for r in rows:
             if data_index is not None:
@@ -620,12 +622,10 @@ def sweep(
                 d, idx = (data if data_axis is None else take(data, r)), None
             parts.append(whole(take(states, r), d, take(keys, r), None if lrs is None else take(lrs, r), idx))
         return jax.tree.map(lambda *a: jnp.concatenate(a)[:R], *parts)
-    if data_index is not None:
-        data = jax.tree.map(lambda a: a[data_index], data)
+    data = take(data, data_index)
     run_jit, init_jit, result_jit = jax.jit(run), jax.jit(init), jax.jit(result)
     loop = init_jit(states, data, keys, lrs)
     floor = -(-R // 8) if min_bucket is None else max(1, min(int(min_bucket), R))
-    take = jax.jit(lambda tree, idx: jax.tree.map(lambda a: a[idx], tree))
     put = jax.jit(lambda tree, part, idx: jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part))
     epoch = 0
     active = jnp.arange(R)
