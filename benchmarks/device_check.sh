@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Accelerator check of issue 10: install gmpjax from this checkout, time the GmP layers at accelerator
-# shapes in float32 and bfloat16, a VGG-6 train step (SP, BN, GmP+IMN) and every u(theta)
-# implementation, write benchmarks/results/<device-kind>.json and pick the implementation for the backend.
+# Accelerator check (issues 10 and 18): install gmpjax from this checkout, time the GmP layers at accelerator
+# shapes in float32 and bfloat16, a VGG-6 train step (SP, BN, GmP+IMN) and the u(theta) kernels
+# (Pallas against the XLA forms), write benchmarks/results/<device-kind>.json and pick the kernel for the backend.
 #
 # Usage (from anywhere; about 4-6 minutes on one GPU, well under 8):
 #   bash benchmarks/device_check.sh              # the real check (any backend JAX finds; meant for a GPU)
@@ -9,10 +9,11 @@
 #   bash benchmarks/device_check.sh --dry-run    # print what would run, run nothing
 # Options: --out DIR (default benchmarks/results), --python PY (default: python3, or $PYTHON).
 #
-# What "picks the implementation" means: the JSON gets "chosen_impl", the implementation with the
-# fastest forward+backward of u(theta) at 4096x4095 angles on this device. `impl="auto"` uses it when
-# GMPJAX_UNIT_IMPL=<chosen_impl> is exported; to make it the default for the backend, copy it into
-# _DEFAULTS in gmpjax/_unit_impls.py (docs/benchmarks.md says how the choice was made).
+# What "picks the kernel" means: the JSON gets "chosen_impl", the implementation with the fastest
+# forward+backward of u(theta) at 4096x4095 angles on this device. `native` is the primitive with the
+# backend's current kernel (_unit_kernel.DEVICE_KERNELS, "xla" until measured) and `pallas` the same
+# primitive on the Pallas kernels. If `pallas` wins, the script prints the line to put into
+# DEVICE_KERNELS in gmpjax/_unit_kernel.py, which is where impl="auto" reads it at lowering.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -66,11 +67,11 @@ fi
 
 # 3. The measurements, one process, interleaved within each group.
 if [[ $QUICK -eq 1 ]]; then
-  ARGS=(--quick --groups unit,dense,vgg --impls cumprod,tiled --dtypes float32,bfloat16)
+  ARGS=(--quick --groups unit,dense,vgg --impls cumprod,native --dtypes float32,bfloat16)
   LIMIT=600
 else
-  ARGS=(--groups unit,dense,vgg --impls cumprod,assoc,fast,tiled
-        --dense-shapes 1024x4096x4096,256x1024x1024 --dtypes float32,bfloat16 --budget 12)
+  ARGS=(--groups unit,dense,vgg --impls cumprod,assoc,fast,native,pallas
+        --dense-shapes 1024x4096x4096,64x4096x4096,256x1024x1024 --dtypes float32,bfloat16 --budget 12)
   LIMIT=450  # leaves the install and the start-up inside 8 minutes
 fi
 run timeout "$LIMIT" "$PY" -m benchmarks.layers "${ARGS[@]}" --pick-impl --out "$OUT"
@@ -90,7 +91,10 @@ unit = report["unit"]["results"]
 print(f"{path}: u(theta) fwd+bwd at {report['unit']['shape']} (median ms, peak MiB):")
 for name, r in sorted(unit.items(), key=lambda kv: kv[1]["median_ms"]):
     print(f"  {name:10s} {r['median_ms']:9.2f}  {(r['memory'].get('peak') or 0) / 2**20:8.1f}")
-print(f"chosen_impl for backend {report['device']['backend']}: {report['chosen_impl']}")
-print(f"use it now with: export GMPJAX_UNIT_IMPL={report['chosen_impl']}")
+backend = report["device"]["backend"]
+platform = {"gpu": "cuda"}.get(backend, backend)
+kernel = "pallas" if report["chosen_impl"] == "pallas" else "xla"
+print(f"chosen_impl for backend {backend}: {report['chosen_impl']}")
+print(f'kernel for impl="auto": DEVICE_KERNELS["{platform}"] = "{kernel}"  (gmpjax/_unit_kernel.py)')
 EOF
 fi

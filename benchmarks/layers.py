@@ -14,10 +14,12 @@ computation from XLA's memory analysis.
 Groups:
 
 * ``unit``: the map theta (m, n-1) -> u (m, n) for every implementation in
-  ``gmpjax._unit_impls.IMPLS`` and the *floor*: value+gradient of
-  ``sum(a * sin(theta) + b * cos(theta))`` with ``jnp.sin``/``jnp.cos`` (the bare
-  elementwise trigonometry any implementation has to do), plus the default path
-  ``hyperspherical.angles_to_unit`` (which renormalises u).
+  ``gmpjax._unit_impls.IMPLS`` against two floors: the *native floor*, numpy's SIMD
+  ``sin`` + ``cos`` of the same theta on one thread (what this CPU can do for the bare
+  trigonometry; the issue-18 targets use it), and XLA's *floor*, value+gradient of
+  ``sum(a * sin(theta) + b * cos(theta))`` with ``jnp.sin``/``jnp.cos``; plus the default
+  path ``hyperspherical.angles_to_unit`` (which renormalises u), forward (``auto_fwd``) and
+  forward + backward (``auto``).
 * ``dense``: ``nnx.Linear`` + ReLU vs ``WNDense`` vs ``GmPDense`` (default impl and the
   naive ``cumprod`` impl) at the issue's (batch, in, out) shapes.
 * ``conv``: ``nnx.Conv`` + ReLU vs ``GmPConv`` on the six VGG-6 conv shapes.
@@ -70,15 +72,19 @@ Array = jax.Array
 
 ISSUE_DENSE_SHAPES = ((256, 1024, 1024), (1024, 784, 256), (64, 4096, 4096), (4096, 13, 100), (1024, 4096, 4096))
 
-#: Time targets of issue 10 (wall-time ratios): (group, key, variant, baseline, max ratio, backend).
-#: The dense keys are (batch, in, out, dtype); the accum key is (k, micro, features).
+#: Time targets of issue 18 (wall-time ratios): (group, key, variant, baseline, max ratio, backend).
+#: The unit key is (m, n) with theta (m, n-1); the dense keys are (batch, in, out, dtype); the accum key
+#: is (k, micro, features). ``native_floor`` is numpy's SIMD sin + cos of the same theta, one thread.
 TARGETS: tuple[tuple[str, Any, str, str, float, str], ...] = (
-    ("dense", (256, 1024, 1024, "float32"), "gmp", "dense", 1.5, "cpu"),
-    ("dense", (1024, 784, 256, "float32"), "gmp", "dense", 1.15, "cpu"),
-    ("dense", (4096, 13, 100, "float32"), "gmp", "dense", 1.25, "cpu"),
-    ("dense", (64, 4096, 4096, "float32"), "gmp", "dense", 2.0, "cpu"),
-    ("accum", (8, 64, 4096), "gmp", "dense", 1.15, "cpu"),
+    ("unit", (4096, 4096), "auto_fwd", "native_floor", 1.5, "cpu"),
+    ("unit", (4096, 4096), "auto", "native_floor", 3.0, "cpu"),
+    ("dense", (256, 1024, 1024, "float32"), "gmp", "dense", 1.3, "cpu"),
+    ("dense", (1024, 784, 256, "float32"), "gmp", "dense", 1.1, "cpu"),
+    ("dense", (4096, 13, 100, "float32"), "gmp", "dense", 1.2, "cpu"),
+    ("dense", (64, 4096, 4096, "float32"), "gmp", "dense", 1.8, "cpu"),
+    ("accum", (8, 64, 4096), "gmp", "dense", 1.3, "cpu"),
     ("dense", (1024, 4096, 4096, "bfloat16"), "gmp", "dense", 1.10, "gpu"),
+    ("dense", (64, 4096, 4096, "bfloat16"), "gmp", "dense", 2.0, "gpu"),
     ("vgg", None, "gmp_imn", "bn", 1.15, "gpu"),
 )
 #: Memory targets of issue 10 (peak bytes, GmPDense step / nnx.Linear step, every backend), float32.
@@ -100,7 +106,7 @@ class BenchConfig:
     group_budget_s: float = 25.0  # cap on the timed rounds of one group (estimated from the warm-up)
     warmup: int = 2
     unit_shape: tuple[int, int] = (4096, 4096)  # (m, n): theta has shape (m, n-1)
-    unit_impls: tuple[str, ...] = ("cumprod", "fast", "tiled")  # --impls for others
+    unit_impls: tuple[str, ...] = ("cumprod", "fast", "tiled", "native")  # --impls for others
     dense_shapes: tuple[tuple[int, int, int], ...] = ISSUE_DENSE_SHAPES
     dtypes: tuple[str, ...] = ("float32",)  # computation dtypes of the dense group
     naive_max_weights: int = 1 << 22  # time GmPDense(impl="cumprod") only up to this many weights
@@ -193,6 +199,15 @@ class Case:
         return time.perf_counter() - t0, time.process_time() - c0
 
 
+@dataclass
+class NumpyCase(Case):
+    """A plain numpy function (no JAX, no compilation), timed in the same rounds as the JAX cases."""
+
+    def compile(self) -> None:
+        self.compiled = self.fn
+        self.memory = {"peak": None}
+
+
 def time_interleaved(
     cases: dict[str, Case], reps: int, warmup: int, desc: str = "", budget_s: float | None = None, min_reps: int = 1
 ) -> dict[str, dict]:
@@ -261,8 +276,18 @@ def grad_case(module: nnx.Module, x: Array, post: Callable[[Array], Array] | Non
 # ---------------------------------------------------------------------------
 
 
+def native_floor(theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The machine's floor for the map: numpy's SIMD ``sin`` and ``cos`` of theta (one thread, as numpy runs)."""
+    return np.sin(theta), np.cos(theta)
+
+
 def bench_unit(cfg: BenchConfig) -> dict:
-    """u(theta) fwd+bwd for every implementation vs the sin/cos floor at ``cfg.unit_shape``."""
+    """u(theta) fwd+bwd for every implementation vs the sin/cos floors at ``cfg.unit_shape``.
+
+    Two floors: ``floor`` is XLA's own value and gradient of ``sum(a sin theta + b cos theta)``
+    (what XLA makes of the bare trigonometry), and ``native_floor`` is numpy's SIMD sin + cos of
+    the same theta on one thread (what this CPU can do; the targets use it).
+    """
     m, n = cfg.unit_shape
     k1, k2, k3 = jax.random.split(jax.random.key(cfg.seed), 3)
     theta = hs.sample_uniform_angles(k1, (m, n - 1))
@@ -278,7 +303,12 @@ def bench_unit(cfg: BenchConfig) -> dict:
     def unit_case(fn):
         return lambda theta, g: jax.value_and_grad(lambda t: jnp.sum(g * fn(t)))(theta)
 
-    cases = {"floor": Case(floor, (theta, a, b)), "floor_fwd": Case(floor_fwd, (theta,))}
+    theta_np = np.asarray(theta)
+    cases: dict[str, Case] = {
+        "native_floor": NumpyCase(native_floor, (theta_np,)),
+        "floor": Case(floor, (theta, a, b)),
+        "floor_fwd": Case(floor_fwd, (theta,)),
+    }
     for name in cfg.unit_impls:
         cases[name] = Case(unit_case(_unit_impls.IMPLS[name]), (theta, g))
     cases["auto"] = Case(unit_case(hs.angles_to_unit), (theta, g))  # default impl + renormalisation
@@ -476,7 +506,10 @@ def check_targets(report: dict) -> list[dict]:
     rows = []
     for group, key, var, base, limit, tgt_backend in TARGETS:
         res, where = None, ""
-        if group == "dense":
+        if group == "unit" and "results" in report.get("unit", {}):
+            if tuple(report["unit"]["shape"]) == key:
+                res, where = report["unit"]["results"], f"theta {key[0]}x{key[1] - 1}"
+        elif group == "dense":
             for e in report.get("dense", []):
                 if _dense_key(e) == key:
                     res, where = e["results"], "x".join(map(str, key[:3])) + f" {key[3]}"
@@ -559,12 +592,15 @@ def format_tables(report: dict) -> str:
         lines += [
             f"### u(theta) fwd+bwd, theta {m}x{n - 1} (default impl: {u['default_impl']})",
             "",
-            "| variant | vs floor | peak MiB |",
-            "|---|---|---|",
+            "native_floor: numpy SIMD sin + cos, one thread; floor: XLA's sin/cos value and gradient; "
+            "`_fwd` rows are forward only, the others forward + backward",
+            "",
+            "| variant | vs native floor | vs XLA floor | peak MiB |",
+            "|---|---|---|---|",
         ]
         for name, r in res.items():
             peak = _fmt((r["memory"].get("peak") or 0) * mib, ".0f")
-            lines.append(f"| {name} | {_cell(res, name, 'floor')} | {peak} |")
+            lines.append(f"| {name} | {_cell(res, name, 'native_floor')} | {_cell(res, name, 'floor')} | {peak} |")
         lines.append("")
     if report.get("dense"):
         lines += [
@@ -629,7 +665,7 @@ def format_tables(report: dict) -> str:
         lines += [f"VGG-6 train step skipped: {vgg.get('skipped')}", ""]
     if report.get("targets"):
         lines += [
-            "### Targets (issue 10)",
+            "### Targets (issue 18)",
             "",
             "| target | ratio (wall time / peak bytes) | CPU-time ratio | met |",
             "|---|---|---|---|",

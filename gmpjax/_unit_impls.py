@@ -23,9 +23,10 @@ the size of theta; ``tiled`` (the CPU default) keeps none of them and recomputes
 and P tile by tile in its backward pass, so a layer step holds only theta, u, dL/du and
 dL/dtheta (about half the peak memory; docs/benchmarks.md).
 
-``IMPLS`` maps a name to the function and ``default_for_backend`` picks the one
-``impl="auto"`` uses (``$GMPJAX_UNIT_IMPL`` overrides it). Measured timings and the reasons for the defaults are in
-``docs/benchmarks.md`` (CPU measured; the GPU/TPU choice is unmeasured).
+``IMPLS`` maps a name to the function. ``impl="auto"`` is ``native``: the primitive of
+``gmpjax/_unit_kernel.py``, whose lowering picks a kernel per platform (the FFI kernel on CPU).
+The XLA forms here are its fallbacks and the references the tests compare it with. Measured
+timings and the reasons for the defaults are in ``docs/benchmarks.md``.
 
 The scan-based implementations work in *kernel layout*: the angle axis is moved
 to the front, ``(n-1, M)`` with ``M`` the product of the leading dimensions, so
@@ -36,7 +37,6 @@ transposes cancel inside ``x @ u.T`` under ``jax.jit``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import jax
@@ -49,6 +49,9 @@ Array = jax.Array
 __all__ = [
     "IMPLS",
     "FORWARD_MODE",
+    "AUTO",
+    "unit_native",
+    "unit_pallas",
     "default_for_backend",
     "sincos",
     "unit_cumprod",
@@ -499,28 +502,50 @@ IMPLS: dict[str, Callable[[Array], Array]] = {
 #: Implementations that support forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``).
 FORWARD_MODE: tuple[str, ...] = ("cumprod", "assoc", "scan", "scan_jvp", "fast")
 
-# CPU: measured (docs/benchmarks.md): ``tiled`` is as fast as ``fast`` and needs half the memory.
-# GPU/TPU: not measured on this project's machines; a 4095-step sequential scan launches one
-# kernel per step there, so the parallel prefix form is the default until
-# ``benchmarks/device_check.sh`` has timed it (it writes its pick to benchmarks/results/).
-_DEFAULTS = {"cpu": "tiled", "gpu": "cumprod", "cuda": "cumprod", "rocm": "cumprod", "tpu": "cumprod"}
+# The kernel primitive (``gmpjax/_unit_kernel.py``) builds on the XLA forms above, so it is imported
+# last; it adds ``native`` (the primitive: the FFI kernel on CPU, ``DEVICE_KERNELS`` elsewhere) and
+# ``pallas`` (the Pallas kernels; interpreted on CPU).
+from gmpjax import _unit_kernel  # noqa: E402
 
-#: Environment variable that overrides ``default_for_backend`` on every backend (e.g. the
-#: ``chosen_impl`` that ``benchmarks/device_check.sh`` measured for an accelerator).
-ENV_OVERRIDE = "GMPJAX_UNIT_IMPL"
+
+def _kernel_impl(kernel: str, renormalize: bool, doc: str) -> Callable[[Array], Array]:
+    def unit(theta: Array) -> Array:
+        return _unit_kernel.unit(theta, renormalize=renormalize, kernel=kernel)
+
+    unit.__doc__ = doc
+    return unit
+
+
+unit_native = _kernel_impl(
+    "auto",
+    False,
+    """The ``u(theta)`` primitive: one kernel per platform, forward and reverse mode, only theta kept as residual.
+
+On CPU the native FFI kernel (``gmpjax/_native``; the ``tiled`` XLA form where it cannot be built),
+elsewhere ``_unit_kernel.DEVICE_KERNELS``. JVP, VJP, vmap, jit and higher orders all work.""",
+)
+unit_pallas = _kernel_impl(
+    "pallas", False, """The ``u(theta)`` primitive lowered to the Pallas kernels (GPU/TPU; interpreted on CPU, slow)."""
+)
+IMPLS["native"] = unit_native
+IMPLS["pallas"] = unit_pallas
+FORWARD_MODE += ("native", "pallas")
+RENORMALIZED["native"] = _kernel_impl("auto", True, "``unit_native`` with the renormalisation fused.")
+RENORMALIZED["pallas"] = _kernel_impl("pallas", True, "``unit_pallas`` with the renormalisation fused.")
+
+#: What ``impl="auto"`` is on every backend: the primitive, whose lowering picks the kernel per platform
+#: when the computation is lowered (never from the host's default backend at trace time).
+AUTO = "native"
 
 
 def default_for_backend(backend: str) -> str:
-    """Name of the implementation used by ``impl="auto"`` on ``backend`` (``"cpu"``, ``"gpu"``, ...).
+    """Name of the implementation used by ``impl="auto"``: ``"native"`` on every backend.
 
-    ``$GMPJAX_UNIT_IMPL``, when set, wins on every backend.
+    The per-platform choice happens inside it, at lowering: the FFI kernel on CPU and
+    ``_unit_kernel.DEVICE_KERNELS[platform]`` on accelerators (``_unit_kernel.lowered_kernel`` tells which).
 
     >>> default_for_backend("cpu")
-    'tiled'
+    'native'
     """
-    override = os.environ.get(ENV_OVERRIDE)
-    if override:
-        if override not in IMPLS:
-            raise ValueError(f"${ENV_OVERRIDE}={override!r} is not an implementation; choose one of {list(IMPLS)}.")
-        return override
-    return _DEFAULTS.get(backend, "cumprod")
+    del backend
+    return AUTO

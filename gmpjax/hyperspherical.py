@@ -70,8 +70,13 @@ def available_impls() -> tuple[str, ...]:
 
 
 def default_impl(backend: str | None = None) -> str:
-    """The implementation ``impl="auto"`` picks on ``backend`` (default: JAX's default backend)."""
-    return _unit_impls.default_for_backend(backend or jax.default_backend())
+    """The implementation ``impl="auto"`` uses: ``"native"`` on every backend.
+
+    ``native`` is one primitive whose kernel is chosen per platform when the computation is lowered
+    (the FFI kernel on CPU; see ``gmpjax._unit_kernel``), so the choice does not depend on the host
+    that traced it: a function exported for ``cuda`` from a CPU host carries the GPU kernel.
+    """
+    return _unit_impls.default_for_backend(backend or "any")
 
 
 def angles_to_unit(theta: Array, *, impl: str = "auto", renormalize: bool = True) -> Array:
@@ -79,9 +84,10 @@ def angles_to_unit(theta: Array, *, impl: str = "auto", renormalize: bool = True
 
     Args:
       theta: angles, shape ``(..., n-1)`` with ``n - 1 >= 1``, floating point.
-      impl: which implementation to use; ``"auto"`` picks the fastest one for the
-        current backend (``available_impls()`` lists them; all are exact and
-        division-free, they differ only in speed).
+      impl: which implementation to use; ``"auto"`` (``"native"``) is one primitive with
+        forward and reverse mode whose kernel is picked per platform at lowering: the native
+        FFI kernel on CPU (``gmpjax/_native``). ``available_impls()`` lists the others (XLA
+        forms); all are exact and division-free, they differ only in speed and memory.
       renormalize: divide by the computed norm. In exact arithmetic ``||u|| = 1``,
         so this changes neither the function nor its derivatives; in float32 it
         removes the rounding drift of the long sine product (at n = 4096,

@@ -24,7 +24,7 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
                 assert math.isfinite(r[key]) and r[key] >= 0, (name, key, r[key])
             assert r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
             assert r["memory"]["peak"] is None or r["memory"]["peak"] > 0
-    assert {"floor", "auto", "cumprod"} <= set(data["unit"]["results"])
+    assert {"floor", "native_floor", "auto", "auto_fwd", "cumprod", "native"} <= set(data["unit"]["results"])
     assert {"dense", "wn", "gmp"} <= set(data["dense"][0]["results"])
     assert {"conv", "gmp"} <= set(data["conv"][0]["results"])
     assert {"dense", "gmp"} == set(data["accum"]["results"]) and data["accum"]["k"] >= 2
@@ -32,7 +32,8 @@ def test_quick_run_writes_valid_json(tmp_path, capsys):
     # targets are listed; the issue's shapes are not run in quick mode, so none of the timing ones is judged
     assert all(t["met"] is None for t in data["targets"] if not t["target"].startswith("memory"))
     out = capsys.readouterr().out
-    assert "| floor |" in out and "Targets (issue 10)" in out and "gradient accumulation" in out
+    assert "| floor |" in out and "| native_floor |" in out and "Targets (issue 18)" in out
+    assert "gradient accumulation" in out
     # the table generator reproduces the printed tables from the saved JSON alone
     bl.main(["--tables-from", str(files[0])])
     again = capsys.readouterr().out

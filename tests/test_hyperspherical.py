@@ -135,7 +135,8 @@ def test_check_grads_angles_to_unit(impl):
     with jax.enable_x64(True):
         theta = jax.random.normal(jax.random.key(7), (3, 5), jnp.float64)
         check_grads(lambda t: hs.angles_to_unit(t, impl=impl), (theta,), order=1, modes=("rev",))
-        check_grads(lambda t: hs.angles_to_unit(t, impl="cumprod"), (theta,), order=2, modes=("fwd", "rev"))
+        if impl in ("cumprod", "native"):  # second order, both modes: the reference and the default
+            check_grads(lambda t: hs.angles_to_unit(t, impl=impl), (theta,), order=2, modes=("fwd", "rev"))
 
 
 def test_check_grads_unit_to_angles_and_metric():

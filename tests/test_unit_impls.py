@@ -110,7 +110,7 @@ def test_check_grads(impl):
         modes = ("fwd", "rev") if impl in U.FORWARD_MODE else ("rev",)
         # second order where a hand-written rule is differentiated again (the others are plain autodiff
         # or the same rule with jnp.sin/jnp.cos); first order everywhere
-        order = 2 if impl in ("fast", "fast_vjp", "scan_vjp", "tiled") else 1
+        order = 2 if impl in ("fast", "fast_vjp", "scan_vjp", "tiled", "native", "pallas") else 1
         check_grads(U.IMPLS[impl], (theta,), order=order, modes=modes)
     # float32 path of the default (polynomial sin/cos), first order
     theta32 = jax.random.normal(jax.random.key(7), (2, 4))
@@ -172,10 +172,10 @@ def test_sincos_other_dtypes_use_jnp():
     assert U.sincos(xb)[0].dtype == jnp.bfloat16
 
 
-def test_defaults_are_registered_and_overridable():
+def test_defaults_are_registered():
     for backend in ("cpu", "gpu", "cuda", "tpu", "something-new"):
-        assert U.default_for_backend(backend) in U.IMPLS
-    assert hs.default_impl("cpu") == U.default_for_backend("cpu")
+        assert U.default_for_backend(backend) == "native"
+    assert hs.default_impl("cpu") == hs.default_impl() == "native"
     theta = jax.random.normal(jax.random.key(12), (3, 4))
     for impl in IMPLS:
         np.testing.assert_allclose(hs.angles_to_unit(theta, impl=impl), hs.angles_to_unit(theta), atol=1e-6)
@@ -258,9 +258,21 @@ def test_tiled_keeps_no_per_angle_residuals():
     assert fast >= 4 * theta.size
 
 
-def test_env_override_of_the_default(monkeypatch):
-    monkeypatch.setenv(U.ENV_OVERRIDE, "cumprod")
-    assert U.default_for_backend("cpu") == U.default_for_backend("gpu") == "cumprod"
-    monkeypatch.setenv(U.ENV_OVERRIDE, "fastest")
-    with pytest.raises(ValueError, match="GMPJAX_UNIT_IMPL"):
-        U.default_for_backend("cpu")
+def test_native_keeps_only_theta_as_residual():
+    """Successor of the test above for the default: the backward kernel recomputes everything from theta."""
+    theta = hs.sample_uniform_angles(jax.random.key(15), (16, 4 * U.TILE))
+    assert _residual_numbers(lambda t: hs.angles_to_unit(t), theta) == theta.size
+    assert _residual_numbers(U.unit_native, theta) == theta.size
+
+
+def test_default_train_step_runs_each_kernel_once():
+    """A GmPDense value-and-grad traces one forward and one backward primitive, and no XLA sin/cos."""
+    layer = GmPDense(16, 8, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
+
+    def loss(p, x):
+        return jnp.mean(nnx.merge(graphdef, p, rest)(x) ** 2)
+
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(loss, argnums=(0, 1)))(params, jnp.ones((4, 16)))
+    counts = _count_primitives(jaxpr, {"sin", "cos", "round", "gmp_unit", "gmp_unit_bwd", "gmp_unit_tangent"})
+    assert counts == {"sin": 0, "cos": 0, "round": 0, "gmp_unit": 1, "gmp_unit_bwd": 1, "gmp_unit_tangent": 0}
