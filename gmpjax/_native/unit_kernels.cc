@@ -13,12 +13,14 @@
 // products and the scale from theta, so the only residual a backward pass needs is theta.
 // Nothing divides by a sine: values and derivatives are exact at theta_k in {0, pi}.
 //
-// Speed: sin and cos of a whole row come from one shared range reduction and two short
-// polynomials in a branch-free loop that the compiler vectorises (one clone per x86-64 level,
-// picked at load time, so the binary never assumes the build machine's CPU). The recurrences are
-// sequential along a row, so kRows rows are advanced together: kRows independent dependency
-// chains keep the multipliers busy instead of waiting on one chain's latency. Blocks of rows
-// are spread over XLA's intra-op thread pool; the handlers are asynchronous and return a future.
+// Speed: the recurrences are sequential along a row, so a block of rows (one SIMD register
+// wide) is advanced together, one vector operation per angle, on tiles transposed into a small
+// lane-major scratch (the large arrays are only read and written contiguously, row by row). sin
+// and cos come from one shared range reduction and two short polynomials in a branch-free loop
+// over the whole tile. Every kernel is compiled once per x86-64 level (v4 = AVX-512, v3 = AVX2 +
+// FMA, baseline) and the loader picks the clone for the CPU it runs on, so the binary never
+// assumes the build machine's CPU. Blocks of rows are spread over XLA's intra-op thread pool;
+// the handlers are asynchronous and return a future.
 //
 // Layout: theta (M, K), u and du (M, K + 1), g (M, K + 1), t and dtheta (M, K), row-major, where
 // M is the product of the leading dimensions.
@@ -41,20 +43,19 @@ namespace {
 #define GMP_CLONES
 #endif
 
-constexpr int kRows = 8;  // rows advanced together through a recurrence
-
 // ---------------------------------------------------------------------------------------------
 // sin and cos of a row
 // ---------------------------------------------------------------------------------------------
 
-// |x| beyond which the float32 reduction below loses accuracy; such rows use double libm.
+// |x| beyond which the float32 reduction below loses accuracy; such tiles use double libm.
 constexpr float kF32Range = 8192.0f;
 
 // (sin x, cos x) for n floats, ~1e-7 absolute for |x| <= kF32Range: x = j pi/2 + r with a
 // three-part Cody-Waite reduction, Cephes minimax polynomials on [-pi/4, pi/4], and the quadrant
 // j mod 4 applied by selects. Returns whether some |x| is out of that range (or NaN), so that the
-// caller can redo the row.
-GMP_CLONES bool sincos_f32(const float* __restrict x, float* __restrict s, float* __restrict c, int64_t n) {
+// caller can redo the tile exactly. Inlined into each clone, so it is vectorised for its ISA.
+__attribute__((always_inline)) inline bool sincos_poly(const float* __restrict x, float* __restrict s,
+                                                        float* __restrict c, int64_t n) {
   constexpr float kTwoOverPi = 0.636619772367581343f;
   constexpr float kPio2_1 = 1.5703125f;
   constexpr float kPio2_2 = 4.837512969970703125e-4f;
@@ -81,8 +82,8 @@ GMP_CLONES bool sincos_f32(const float* __restrict x, float* __restrict s, float
   return bad != 0;
 }
 
-void sincos_row(const float* x, float* s, float* c, int64_t n) {
-  if (sincos_f32(x, s, c, n)) {  // large or non-finite angles: exact reduction in double
+__attribute__((always_inline)) inline void sincos_tile(const float* x, float* s, float* c, int64_t n) {
+  if (sincos_poly(x, s, c, n)) {  // large or non-finite angles: exact reduction in double
     for (int64_t i = 0; i < n; ++i) {
       s[i] = static_cast<float>(std::sin(static_cast<double>(x[i])));
       c[i] = static_cast<float>(std::cos(static_cast<double>(x[i])));
@@ -90,7 +91,7 @@ void sincos_row(const float* x, float* s, float* c, int64_t n) {
   }
 }
 
-void sincos_row(const double* x, double* s, double* c, int64_t n) {
+__attribute__((always_inline)) inline void sincos_tile(const double* x, double* s, double* c, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     s[i] = std::sin(x[i]);
     c[i] = std::cos(x[i]);
@@ -98,106 +99,221 @@ void sincos_row(const double* x, double* s, double* c, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Row-block kernels: `nr <= kRows` rows starting at the given pointers, K angles each.
-// s and c are per-thread scratch of kRows * K values (row r at offset r * K).
+// Row-block kernels. A block is L rows (L = one SIMD register of T: 16 floats or 8 doubles on
+// AVX-512), processed in angle tiles of kTile. Each tile of a row-major input is transposed into
+// a small "lane" layout x[k][r] (angle k, row r), so that one step of a recurrence is one vector
+// operation over the L rows and every sin/cos of the tile is one contiguous loop; results are
+// transposed back row by row, so the large arrays are only read and written contiguously. Rows
+// past the end of the array (nr < L) are lanes of zeros that are never written back.
 // ---------------------------------------------------------------------------------------------
 
-template <typename T>
-GMP_CLONES void scale_row(T* row, int64_t n, T scale) {
-  for (int64_t i = 0; i < n; ++i) row[i] *= scale;
-}
+constexpr int64_t kTile = 128;  // angles per tile: a few (kTile x L) scratch tiles stay in L1
 
 template <typename T>
-GMP_CLONES T sumsq_row(const T* row, int64_t n) {
-  T acc = 0;
-  for (int64_t i = 0; i < n; ++i) acc += row[i] * row[i];
-  return acc;
+constexpr int Lanes() {
+  return 64 / sizeof(T);
 }
 
+// One SIMD register of T as a GCC vector (lowered to the clone's ISA: one zmm on AVX-512).
+typedef float v16f __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef double v8d __attribute__((vector_size(64)));
+typedef int64_t v8l __attribute__((vector_size(64)));
 template <typename T>
-void forward_block(const T* theta, T* u, int nr, int64_t K, bool renorm, T* s, T* c) {
-  for (int r = 0; r < nr; ++r) sincos_row(theta + r * K, s + r * K, c + r * K, K);
-  T p[kRows];
-  for (int r = 0; r < kRows; ++r) p[r] = T(1);
-  const int64_t ldu = K + 1;
-  if (nr == kRows) {
-    for (int64_t k = 0; k < K; ++k) {
+struct Vec;
+template <>
+struct Vec<float> {
+  using V = v16f;
+  using I = v16i;
+};
+template <>
+struct Vec<double> {
+  using V = v8d;
+  using I = v8l;
+};
+
+// In-register transpose of an L x L block held as L vectors: at each scale b = L/2 .. 1, rows i
+// and i + b swap their off-diagonal b x b sub-blocks (two 2-input shuffles per row pair).
+template <typename T>
+__attribute__((always_inline)) inline void transpose(typename Vec<T>::V* v) {
+  using V = typename Vec<T>::V;
+  using I = typename Vec<T>::I;
+  constexpr int L = Lanes<T>();
 #pragma GCC unroll 8
-      for (int r = 0; r < kRows; ++r) {
-        u[r * ldu + k] = p[r] * c[r * K + k];
-        p[r] *= s[r * K + k];
+  for (int b = L / 2; b >= 1; b /= 2) {
+    I lo, hi;
+    for (int l = 0; l < L; ++l) {
+      lo[l] = (l & b) ? L + l - b : l;
+      hi[l] = (l & b) ? L + l : l + b;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < L; ++i) {
+      if (i & b) continue;
+      const V a = v[i], c = v[i + b];
+      v[i] = __builtin_shuffle(a, c, lo);
+      v[i + b] = __builtin_shuffle(a, c, hi);
+    }
+  }
+}
+
+// dst[k][r] = src[r * ld + k] for k < tk, r < nr; zero lanes r >= nr.
+template <typename T, int L>
+__attribute__((always_inline)) inline void to_lanes(const T* src, int64_t ld, int nr, int64_t tk, T* dst) {
+  using V = typename Vec<T>::V;
+  int64_t kb = 0;
+  for (; kb + L <= tk; kb += L) {
+    V v[L];
+    for (int r = 0; r < L; ++r) {
+      if (r < nr) {
+        std::memcpy(&v[r], src + r * ld + kb, sizeof(V));
+      } else {
+        v[r] = V{};
       }
     }
-  } else {
-    for (int64_t k = 0; k < K; ++k) {
-      for (int r = 0; r < nr; ++r) {
-        u[r * ldu + k] = p[r] * c[r * K + k];
-        p[r] *= s[r * K + k];
-      }
+    transpose<T>(v);
+    for (int i = 0; i < L; ++i) std::memcpy(dst + (kb + i) * L, &v[i], sizeof(V));
+  }
+  for (int r = 0; r < L; ++r)
+    for (int64_t k = kb; k < tk; ++k) dst[k * L + r] = r < nr ? src[r * ld + k] : T(0);
+}
+
+// dst[r * ld + k] = scale[r] * src[k][r] for k < tk, r < nr.
+template <typename T, int L>
+__attribute__((always_inline)) inline void from_lanes(const T* src, int nr, int64_t tk, T* dst, int64_t ld,
+                                                      typename Vec<T>::V scale) {
+  using V = typename Vec<T>::V;
+  int64_t kb = 0;
+  for (; kb + L <= tk; kb += L) {
+    V v[L];
+    for (int i = 0; i < L; ++i) {
+      std::memcpy(&v[i], src + (kb + i) * L, sizeof(V));
+      v[i] *= scale;
+    }
+    transpose<T>(v);
+    for (int r = 0; r < nr; ++r) std::memcpy(dst + r * ld + kb, &v[r], sizeof(V));
+  }
+  for (int r = 0; r < nr; ++r)
+    for (int64_t k = kb; k < tk; ++k) dst[r * ld + k] = scale[r] * src[k * L + r];
+}
+
+template <typename T>
+__attribute__((always_inline)) inline typename Vec<T>::V load(const T* p) {
+  typename Vec<T>::V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+__attribute__((always_inline)) inline void store(T* p, typename Vec<T>::V v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+// Per-thread scratch of a block: tiles in lane layout.
+template <typename T>
+struct Scratch {
+  static constexpr int L = Lanes<T>();
+  std::vector<T> buf;
+  explicit Scratch(int64_t tiles) : buf(static_cast<size_t>(tiles) * kTile * L) {}
+  T* tile(int i) { return buf.data() + static_cast<size_t>(i) * kTile * L; }
+};
+
+// u of nr rows: u[r][k] = P_{k-1} c_k, u[r][K] = P_{K-1}, times 1/||u|| if renorm. The whole
+// block of u stays in lane layout (K + 1 vectors) until the scale is known, so u is written once.
+template <typename T>
+GMP_CLONES void forward_block(const T* theta, T* u, int nr, int64_t K, bool renorm, T* scratch) {
+  using V = typename Vec<T>::V;
+  constexpr int L = Lanes<T>();
+  T *x = scratch, *s = scratch + kTile * L, *c = scratch + 2 * kTile * L, *ua = scratch + 3 * kTile * L;
+  V p = V{} + T(1), acc = V{};
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t tk = std::min(kTile, K - k0);
+    to_lanes<T, L>(theta + k0, K, nr, tk, x);
+    sincos_tile(x, s, c, tk * L);
+    T* uk = ua + k0 * L;
+    for (int64_t k = 0; k < tk; ++k) {
+      const V v = p * load(c + k * L);
+      store(uk + k * L, v);
+      acc += v * v;
+      p *= load(s + k * L);
     }
   }
+  store(ua + K * L, p);
+  V scale = V{} + T(1);
+  if (renorm)
+    for (int r = 0; r < L; ++r) scale[r] = T(1) / std::sqrt(acc[r] + p[r] * p[r]);
+  from_lanes<T, L>(ua, nr, K + 1, u, K + 1, scale);
+}
+
+// du of nr rows from the tangent t: dP_k = s_k dP_{k-1} + u_k t_k, du_k = c_k dP_{k-1} - P_k t_k.
+template <typename T>
+GMP_CLONES void tangent_block(const T* theta, const T* t, T* du, int nr, int64_t K, bool renorm, T* scratch) {
+  using V = typename Vec<T>::V;
+  constexpr int L = Lanes<T>();
+  T *x = scratch, *s = scratch + kTile * L, *c = scratch + 2 * kTile * L, *tt = scratch + 3 * kTile * L;
+  T* da = scratch + 4 * kTile * L;
+  V p = V{} + T(1), dp = V{}, acc = V{};
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t tk = std::min(kTile, K - k0);
+    to_lanes<T, L>(theta + k0, K, nr, tk, x);
+    to_lanes<T, L>(t + k0, K, nr, tk, tt);
+    sincos_tile(x, s, c, tk * L);
+    T* dk = da + k0 * L;
+    for (int64_t k = 0; k < tk; ++k) {
+      const V sk = load(s + k * L), ck = load(c + k * L), tv = load(tt + k * L);
+      const V uk = p * ck, pk = p * sk;
+      acc += uk * uk;
+      store(dk + k * L, ck * dp - pk * tv);
+      dp = sk * dp + uk * tv;
+      p = pk;
+    }
+  }
+  store(da + K * L, dp);
+  V scale = V{} + T(1);
+  if (renorm)
+    for (int r = 0; r < L; ++r) scale[r] = T(1) / std::sqrt(acc[r] + p[r] * p[r]);
+  from_lanes<T, L>(da, nr, K + 1, du, K + 1, scale);
+}
+
+// dtheta of nr rows from g = dL/du. A forward sweep keeps sin, cos and the exclusive products
+// P_{k-1} of the whole block in lane layout (3 * K * L values: about 0.75 MiB for K = 4095 in
+// float32), then the reverse sweep runs tile by tile from the end.
+template <typename T>
+GMP_CLONES void backward_block(const T* theta, const T* g, T* dtheta, int nr, int64_t K, bool renorm, T* scratch) {
+  using V = typename Vec<T>::V;
+  constexpr int L = Lanes<T>();
+  const int64_t tiles = (K + kTile - 1) / kTile;
+  T* sa = scratch;                 // sin, all tiles
+  T* ca = sa + tiles * kTile * L;  // cos
+  T* pa = ca + tiles * kTile * L;  // P_{k-1}
+  T* gt = pa + tiles * kTile * L;  // one tile of g, then of dtheta
+  V p = V{} + T(1), acc = V{};
+  for (int64_t k0 = 0; k0 < K; k0 += kTile) {
+    const int64_t tk = std::min(kTile, K - k0);
+    T *s = sa + k0 * L, *c = ca + k0 * L, *pe = pa + k0 * L;
+    to_lanes<T, L>(theta + k0, K, nr, tk, gt);
+    sincos_tile(gt, s, c, tk * L);
+    for (int64_t k = 0; k < tk; ++k) {
+      const V v = p * load(c + k * L);
+      acc += v * v;
+      store(pe + k * L, p);
+      p *= load(s + k * L);
+    }
+  }
+  V scale = V{} + T(1), R = V{};
   for (int r = 0; r < nr; ++r) {
-    u[r * ldu + K] = p[r];
-    if (renorm) scale_row(u + r * ldu, ldu, T(1) / std::sqrt(sumsq_row(u + r * ldu, ldu)));
+    if (renorm) scale[r] = T(1) / std::sqrt(acc[r] + p[r] * p[r]);
+    R[r] = g[r * (K + 1) + K] * scale[r];
   }
-}
-
-// Exclusive prefix products P_{k-1} of each row into `pe` (kRows * K scratch); returns the
-// renormalisation scale of each row in `scale` (1 when !renorm), from sum u_k^2 accumulated on
-// the way (u_k = P_{k-1} c_k, u_K = P_{K-1}).
-template <typename T>
-void prefix_block(int nr, int64_t K, bool renorm, const T* s, const T* c, T* pe, T* scale) {
-  T p[kRows], acc[kRows];
-  for (int r = 0; r < kRows; ++r) p[r] = T(1), acc[r] = T(0);
-  for (int64_t k = 0; k < K; ++k) {
-    for (int r = 0; r < nr; ++r) {
-      const T uk = p[r] * c[r * K + k];
-      acc[r] += uk * uk;
-      pe[r * K + k] = p[r];
-      p[r] *= s[r * K + k];
+  for (int64_t k0 = (tiles - 1) * kTile; k0 >= 0; k0 -= kTile) {
+    const int64_t tk = std::min(kTile, K - k0);
+    const T *s = sa + k0 * L, *c = ca + k0 * L, *pe = pa + k0 * L;
+    to_lanes<T, L>(g + k0, K + 1, nr, tk, gt);
+    for (int64_t k = tk - 1; k >= 0; --k) {  // dtheta overwrites g of the tile
+      const V gv = load(gt + k * L) * scale, sv = load(s + k * L), cv = load(c + k * L);
+      store(gt + k * L, load(pe + k * L) * (cv * R - sv * gv));
+      R = gv * cv + sv * R;
     }
-  }
-  for (int r = 0; r < nr; ++r) scale[r] = renorm ? T(1) / std::sqrt(acc[r] + p[r] * p[r]) : T(1);
-}
-
-template <typename T>
-void backward_block(const T* theta, const T* g, T* dtheta, int nr, int64_t K, bool renorm, T* s, T* c, T* pe) {
-  for (int r = 0; r < nr; ++r) sincos_row(theta + r * K, s + r * K, c + r * K, K);
-  T scale[kRows];
-  prefix_block(nr, K, renorm, s, c, pe, scale);
-  const int64_t ldg = K + 1;
-  T R[kRows];
-  for (int r = 0; r < nr; ++r) R[r] = g[r * ldg + K] * scale[r];
-  for (int64_t k = K - 1; k >= 0; --k) {
-    for (int r = 0; r < nr; ++r) {
-      const T gk = g[r * ldg + k] * scale[r];
-      const T sk = s[r * K + k], ck = c[r * K + k];
-      dtheta[r * K + k] = pe[r * K + k] * (ck * R[r] - sk * gk);
-      R[r] = gk * ck + sk * R[r];
-    }
-  }
-}
-
-template <typename T>
-void tangent_block(const T* theta, const T* t, T* du, int nr, int64_t K, bool renorm, T* s, T* c) {
-  for (int r = 0; r < nr; ++r) sincos_row(theta + r * K, s + r * K, c + r * K, K);
-  const int64_t ldu = K + 1;
-  T p[kRows], dp[kRows], acc[kRows];
-  for (int r = 0; r < kRows; ++r) p[r] = T(1), dp[r] = T(0), acc[r] = T(0);
-  for (int64_t k = 0; k < K; ++k) {
-    for (int r = 0; r < nr; ++r) {
-      const T sk = s[r * K + k], ck = c[r * K + k], tk = t[r * K + k];
-      const T uk = p[r] * ck;
-      const T pk = p[r] * sk;
-      acc[r] += uk * uk;
-      du[r * ldu + k] = ck * dp[r] - pk * tk;
-      dp[r] = sk * dp[r] + uk * tk;
-      p[r] = pk;
-    }
-  }
-  for (int r = 0; r < nr; ++r) {
-    du[r * ldu + K] = dp[r];
-    if (renorm) scale_row(du + r * ldu, ldu, T(1) / std::sqrt(acc[r] + p[r] * p[r]));
+    from_lanes<T, L>(gt, nr, tk, dtheta + k0, K, V{} + T(1));
   }
 }
 
@@ -208,20 +324,20 @@ void tangent_block(const T* theta, const T* t, T* du, int nr, int64_t K, bool re
 // Elements per task below which splitting does not pay for the scheduling.
 constexpr int64_t kMinWorkPerTask = 1 << 16;
 
-template <typename BlockFn>
-ffi::Future parallel_rows(ffi::ThreadPool& pool, int64_t M, int64_t K, int scratch_arrays, BlockFn block) {
-  const int64_t blocks = (M + kRows - 1) / kRows;
+// `block(r0, nr, scratch)` for every block of Lanes<T>() rows; `scratch_tiles` tiles of scratch per task.
+template <typename T, typename BlockFn>
+ffi::Future parallel_rows(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t scratch_tiles, BlockFn block) {
+  constexpr int L = Lanes<T>();
+  const int64_t blocks = (M + L - 1) / L;
   int64_t tasks = std::max<int64_t>(1, pool.num_threads());
   tasks = std::min<int64_t>(tasks, std::max<int64_t>(1, (M * K) / kMinWorkPerTask));
   tasks = std::min<int64_t>(tasks, std::max<int64_t>(blocks, 1));
   auto run = [=](int64_t i) {
     const int64_t b0 = blocks * i / tasks, b1 = blocks * (i + 1) / tasks;
-    using T = typename BlockFn::value_type;
-    std::vector<T> scratch(static_cast<size_t>(scratch_arrays) * kRows * std::max<int64_t>(K, 1));
+    Scratch<T> scratch(scratch_tiles);
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kRows;
-      const int nr = static_cast<int>(std::min<int64_t>(kRows, M - r0));
-      block(r0, nr, scratch.data());
+      const int64_t r0 = b * L;
+      block(r0, static_cast<int>(std::min<int64_t>(L, M - r0)), scratch.tile(0));
     }
   };
   ffi::CountDownPromise promise(tasks);
@@ -237,45 +353,6 @@ ffi::Future parallel_rows(ffi::ThreadPool& pool, int64_t M, int64_t K, int scrat
   return future;
 }
 
-template <typename T>
-struct Forward {
-  using value_type = T;
-  const T* theta;
-  T* u;
-  int64_t K;
-  bool renorm;
-  void operator()(int64_t r0, int nr, T* scratch) const {
-    forward_block(theta + r0 * K, u + r0 * (K + 1), nr, K, renorm, scratch, scratch + kRows * K);
-  }
-};
-
-template <typename T>
-struct Backward {
-  using value_type = T;
-  const T* theta;
-  const T* g;
-  T* dtheta;
-  int64_t K;
-  bool renorm;
-  void operator()(int64_t r0, int nr, T* scratch) const {
-    backward_block(theta + r0 * K, g + r0 * (K + 1), dtheta + r0 * K, nr, K, renorm, scratch, scratch + kRows * K,
-                   scratch + 2 * kRows * K);
-  }
-};
-
-template <typename T>
-struct Tangent {
-  using value_type = T;
-  const T* theta;
-  const T* t;
-  T* du;
-  int64_t K;
-  bool renorm;
-  void operator()(int64_t r0, int nr, T* scratch) const {
-    tangent_block(theta + r0 * K, t + r0 * K, du + r0 * (K + 1), nr, K, renorm, scratch, scratch + kRows * K);
-  }
-};
-
 // M and K of a (..., K) buffer.
 template <typename B>
 std::pair<int64_t, int64_t> rows_and_angles(const B& b) {
@@ -290,7 +367,12 @@ template <ffi::DataType D>
 ffi::Future ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::ResultBuffer<D> u, int32_t renorm) {
   using T = ffi::NativeType<D>;
   auto [M, K] = rows_and_angles(theta);
-  return parallel_rows(pool, M, K, 2, Forward<T>{theta.typed_data(), u->typed_data(), K, renorm != 0});
+  const T* th = theta.typed_data();
+  T* out = u->typed_data();
+  const int64_t tiles = (K + 1 + kTile - 1) / kTile;
+  return parallel_rows<T>(pool, M, K, 3 + tiles, [=](int64_t r0, int nr, T* scratch) {
+    forward_block(th + r0 * K, out + r0 * (K + 1), nr, K, renorm != 0, scratch);
+  });
 }
 
 template <ffi::DataType D>
@@ -298,8 +380,12 @@ ffi::Future BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::Buffer
                          int32_t renorm) {
   using T = ffi::NativeType<D>;
   auto [M, K] = rows_and_angles(theta);
-  return parallel_rows(pool, M, K, 3,
-                       Backward<T>{theta.typed_data(), g.typed_data(), dtheta->typed_data(), K, renorm != 0});
+  const T *th = theta.typed_data(), *gg = g.typed_data();
+  T* out = dtheta->typed_data();
+  const int64_t tiles = (K + kTile - 1) / kTile;
+  return parallel_rows<T>(pool, M, K, 3 * tiles + 1, [=](int64_t r0, int nr, T* scratch) {
+    backward_block(th + r0 * K, gg + r0 * (K + 1), out + r0 * K, nr, K, renorm != 0, scratch);
+  });
 }
 
 template <ffi::DataType D>
@@ -307,7 +393,12 @@ ffi::Future TangentImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::Buffer<
                         int32_t renorm) {
   using T = ffi::NativeType<D>;
   auto [M, K] = rows_and_angles(theta);
-  return parallel_rows(pool, M, K, 2, Tangent<T>{theta.typed_data(), t.typed_data(), du->typed_data(), K, renorm != 0});
+  const T *th = theta.typed_data(), *tt = t.typed_data();
+  T* out = du->typed_data();
+  const int64_t tiles = (K + 1 + kTile - 1) / kTile;
+  return parallel_rows<T>(pool, M, K, 4 + tiles, [=](int64_t r0, int nr, T* scratch) {
+    tangent_block(th + r0 * K, tt + r0 * K, out + r0 * (K + 1), nr, K, renorm != 0, scratch);
+  });
 }
 
 }  // namespace
