@@ -31,6 +31,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -353,6 +357,22 @@ ffi::Future parallel_rows(ffi::ThreadPool& pool, int64_t M, int64_t K, int64_t s
   return future;
 }
 
+// Asks Linux for transparent huge pages on a large output buffer before it is first written: XLA
+// hands the kernel freshly mapped memory, and 2 MiB pages turn ~16k page faults per 64 MiB into
+// ~32. Only a hint (no effect where THP is off or the pages already exist).
+template <typename T>
+void advise_huge_pages(T* data, int64_t count) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data + count)) & ~(kHuge - 1);
+  if (end > begin + 2 * kHuge) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)count;
+#endif
+}
+
 // M and K of a (..., K) buffer.
 template <typename B>
 std::pair<int64_t, int64_t> rows_and_angles(const B& b) {
@@ -369,6 +389,7 @@ ffi::Future ForwardImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::ResultB
   auto [M, K] = rows_and_angles(theta);
   const T* th = theta.typed_data();
   T* out = u->typed_data();
+  advise_huge_pages(out, M * (K + 1));
   const int64_t tiles = (K + 1 + kTile - 1) / kTile;
   return parallel_rows<T>(pool, M, K, 3 + tiles, [=](int64_t r0, int nr, T* scratch) {
     forward_block(th + r0 * K, out + r0 * (K + 1), nr, K, renorm != 0, scratch);
@@ -382,6 +403,7 @@ ffi::Future BackwardImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::Buffer
   auto [M, K] = rows_and_angles(theta);
   const T *th = theta.typed_data(), *gg = g.typed_data();
   T* out = dtheta->typed_data();
+  advise_huge_pages(out, M * K);
   const int64_t tiles = (K + kTile - 1) / kTile;
   return parallel_rows<T>(pool, M, K, 3 * tiles + 1, [=](int64_t r0, int nr, T* scratch) {
     backward_block(th + r0 * K, gg + r0 * (K + 1), out + r0 * K, nr, K, renorm != 0, scratch);
@@ -395,6 +417,7 @@ ffi::Future TangentImpl(ffi::ThreadPool pool, ffi::Buffer<D> theta, ffi::Buffer<
   auto [M, K] = rows_and_angles(theta);
   const T *th = theta.typed_data(), *tt = t.typed_data();
   T* out = du->typed_data();
+  advise_huge_pages(out, M * (K + 1));
   const int64_t tiles = (K + 1 + kTile - 1) / kTile;
   return parallel_rows<T>(pool, M, K, 4 + tiles, [=](int64_t r0, int nr, T* scratch) {
     tangent_block(th + r0 * K, tt + r0 * K, out + r0 * (K + 1), nr, K, renorm != 0, scratch);
