@@ -294,8 +294,10 @@ def test_stopped_replicas_are_not_changed_by_later_epochs():
         e = np.asarray(out.epochs)
         assert e[0] < e[1:].max()
         alone = fit(step, ev, jax.tree.map(lambda a: a[0], states), data, short, key=keys[0], lr=lrs[0])
+        # Replica 0 takes Adam steps at lr 1.0, which amplify the float rounding differences between the batched and
+        # the unbatched matmuls to 3e-6 (tiled, cumprod u) .. 9e-6 (native u); one Adam step moves it by about lr = 1.
         jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6), out.state.params, alone.state.params
+            lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=2e-5), out.state.params, alone.state.params
         )
 
 
