@@ -137,3 +137,49 @@ def test_image_experiment_optimizer_decays_through_the_mask():
     tx = make_optimizer(0.1, 0.0, 0.5, decay_all=True)  # the unmasked L2 (opt-in) decays theta too
     updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["conv"]["theta"], -0.1 * 0.5 * 0.5)
+
+
+def test_mask_reads_types_not_names_and_never_decays_biases():
+    """theta is never decayed whatever it is called; 2-D attention biases are biases; no silent guess on plain trees."""
+
+    class Renamed(nnx.Module):
+        def __init__(self, rngs: nnx.Rngs):
+            layer = GmPDense(4, 3, rngs=rngs)
+            self.angles = layer.theta  # the Angle variable under another name
+            self.attn = nnx.MultiHeadAttention(4, 8, rngs=rngs, decode=False)
+
+    model = Renamed(nnx.Rngs(0))
+    mask = _pure(optim.weight_decay_mask(nnx.state(model, nnx.Param)))
+    labels = _pure(optim.param_labels(model))
+    assert mask["angles"] is False and labels["angles"] == "angle"
+    for proj in ("query", "key", "value"):
+        assert np.ndim(nnx.state(model, nnx.Param)["attn"][proj]["bias"][...]) == 2
+        assert mask["attn"][proj] == {"kernel": True, "bias": False}
+    # a mask computed from the typed model fits nnx.Optimizer's plain updates: a zero-gradient adamw step leaves the
+    # renamed angles alone and decays the kernels
+    theta0, kernel0 = np.asarray(model.angles[...]), np.asarray(model.attn.query.kernel[...])
+    tx = optax.adamw(0.1, weight_decay=0.5, mask=optim.weight_decay_mask(model))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    grads = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+    with jax.numpy_dtype_promotion("standard"):  # optax.adamw's bias correction (see _ADAM)
+        opt.update(model, grads)
+    np.testing.assert_array_equal(np.asarray(model.angles[...]), theta0)
+    np.testing.assert_allclose(np.asarray(model.attn.query.kernel[...]), kernel0 * (1 - 0.1 * 0.5), rtol=1e-6)
+    # the callable form sees only names in nnx.Optimizer's updates: the renamed angles are refused, not decayed
+    opt = nnx.Optimizer(model, optax.adamw(0.1, weight_decay=0.5, mask=optim.weight_decay_mask), wrt=nnx.Param)
+    with pytest.raises(ValueError, match="'angles'.*unknown name"), jax.numpy_dtype_promotion("standard"):
+        opt.update(model, grads)
+
+
+@pytest.mark.parametrize(
+    "tree, match",
+    [
+        (jnp.zeros((4, 2)), "bare array"),
+        ([jnp.zeros((4, 2)), jnp.ones((3, 2)), jnp.ones(2)], "has no name"),
+        ({"angles": jnp.zeros((4, 2))}, "'angles'.*unknown name"),
+    ],
+)
+def test_plain_trees_that_need_a_guess_are_refused(tree, match):
+    for fn in (optim.weight_decay_mask, optim.param_labels):
+        with pytest.raises(ValueError, match=match):
+            fn(tree)

@@ -87,3 +87,14 @@ def test_annotations_and_mesh_validation():
         sharding.make_mesh("2x4", devices=jax.devices()[:1])
     with pytest.raises(ValueError, match="unknown parameterization"):
         sharding.column_parallel("foo")
+
+
+def test_both_mesh_axis_types_train_like_one_device():
+    """jax.make_mesh's default Explicit axes and Auto axes: same parameters as one device, theta split, no gather."""
+    proc = childproc.run([sys.executable, str(childproc.SCRIPTS / "tp_axis_types.py")], num_devices=8, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    res = json.loads(next(ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT "))[len("RESULT ") :])
+    assert res["devices"] == 8
+    for kind in ("auto", "explicit"):
+        assert res[kind]["max_abs_diff"] <= 1e-5, (kind, res[kind])
+        assert res[kind]["theta_spec"] == "P('model', None)" and res[kind]["theta_gathers"] == [], (kind, res[kind])

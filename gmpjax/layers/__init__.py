@@ -20,6 +20,7 @@ from gmpjax.layers.baselines import (
 from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
+from gmpjax.layers.variables import Angle, Offset, Radius
 
 __all__ = [
     "GmPDense",
@@ -42,4 +43,7 @@ __all__ = [
     "TriangleActivation",
     "TriangleDifference",
     "ReLUMLP",
+    "Angle",
+    "Radius",
+    "Offset",
 ]

@@ -14,7 +14,12 @@ table), plus per-parameter initializers and metadata (``theta_init``,
 
 Mixed-precision policy (all GmP layers):
 
-* ``theta``, ``radius`` and ``offset`` are stored in ``param_dtype``;
+* ``theta``, ``radius`` and ``offset`` are stored in ``promote_types(param_dtype, float32)``:
+  a ``param_dtype`` below float32 (bfloat16, float16) keeps float32 copies of them, because
+  angles are O(1) and r is about 1, where bfloat16's spacing (2**-7 relative) swallows every
+  optimizer step (a bf16-stored layer trained 20 adam steps at lr 1e-3 moved 0.4 % of its angles
+  and none of its radii). A UserWarning says so once; ``param_dtype`` still sets the compute
+  dtype when ``dtype=None`` (as in ``nnx.Linear``) and the dtype of ``to_linear``'s layer;
 * ``u(theta)`` is computed in ``promote_types(param_dtype, float32)`` -- never
   below float32, so bf16 angles still give ``| ||u|| - 1 | ~ 1e-7`` --
   and cast to the compute dtype only for the matmul / convolution;
@@ -30,6 +35,7 @@ import functools
 import inspect
 import math
 import operator
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, Literal, cast
@@ -41,6 +47,7 @@ from flax import nnx
 from flax.nnx.nn import dtypes as nnx_dtypes
 
 from gmpjax import hyperspherical as hs
+from gmpjax.layers.variables import Angle, Offset, Radius
 
 Array = jax.Array
 Activation = Callable[[Array], Array] | str | None
@@ -157,8 +164,6 @@ def _resolve_use_offset(use_offset: bool | None, use_bias: bool, name: str) -> b
 def _reject_dropped(name: str, **given: Any) -> None:
     """Clear errors for nnx keywords a GmP layer cannot honour (see docs/layers.md)."""
     reasons = {
-        "kernel_init": "a GmP layer has no kernel; use theta_init / radius_init (or init='official', a Glorot "
-        "kernel split into direction and radius), or convert a layer with from_linear / from_conv",
         "bias_init": "the offset is lambda = b / r, not the bias; use offset_init",
         "kernel_metadata": "a GmP layer has no kernel; annotate theta (shape (out, fan_in-1), output axis first) "
         "with theta_metadata, e.g. kernel_metadata {'out_sharding': (None, 'model')} becomes "
@@ -214,6 +219,28 @@ def _raw_shape(value: Any) -> tuple[int, ...]:
     return tuple(jnp.shape(raw))
 
 
+def _storage_dtype(param_dtype: Any, name: str) -> Any:
+    """dtype the GmP parameters are stored in: ``param_dtype``, but never below float32 (with a warning)."""
+    try:
+        dtype = jnp.dtype(param_dtype)
+    except TypeError:
+        msg = f"{name}: param_dtype must be a floating dtype such as jnp.float32 (got {param_dtype!r})."
+        raise TypeError(msg) from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{name}: param_dtype must be a floating dtype such as jnp.float32 (got {dtype}).")
+    if dtype.itemsize < 4:
+        warnings.warn(
+            f"{name}: param_dtype={dtype} would freeze the angles and radii (optimizer steps are smaller than "
+            f"{dtype}'s spacing at |theta| ~ 1), so theta, radius and offset are stored in float32; computation "
+            "still follows dtype / param_dtype. Pass param_dtype=jnp.float32 with dtype=jnp.bfloat16 to say so "
+            "explicitly.",
+            UserWarning,
+            stacklevel=4,
+        )
+        return jnp.dtype(jnp.float32)
+    return dtype
+
+
 def _unit_dtype(dtype) -> Any:
     """Dtype in which u(theta) is computed: the parameter dtype, but never below float32."""
     dtype = jnp.dtype(dtype)
@@ -262,6 +289,28 @@ def _split_standard(w: Array, b: Array | None, activation: Callable | None, name
     return hs.unit_to_angles(w), radius, offset
 
 
+def _check_not_collapsed(theta: Any, name: str) -> None:
+    """Refuse angles whose directions all point near ``e_1``: what a kernel initializer gives as ``theta_init``.
+
+    A Cartesian initializer (Glorot, He, normal(0.01)) draws small numbers; as angles they put every
+    ``u(theta)`` within a few degrees of ``e_1`` (mean first coordinate ~0.98, against ~0 for directions
+    uniform on the sphere). Skipped under tracing (values unknown) and for a single unit.
+    """
+    raw = theta.raw_value if isinstance(theta, nnx.VariableMetadata) else theta
+    values = _concrete(raw)
+    if values is None or values.shape[0] < 2:
+        return
+    first = np.cos(values[:, 0].astype(np.float64))  # u_1 = cos(theta_1)
+    if float(np.mean(first)) > 0.9:
+        raise ValueError(
+            f"{name}: theta_init gave angles whose directions all point near e_1 (mean u_1 = {np.mean(first):.2f}; "
+            "directions uniform on the sphere give ~0), which is what a kernel initializer such as glorot_uniform "
+            "gives when used for angles. Pass kernel initializers as kernel_init= (the kernel is split into "
+            "directions and radii), and angle initializers such as gmpjax.hyperspherical.sample_uniform_angles as "
+            "theta_init=."
+        )
+
+
 def _constant_init(value: Array) -> Initializer:
     def init(key, shape, dtype):
         del key
@@ -305,14 +354,22 @@ class _GmPBase(nnx.Module):
         radius_metadata: Metadata,
         offset_metadata: Metadata,
         rngs: nnx.Rngs,
+        kernel_init: Initializer | None = None,
+        kernel_shape: tuple[int, ...] = (),
     ) -> None:
         name = self._name
+        if kernel_init is not None and (theta_init is not None or radius_init is not None or init != "uniform"):
+            raise ValueError(
+                f"{name}: kernel_init draws a standard kernel and splits it into directions and radii, so it "
+                "replaces theta_init, radius_init and init; pass either kernel_init or those."
+            )
         if init not in _INITS:
             raise ValueError(f"{name}: init must be 'uniform' (paper) or 'official' (released code); got {init!r}.")
         for arg, fn in (
             ("theta_init", theta_init),
             ("radius_init", radius_init),
             ("offset_init", offset_init),
+            ("kernel_init", kernel_init),
             ("promote_dtype", promote_dtype),
         ):
             _check_callable(fn, arg, name)
@@ -334,14 +391,22 @@ class _GmPBase(nnx.Module):
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
 
+        storage = _storage_dtype(param_dtype, name)
         key = rngs.params()
         need_preset = fan_in == 1 or theta_init is None or radius_init is None or (use_offset and offset_init is None)
-        preset = _init_gmp(key, fan_in, out_features, init, param_dtype) if need_preset else (None, None, None)
+        preset = _init_gmp(key, fan_in, out_features, init, storage) if need_preset else (None, None, None)
+        if kernel_init is not None:
+            w = kernel_init(jax.random.fold_in(key, 3), kernel_shape, storage)
+            if _raw_shape(w) != tuple(kernel_shape):
+                raise ValueError(f"{name}: kernel_init returned shape {_raw_shape(w)}, expected {tuple(kernel_shape)}.")
+            rows = jnp.asarray(w, storage).reshape(fan_in, out_features).T  # (out, fan_in): one direction per unit
+            direction, radius, _ = _split_standard(rows, None, None, name, "output units")
+            preset = (direction, radius, preset[2])
 
         def make(hook, k, shape, default, arg):
             if hook is None:
                 return default
-            value = hook(jax.random.fold_in(key, k), shape, param_dtype)
+            value = hook(jax.random.fold_in(key, k), shape, storage)
             if _raw_shape(value) != shape:
                 raise ValueError(f"{name}: {arg} returned shape {_raw_shape(value)}, expected {shape}.")
             return value
@@ -352,12 +417,15 @@ class _GmPBase(nnx.Module):
             self.direction: nnx.Variable | None = nnx.Variable(preset[0], **radius_metadata)
         else:
             shape = (out_features, fan_in - 1)
-            self.theta = nnx.Param(make(theta_init, 0, shape, preset[0], "theta_init"), **theta_metadata)
+            theta = make(theta_init, 0, shape, preset[0], "theta_init")
+            if theta_init is not None:
+                _check_not_collapsed(theta, name)
+            self.theta = Angle(theta, **theta_metadata)
             self.direction = nnx.data(None)
-        self.radius = nnx.Param(make(radius_init, 1, (out_features,), preset[1], "radius_init"), **radius_metadata)
+        self.radius = Radius(make(radius_init, 1, (out_features,), preset[1], "radius_init"), **radius_metadata)
         if use_offset:
             off = make(offset_init, 2, (out_features,), preset[2], "offset_init")
-            self.offset: nnx.Param | None = nnx.Param(off, **offset_metadata)
+            self.offset: nnx.Param | None = Offset(off, **offset_metadata)
         else:
             self.offset = nnx.data(None)
 
@@ -398,12 +466,14 @@ class _GmPBase(nnx.Module):
             )
         return unit
 
-    def _stored_dtype(self):
-        return self.radius[...].dtype
-
     def _kernel_dtype(self, unit: Array):
-        """dtype u enters promote_dtype with: the parameter dtype when ``dtype=None`` (as nnx.Linear's kernel)."""
-        return self._stored_dtype() if self.dtype is None else unit.dtype
+        """dtype u enters promote_dtype with: the declared ``param_dtype`` if ``dtype=None`` (nnx.Linear's rule)."""
+        return jnp.dtype(self.param_dtype) if self.dtype is None else unit.dtype
+
+    def _compute_offset(self, dtype: Any) -> Array | None:
+        """The offset as it enters the computation: in the kernel's dtype (the declared ``param_dtype``)."""
+        offset = self._offset()
+        return None if offset is None else offset.astype(dtype)
 
     def _offset(self) -> Array | None:
         return None if self.offset is None else self._value(self.offset, "offset", (self.out_features,))
@@ -493,8 +563,13 @@ class GmPDense(_GmPBase):
         of each parameter, as ``nnx.Linear``'s ``kernel_metadata`` (e.g.
         ``{"out_sharding": ("model", None)}`` for theta); ``radius_metadata`` also annotates the fixed
         ``direction`` when ``in_features == 1``.
-      kernel_init, bias_init, kernel_metadata, bias_metadata: not supported (no kernel/bias); giving
-        one raises a TypeError that names the replacement.
+      kernel_init: a Cartesian kernel initializer under its nnx name (``(key, (in, out), dtype)``, e.g.
+        ``jax.nn.initializers.glorot_uniform()``): the drawn kernel is split into directions and radii,
+        ``u_j = w_j / ||w_j||``, ``r_j = ||w_j||`` (as the released code's Glorot-hyperspherical init).
+        Replaces ``theta_init``, ``radius_init`` and ``init``. A kernel initializer passed as
+        ``theta_init`` (all directions near e_1) is refused with a ValueError.
+      bias_init, kernel_metadata, bias_metadata: not supported (no bias/kernel parameter); giving one
+        raises a TypeError that names the replacement.
 
     Call: ``layer(x, out_sharding=None, *, unit=None)``; ``x`` has shape ``(..., in_features)``, and
     ``unit`` is an optional precomputed ``layer.unit()`` of shape ``(out_features, in_features)``.
@@ -537,14 +612,13 @@ class GmPDense(_GmPBase):
         theta_metadata: Metadata = _EMPTY,
         radius_metadata: Metadata = _EMPTY,
         offset_metadata: Metadata = _EMPTY,
-        kernel_init: None = None,
+        kernel_init: Initializer | None = None,
         bias_init: None = None,
         kernel_metadata: None = None,
         bias_metadata: None = None,
     ):
         _reject_dropped(
             self._name,
-            kernel_init=kernel_init,
             bias_init=bias_init,
             kernel_metadata=kernel_metadata,
             bias_metadata=bias_metadata,
@@ -573,6 +647,8 @@ class GmPDense(_GmPBase):
             radius_metadata=radius_metadata,
             offset_metadata=offset_metadata,
             rngs=rngs,
+            kernel_init=kernel_init,
+            kernel_shape=(in_features, out_features),
         )
 
     def __call__(self, x: Array, out_sharding=None, *, unit: Array | None = None) -> Array:
@@ -580,7 +656,7 @@ class GmPDense(_GmPBase):
         x = check_input(x, self.in_features, self._name)
         u = self._checked_unit(unit)
         kernel = u.T.astype(self._kernel_dtype(u))
-        x, kernel, offset = self.promote_dtype((x, kernel, self._offset()), dtype=self.dtype)
+        x, kernel, offset = self.promote_dtype((x, kernel, self._compute_offset(kernel.dtype)), dtype=self.dtype)
         y = self.dot_general(
             x,
             kernel,
@@ -649,7 +725,7 @@ class GmPDense(_GmPBase):
         u, radius, offset = self._gmp_parts()
         self._check_exportable(radius)
         kernel = (radius[:, None] * u).T
-        dtype = self._stored_dtype()
+        dtype = jnp.dtype(self.param_dtype)
         return nnx.Linear(
             self.in_features,
             self.out_features,
@@ -888,7 +964,7 @@ class GmPConv(_GmPBase, ConvGeometry):
         radius_metadata: Metadata = _EMPTY,
         offset_metadata: Metadata = _EMPTY,
         mask: None = None,
-        kernel_init: None = None,
+        kernel_init: Initializer | None = None,
         bias_init: None = None,
         kernel_metadata: None = None,
         bias_metadata: None = None,
@@ -896,7 +972,6 @@ class GmPConv(_GmPBase, ConvGeometry):
         _reject_dropped(
             self._name,
             mask=mask,
-            kernel_init=kernel_init,
             bias_init=bias_init,
             kernel_metadata=kernel_metadata,
             bias_metadata=bias_metadata,
@@ -934,6 +1009,8 @@ class GmPConv(_GmPBase, ConvGeometry):
             radius_metadata=radius_metadata,
             offset_metadata=offset_metadata,
             rngs=rngs,
+            kernel_init=kernel_init,
+            kernel_shape=shape,
         )
 
     def kernel(self, unit: Array | None = None) -> Array:
@@ -944,7 +1021,8 @@ class GmPConv(_GmPBase, ConvGeometry):
         """``radius * act(conv(x, kernel(u)) + offset)`` for ``x`` of shape ``(*batch, *spatial, in_features)``."""
         x = check_input(x, self.in_features, self._name)
         kernel = self.kernel(unit)
-        z = conv_apply(self, x, kernel.astype(self._kernel_dtype(kernel)), self._offset(), out_sharding, self._name)
+        kernel = kernel.astype(self._kernel_dtype(kernel))
+        z = conv_apply(self, x, kernel, self._compute_offset(kernel.dtype), out_sharding, self._name)
         return self._finish(z)
 
     @classmethod
@@ -1010,7 +1088,7 @@ class GmPConv(_GmPBase, ConvGeometry):
             feature_group_count=self.feature_group_count,
             use_bias=self.use_offset,
             dtype=self.dtype,
-            param_dtype=self._stored_dtype(),
+            param_dtype=jnp.dtype(self.param_dtype),
             precision=self.precision,
             kernel_init=_constant_init(kernel),
             bias_init=_constant_init(radius * offset),

@@ -12,23 +12,29 @@ gradient is zero. ``weight_decay_mask`` therefore never decays ``theta``.
 
 Policy of ``weight_decay_mask`` (label from ``param_labels``):
 
-==========  =================================  ==========================================
-label       parameters                         decayed?
-==========  =================================  ==========================================
-``angle``   GmP ``theta``                      never (see above)
-``radius``  GmP ``radius`` r                   no by default; ``decay_radius=True`` decays
-                                               it (``w = r u``, so shrinking ``r`` is what
-                                               decoupled decay does to a standard kernel)
-``offset``  GmP ``offset`` lambda              never (a bias; biases are not decayed)
-``other``   everything else                    only if it has >= 2 dimensions: kernels,
-                                               WN directions ``v``, embeddings; not
-                                               biases, WN gains ``g``, norm scales
-==========  =================================  ==========================================
+==========  ==========================================  =====================================
+label       parameters                                  decayed?
+==========  ==========================================  =====================================
+``angle``   ``gmpjax.layers.Angle`` (GmP ``theta``)      never (see above)
+``radius``  ``gmpjax.layers.Radius`` (GmP ``r``)         no by default; ``decay_radius=True``
+                                                        decays it (``w = r u``, so shrinking
+                                                        ``r`` is what decoupled decay does to a
+                                                        standard kernel)
+``offset``  ``gmpjax.layers.Offset`` (GmP ``lambda``)   never (a bias)
+``other``   everything else                             only if it has >= 2 dimensions and is
+                                                        not a bias: kernels, WN directions
+                                                        ``v``, embeddings; never ``bias`` (of
+                                                        any rank, e.g. attention's 2-D q/k/v
+                                                        biases), gains or norm scales
+==========  ==========================================  =====================================
 
-The labels are read from the parameter *names* the GmP layers use (the last key
-of each path: ``theta``, ``radius``, ``offset``), so they work the same on an
-``nnx.Module``, an ``nnx.State``, ``TrainState.params`` and the pure dicts of
-``nnx.to_pure_dict``. The paper and the released code use no weight decay at all.
+How a parameter is recognised. In a model, an ``nnx.State``, ``TrainState.params`` or what
+``nnx.Optimizer`` hands optax, every parameter is an ``nnx.Variable`` and the GmP ones have their
+own types, so ``theta`` is never decayed whatever it is called. A plain pytree of arrays (e.g.
+``nnx.to_pure_dict``) carries no types: there the last key names the parameter (``theta``,
+``radius``, ``offset``, ``bias``, ``kernel``, ...), and a leaf that has no name (a bare array, a
+list) or an unknown name with two or more dimensions is an error rather than a guess. The paper and
+the released code use no weight decay at all.
 
 >>> import jax.numpy as jnp, optax
 >>> from flax import nnx
@@ -51,6 +57,8 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gmpjax.layers.variables import Angle, Offset, Radius
+
 PyTree = Any
 
 __all__ = ["LABELS", "label_of", "param_labels", "weight_decay_mask", "masked_weight_decay"]
@@ -58,7 +66,12 @@ __all__ = ["LABELS", "label_of", "param_labels", "weight_decay_mask", "masked_we
 LABELS: tuple[str, ...] = ("angle", "radius", "offset", "other")
 """The labels ``param_labels`` assigns (keys for ``optax.multi_transform``)."""
 
+_BY_TYPE: tuple[tuple[type, str], ...] = ((Angle, "angle"), (Radius, "radius"), (Offset, "offset"))
 _BY_NAME: Mapping[str, str] = {"theta": "angle", "radius": "radius", "offset": "offset"}
+#: Names that are biases whatever their rank: never decayed.
+_BIAS_NAMES = frozenset({"bias", "biases", "offset", "offsets"})
+#: Names an untyped (pure) tree may use for parameters with >= 2 dimensions that are decayed.
+_KERNEL_NAMES = frozenset({"kernel", "kernels", "embedding", "embeddings", "weight", "weights", "w", "v"})
 
 
 def _last_name(path: tuple) -> str | None:
@@ -77,13 +90,23 @@ def _last_name(path: tuple) -> str | None:
     return None
 
 
-def label_of(path: tuple) -> str:
-    """Label of one parameter from its pytree path: ``'angle'``, ``'radius'``, ``'offset'`` or ``'other'``.
+def label_of(path: tuple, var_type: type | None = None) -> str:
+    """Label of one parameter: ``'angle'``, ``'radius'``, ``'offset'`` or ``'other'``.
+
+    Args:
+      path: its pytree path.
+      var_type: its ``nnx.Variable`` type when known; a GmP type decides the label, else the name does.
 
     >>> from jax.tree_util import DictKey
     >>> label_of((DictKey("hidden"), DictKey("theta"))), label_of((DictKey("head"), DictKey("kernel")))
     ('angle', 'other')
+    >>> label_of((DictKey("angles"),), Angle)
+    'angle'
     """
+    if var_type is not None:
+        for cls, label in _BY_TYPE:
+            if issubclass(var_type, cls):
+                return label
     return _BY_NAME.get(_last_name(path) or "", "other")
 
 
@@ -93,14 +116,46 @@ def _as_tree(params: PyTree) -> PyTree:
     return params
 
 
-def _map_with_path(fn: Callable[[tuple, Any], Any], params: PyTree) -> PyTree:
+def _is_var(x: Any) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _map_params(fn: Callable[[tuple, type | None, Any], Any], params: PyTree, who: str) -> PyTree:
+    """``fn(path, variable type or None, array)`` on every parameter, keeping ``params``' structure."""
     tree = _as_tree(params)
-    if not jax.tree.leaves(tree):
+    if isinstance(tree, jax.Array | np.ndarray) or not jax.tree.leaves(tree):
+        got = "a bare array" if jax.tree.leaves(tree) else "no array leaves"
         raise ValueError(
-            "param_labels/weight_decay_mask: `params` has no array leaves; pass the model, "
-            "nnx.state(model, nnx.Param), TrainState.params or a pure dict of parameters."
+            f"{who}: `params` is {got}; pass the model, nnx.state(model, nnx.Param), TrainState.params or a dict "
+            "of named parameters (the mask reads each parameter's type, or its name in a plain dict)."
         )
-    return jax.tree_util.tree_map_with_path(fn, tree)
+
+    def visit(path: tuple, x: Any) -> Any:
+        # a plain value where the Variable was: a prefix of both the typed tree optax gets at init and
+        # the plain tree of updates nnx.Optimizer hands it later, so a precomputed mask fits both
+        return fn(path, type(x), x.get_value()) if _is_var(x) else fn(path, None, x)
+
+    return jax.tree_util.tree_map_with_path(visit, tree, is_leaf=_is_var)
+
+
+def _check_untyped(path: tuple, leaf: Any, who: str) -> str:
+    """The name of an untyped parameter, or a ValueError where only a guess could label it."""
+    name = _last_name(path)
+    where = jax.tree_util.keystr(path) or "<root>"
+    if name is None:
+        raise ValueError(
+            f"{who}: the parameter at {where} has no name and no nnx type, so nothing says whether it is a GmP "
+            "angle, a bias or a kernel; pass the model or nnx.state(model, nnx.Param) (typed), or a dict of "
+            "named parameters."
+        )
+    if np.ndim(leaf) >= 2 and name not in _KERNEL_NAMES and name not in _BY_NAME and name not in _BIAS_NAMES:
+        raise ValueError(
+            f"{who}: the plain (untyped) parameter {where!s} named {name!r} has {np.ndim(leaf)} dimensions and an "
+            f"unknown name, so it could be GmP angles (never decayed) or a kernel; pass the model or "
+            f"nnx.state(model, nnx.Param), whose gmpjax.layers.Angle/Radius/Offset types say which, or name it "
+            f"one of {sorted(_KERNEL_NAMES | set(_BY_NAME) | _BIAS_NAMES)}."
+        )
+    return name
 
 
 def param_labels(params: PyTree) -> PyTree:
@@ -108,7 +163,7 @@ def param_labels(params: PyTree) -> PyTree:
 
     Args:
       params: an ``nnx.Module`` (its ``nnx.Param`` state is labelled), an
-        ``nnx.State``, ``TrainState.params`` or a (nested) dict of arrays.
+        ``nnx.State``, ``TrainState.params`` or a (nested) dict of named arrays.
 
     Returns:
       A pytree of the same structure as ``params`` (the ``nnx.Param`` state for a
@@ -124,15 +179,21 @@ def param_labels(params: PyTree) -> PyTree:
     ...                             "offset": optax.adam(1e-3), "other": optax.adam(1e-3)}, param_labels)
     >>> _ = tx.init(params)
     """
-    return _map_with_path(lambda path, _: label_of(path), params)
+
+    def label(path: tuple, var_type: type | None, leaf: Any) -> str:
+        if var_type is None:
+            _check_untyped(path, leaf, "param_labels")
+        return label_of(path, var_type)
+
+    return _map_params(label, params, "param_labels")
 
 
 def weight_decay_mask(params: PyTree, *, decay_radius: bool = False) -> PyTree:
-    """``True`` where decoupled weight decay is safe and wanted: standard kernels (``'other'`` with ndim >= 2).
+    """``True`` where decoupled weight decay is safe and wanted: standard kernels (``'other'``, ndim >= 2, no bias).
 
     Never ``theta`` (decay turns a unit towards e_1, see the module docstring), never
-    offsets, biases, gains or norm scales (1-D or scalar ``'other'``); the radius
-    only with ``decay_radius=True``. Pass it as ``mask=`` of ``optax.adamw``,
+    offsets, biases of any rank, gains or norm scales; the radius only with
+    ``decay_radius=True``. Pass it as ``mask=`` of ``optax.adamw``,
     ``optax.add_decayed_weights`` or ``optax.masked``.
 
     Args:
@@ -149,13 +210,15 @@ def weight_decay_mask(params: PyTree, *, decay_radius: bool = False) -> PyTree:
     {'bias': False, 'kernel': True, 'radius': True, 'theta': False}
     """
 
-    def decay(path: tuple, leaf: Any) -> bool:
-        label = label_of(path)
+    def decay(path: tuple, var_type: type | None, leaf: Any) -> bool:
+        if var_type is None:
+            _check_untyped(path, leaf, "weight_decay_mask")
+        label = label_of(path, var_type)
         if label == "other":
-            return np.ndim(leaf) >= 2
+            return np.ndim(leaf) >= 2 and _last_name(path) not in _BIAS_NAMES
         return label == "radius" and decay_radius
 
-    return _map_with_path(decay, params)
+    return _map_params(decay, params, "weight_decay_mask")
 
 
 def masked_weight_decay(weight_decay: float, *, decay_radius: bool = False) -> Any:

@@ -51,6 +51,7 @@ Example (one process, however many local devices there are)::
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -416,6 +417,10 @@ def shard_batch(batch: PyTree, mesh: Mesh) -> PyTree:
 class ShardedStep:
     """A jitted ``(state, *args) -> out`` whose state shardings come from the state's own metadata.
 
+    On a mesh with ``Explicit`` axes (the default of ``jax.make_mesh``) the step is traced and run under
+    ``jax.set_mesh(mesh)``, so a model can name ``out_sharding=P(...)`` where JAX asks for one (a matmul
+    whose contracting axis is sharded, as in a row-parallel layer).
+
     The shardings are derived (``state_shardings``) from the first state it is
     called with and cached per tree structure (which includes the nnx metadata),
     so one object serves a replicated data-parallel state and a tensor-parallel
@@ -447,11 +452,18 @@ class ShardedStep:
                 self._jitted[key] = jax.jit(self.fn, in_shardings=(state_sh, data))
         return self._jitted[key]
 
+    def _context(self) -> Any:
+        """``jax.set_mesh(mesh)`` for a mesh with Explicit axes (a model's ``out_sharding=P(...)`` needs it)."""
+        explicit = any(t == jax.sharding.AxisType.Explicit for t in getattr(self.mesh, "axis_types", ()))
+        return jax.set_mesh(self.mesh) if explicit else contextlib.nullcontext()
+
     def lower(self, state: PyTree, batch: PyTree) -> Any:
-        return self.jitted(state).lower(state, batch)
+        with self._context():
+            return self.jitted(state).lower(state, batch)
 
     def __call__(self, state: PyTree, batch: PyTree) -> Any:
-        return self.jitted(state)(state, batch)
+        with self._context():
+            return self.jitted(state)(state, batch)
 
 
 def shard_train_step(
