@@ -17,6 +17,7 @@ from gmpjax.layers.baselines import (
     WNMBNConv,
     WNMBNDense,
 )
+from gmpjax.layers.convert import to_gmp, to_standard
 from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
@@ -43,6 +44,8 @@ __all__ = [
     "TriangleActivation",
     "TriangleDifference",
     "ReLUMLP",
+    "to_gmp",
+    "to_standard",
     "Angle",
     "Radius",
     "Offset",

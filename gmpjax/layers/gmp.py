@@ -311,6 +311,57 @@ def _check_not_collapsed(theta: Any, name: str) -> None:
         )
 
 
+_CARRIED_METADATA = ("eager_sharding",)
+
+
+def _spec_of(var: Any) -> tuple | None:
+    spec = var.get_metadata().get("out_sharding") if isinstance(var, nnx.Variable) else None
+    return None if spec is None else tuple(spec)
+
+
+def _carried_metadata(var: nnx.Variable) -> dict[str, Any]:
+    md = var.get_metadata()
+    return {k: md[k] for k in _CARRIED_METADATA if k in md}
+
+
+def gmp_metadata_of(kernel: nnx.Variable, where: str) -> dict[str, dict[str, Any]]:
+    """``theta/radius/offset_metadata`` carrying a standard kernel's sharding (output axis last).
+
+    ``(..., None, "model")`` becomes theta ``("model", None)`` and radius/offset ``("model",)``. Input-axis
+    sharding has no GmP counterpart (a unit's angles live on one device): it is dropped with a warning.
+    """
+    spec = _spec_of(kernel)
+    if spec is None:
+        return {}
+    out_axis = spec[-1]
+    if any(a is not None for a in spec[:-1]):
+        warnings.warn(
+            f"{where}: the kernel's input axes are sharded {spec}; a GmP unit keeps its angles on one device, so "
+            f"only the output-axis sharding ({out_axis!r}) is carried over. Keep such a layer standard (e.g. the "
+            "row-parallel half of a Megatron MLP).",
+            UserWarning,
+            stacklevel=4,
+        )
+    extra = _carried_metadata(kernel)
+    return {
+        "theta_metadata": {"out_sharding": (out_axis, None), **extra},
+        "radius_metadata": {"out_sharding": (out_axis,), **extra},
+        "offset_metadata": {"out_sharding": (out_axis,), **extra},
+    }
+
+
+def standard_metadata_of(theta: Any, kernel_ndim: int) -> dict[str, dict[str, Any]]:
+    """``kernel/bias_metadata`` carrying theta's unit-axis sharding back to a standard layer's output axis."""
+    spec = _spec_of(theta)
+    if spec is None:
+        return {}
+    extra = _carried_metadata(theta)
+    return {
+        "kernel_metadata": {"out_sharding": (None,) * (kernel_ndim - 1) + (spec[0],), **extra},
+        "bias_metadata": {"out_sharding": (spec[0],), **extra},
+    }
+
+
 def _constant_init(value: Array) -> Initializer:
     def init(key, shape, dtype):
         del key
@@ -698,6 +749,7 @@ class GmPDense(_GmPBase):
         kernel = linear.kernel[...]
         bias = None if linear.bias is None else linear.bias[...]
         theta, radius, offset = _split_standard(kernel.T, bias, act, "GmPDense.from_linear", "columns")
+        kwargs = {**gmp_metadata_of(linear.kernel, "GmPDense.from_linear"), **kwargs}
         return cls._from_parts(
             (linear.in_features, linear.out_features),
             theta,
@@ -719,8 +771,9 @@ class GmPDense(_GmPBase):
     def to_linear(self) -> nnx.Linear:
         """The ``nnx.Linear`` with ``act(linear(x)) == self(x)``: ``kernel = (r u).T``, ``bias = r * offset``.
 
-        Raises ValueError for activations other than None/relu/leaky_relu, or for a negative radius
-        with an activation (``r * act(z) != act(r z)`` there).
+        theta's sharding annotation moves to the kernel's output axis and the bias. Raises ValueError for
+        activations other than None/relu/leaky_relu, or for a negative radius with an activation
+        (``r * act(z) != act(r z)`` there).
         """
         u, radius, offset = self._gmp_parts()
         self._check_exportable(radius)
@@ -738,6 +791,7 @@ class GmPDense(_GmPBase):
             dot_general=self.dot_general,
             promote_dtype=self.promote_dtype,
             preferred_element_type=self.preferred_element_type,
+            **standard_metadata_of(self.theta, 2),
             rngs=nnx.Rngs(0),
         )
 
@@ -1045,6 +1099,7 @@ class GmPConv(_GmPBase, ConvGeometry):
         bias = None if conv.bias is None else conv.bias[...]
         w = kernel.reshape(-1, kernel.shape[-1]).T
         theta, radius, offset = _split_standard(w, bias, act, "GmPConv.from_conv", "output channels")
+        kwargs = {**gmp_metadata_of(conv.kernel, "GmPConv.from_conv"), **kwargs}
         geometry = {
             "kernel_size": tuple(conv.kernel_size),
             "strides": conv.strides,
@@ -1096,6 +1151,7 @@ class GmPConv(_GmPBase, ConvGeometry):
             promote_dtype=self.promote_dtype,
             preferred_element_type=self.preferred_element_type,
             rngs=nnx.Rngs(0),
+            **standard_metadata_of(self.theta, len(self.kernel_shape)),
         )
 
 
