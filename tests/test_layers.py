@@ -149,7 +149,7 @@ def test_gmp_conv_hwio_flattening_matches_explicit_patches():
     with jax.enable_x64(True):
         conv = L.GmPConv(2, 3, (2, 3), padding="VALID", activation=None, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
         u = np.asarray(hs.angles_to_unit(conv.theta[...]))  # (3, 2*3*2)
-        kern = np.asarray(conv.kernel())
+        kern = np.asarray(conv.unit_kernel())
         for i in range(2):
             for j in range(3):
                 for c in range(2):
@@ -165,7 +165,7 @@ def test_gmp_conv_hwio_flattening_matches_explicit_patches():
 def test_gmp_conv_strides_padding_match_nnx_conv():
     gc = L.GmPConv(3, 4, (3, 3), strides=2, padding="SAME", kernel_dilation=1, activation=None, rngs=nnx.Rngs(0))
     ref = nnx.Conv(3, 4, (3, 3), strides=2, padding="SAME", use_bias=False, rngs=nnx.Rngs(0))
-    ref.kernel[...] = gc.kernel()
+    ref.kernel[...] = gc.unit_kernel()
     x = jax.random.normal(jax.random.key(0), (2, 9, 9, 3))
     np.testing.assert_allclose(gc(x), ref(x), atol=1e-5)
 
@@ -188,7 +188,7 @@ def test_wn_init_equals_sp_function():
     sp = L.SPDense(4, 6, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(0), (5, 4))
     np.testing.assert_allclose(wn(x), sp(x), rtol=1e-5, atol=1e-6)
-    wc, sc = L.WNConv(3, 4, 3, rngs=nnx.Rngs(0)), L.SPConv(3, 4, 3, rngs=nnx.Rngs(0))
+    wc, sc = L.WNConv(3, 4, (3, 3), rngs=nnx.Rngs(0)), L.SPConv(3, 4, (3, 3), rngs=nnx.Rngs(0))
     xi = jax.random.normal(jax.random.key(1), (2, 5, 5, 3))
     np.testing.assert_allclose(wc(xi), sc(xi), rtol=1e-5, atol=1e-5)
 
@@ -223,8 +223,8 @@ def test_registry_and_linen_bridge():
         (lambda: L.GmPDense(3, -1, rngs=nnx.Rngs(0)), ValueError, "out_features"),
         (lambda: L.GmPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 5))), ValueError, "in_features=3"),
         (lambda: L.GmPDense(3, 4, rngs=nnx.Rngs(0))(jnp.ones((2, 3), jnp.int32)), TypeError, "floating-point"),
-        # an int kernel_size is a square 2-D kernel here (nnx.Conv: 1-D), so a rank-3 input is ambiguous
-        (lambda: L.GmPConv(3, 4, 3, rngs=nnx.Rngs(0))(jnp.ones((2, 5, 3))), ValueError, "rank 4"),
+        # an int kernel_size is a 1-D kernel, as in nnx.Conv: rank-3 input (N, L, C) or more
+        (lambda: L.GmPConv(3, 4, 3, rngs=nnx.Rngs(0))(jnp.ones((3,))), ValueError, "int, which means a 1-D"),
         (lambda: L.GmPConv(3, 4, (3, 3), rngs=nnx.Rngs(0))(jnp.ones((5, 3))), ValueError, "rank 4"),
         (lambda: L.GmPConv(3, 4, (3, 0), rngs=nnx.Rngs(0)), ValueError, "kernel_size"),
         (lambda: L.InputMeanNorm(0), ValueError, "num_features"),

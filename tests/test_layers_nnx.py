@@ -193,11 +193,11 @@ def test_conv_options_with_flax_idioms(opts):
 def test_grouped_conv_and_batch_axes_match_nnx_conv():
     """One direction per output channel over its group's fan-in; batch axes handled as nnx.Conv does."""
     m = L.GmPConv(6, 9, (3, 3), feature_group_count=3, rngs=nnx.Rngs(0))
-    assert m.fan_in == 3 * 3 * 2 and m.theta.shape == (9, 17) and m.kernel().shape == (3, 3, 2, 9)
-    np.testing.assert_allclose(jnp.linalg.norm(m.kernel().reshape(-1, 9), axis=0), 1.0, rtol=1e-6)
+    assert m.fan_in == 3 * 3 * 2 and m.theta.shape == (9, 17) and m.unit_kernel().shape == (3, 3, 2, 9)
+    np.testing.assert_allclose(jnp.linalg.norm(m.unit_kernel().reshape(-1, 9), axis=0), 1.0, rtol=1e-6)
     dw = L.GmPConv(4, 4, (3, 3), feature_group_count=4, activation=None, rngs=nnx.Rngs(0))  # depthwise
     ref = nnx.Conv(4, 4, (3, 3), feature_group_count=4, use_bias=False, rngs=nnx.Rngs(0))
-    ref.kernel[...] = dw.kernel()
+    ref.kernel[...] = dw.unit_kernel()
     assert ref.kernel.shape == (3, 3, 1, 4)
     x = _randn(0, (2, 3, 6, 6, 4))  # two batch axes
     np.testing.assert_allclose(_call(dw, x), _call(ref, x), atol=1e-5)
@@ -581,3 +581,31 @@ def test_scan_vjp_under_jacfwd_says_to_use_a_custom_jvp_impl():
     with pytest.raises(TypeError, match="custom_jvp.*'scan_jvp'"):
         jax.jacfwd(f)(params)
     jax.eval_shape(jax.jacrev(f), params)  # reverse mode is what scan_vjp is for
+
+
+def test_int_kernel_size_means_what_it_means_in_nnx_conv():
+    """GmPConv(6, 4, 3) is nnx.Conv(6, 4, 3): a 1-D kernel, and the same function after from_conv."""
+    conv = nnx.Conv(6, 4, 3, rngs=nnx.Rngs(0))
+    gmp = L.GmPConv(6, 4, 3, rngs=nnx.Rngs(0))
+    assert gmp.kernel_size == tuple(conv.kernel_size) == (3,) and gmp.kernel.shape == conv.kernel.shape == (3, 6, 4)
+    x = _randn(4, (2, 5, 7, 6))  # a 2-D batch: both treat (2, 5) as batch axes of a 1-D convolution
+    np.testing.assert_allclose(L.GmPConv.from_conv(conv)(x), conv(x), atol=1e-5)
+    assert gmp(x).shape == conv(x).shape
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_kernel_and_bias_properties_are_the_standard_layer(kind):
+    """layer.kernel = (r u)^T and layer.bias = r lambda, read-only, equal to to_linear / to_conv's parameters."""
+    if kind == "dense":
+        layer = L.GmPDense(
+            5, 3, offset_init=nnx.initializers.normal(0.3), radius_init=nnx.initializers.ones, rngs=nnx.Rngs(0)
+        )
+        std = layer.to_linear()
+    else:
+        layer = L.GmPConv(2, 3, (2, 2), offset_init=nnx.initializers.normal(0.3), rngs=nnx.Rngs(0))
+        std = layer.to_conv()
+    np.testing.assert_allclose(layer.kernel, std.kernel[...], atol=1e-6)
+    np.testing.assert_allclose(layer.bias, std.bias[...], atol=1e-6)
+    assert "kernel" not in nnx.to_pure_dict(nnx.state(layer, nnx.Param))  # computed, never stored
+    with pytest.raises(AttributeError):
+        layer.kernel = jnp.zeros_like(layer.kernel)

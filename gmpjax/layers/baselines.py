@@ -8,7 +8,7 @@
 
 Each comes as a dense and a convolution variant; the convolutions take ``nnx.Conv``'s geometry
 (1-, 2- or 3-D kernels, channels-last inputs, ``feature_group_count``, ``input_dilation``; an int
-``kernel_size`` is a square 2-D kernel, as for ``GmPConv``). All take ``nnx.Linear``/``nnx.Conv``'s
+``kernel_size`` is a 1-D kernel, as in ``nnx.Conv`` and ``GmPConv``). All take ``nnx.Linear``/``nnx.Conv``'s
 ``use_bias``, ``dtype``, ``param_dtype``, ``precision``, ``kernel_init``, ``bias_init``,
 ``dot_general``/``conv_general_dilated``, ``promote_dtype``, ``preferred_element_type``,
 ``kernel_metadata`` and ``bias_metadata`` with the same meaning. WN layers call the metadata of ``v``

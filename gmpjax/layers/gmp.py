@@ -538,6 +538,14 @@ class _GmPBase(nnx.Module):
     def _preferred(self) -> dict[str, Any]:
         return {} if self.preferred_element_type is None else {"preferred_element_type": self.preferred_element_type}
 
+    @property
+    def bias(self) -> Array | None:
+        """Read-only standard bias ``r * lambda`` of shape ``(out,)`` (None without an offset); never stored."""
+        if self.offset is None:
+            return None
+        _, radius, offset = self._gmp_parts()
+        return radius * offset
+
     def _gmp_parts(self) -> tuple[Array, Array, Array]:
         """``(u, radius, offset)`` in float32-or-wider, for conversions."""
         u = self.unit()
@@ -768,6 +776,23 @@ class GmPDense(_GmPBase):
             kwargs,
         )
 
+    @property
+    def kernel(self) -> Array:
+        """Read-only ``nnx.Linear`` kernel of the layer, ``(r u)^T`` of shape ``(in, out)``.
+
+        ``act(x @ kernel + bias) == layer(x)`` for activations None, relu, leaky_relu with ``r >= 0``.
+        Computed from the parameters on every access (never stored); train ``theta``/``radius``/``offset``.
+
+        >>> import jax.numpy as jnp
+        >>> from flax import nnx
+        >>> layer = GmPDense(3, 2, activation=None, rngs=nnx.Rngs(0))
+        >>> x = jnp.ones((4, 3))
+        >>> bool(jnp.allclose(x @ layer.kernel + layer.bias, layer(x), atol=1e-6))
+        True
+        """
+        u, radius, _ = self._gmp_parts()
+        return (radius[:, None] * u).T
+
     def to_linear(self) -> nnx.Linear:
         """The ``nnx.Linear`` with ``act(linear(x)) == self(x)``: ``kernel = (r u).T``, ``bias = r * offset``.
 
@@ -806,7 +831,7 @@ def _tuple(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:
 
 def _kernel_size(kernel_size: int | Sequence[int], name: str) -> tuple[int, ...]:
     if isinstance(kernel_size, int | np.integer) and not isinstance(kernel_size, bool):
-        return _tuple(kernel_size, 2, "kernel_size")
+        return _tuple(kernel_size, 1, "kernel_size")  # as nnx.Conv: an int is a 1-D kernel
     try:
         t = tuple(cast(Sequence[int], kernel_size))
     except TypeError:
@@ -867,14 +892,12 @@ def conv_apply(layer: Any, x: Array, kernel: Array, bias: Array | None, out_shar
     dtype, precision, promote_dtype, conv_general_dilated, preferred_element_type`` and ``int_kernel_size``.
     """
     rank = len(layer.kernel_size)
-    if x.ndim < rank + 1 or (layer.int_kernel_size and x.ndim == rank + 1):
+    if x.ndim < rank + 1:
         raise ValueError(
             f"{name} has a {rank}-D kernel {layer.kernel_size}, so it expects inputs of rank {rank + 2} "
             f"(N, {'spatial, ' * rank}C) or more, but got shape {x.shape}"
             + (
-                "; kernel_size was an int, which here means a square 2-D kernel (unlike nnx.Conv, where an int "
-                "is 1-D): pass kernel_size=(k,) for a 1-D convolution, or a tuple (k, k) to allow unbatched "
-                "(H, W, C) inputs."
+                "; kernel_size was an int, which means a 1-D kernel (as in nnx.Conv): pass (k, k) for a 2-D one."
                 if layer.int_kernel_size
                 else "."
             )
@@ -1067,14 +1090,24 @@ class GmPConv(_GmPBase, ConvGeometry):
             kernel_shape=shape,
         )
 
-    def kernel(self, unit: Array | None = None) -> Array:
+    def unit_kernel(self, unit: Array | None = None) -> Array:
         """The unit-norm kernel ``u.T`` reshaped to ``(*kernel_size, in_features / groups, out_features)``."""
         return self._checked_unit(unit).T.reshape(self.kernel_shape)
+
+    @property
+    def kernel(self) -> Array:
+        """Read-only ``nnx.Conv`` kernel of the layer, ``(r u)^T`` in ``(*kernel_size, in / groups, out)`` layout.
+
+        ``act(conv(x, kernel) + bias) == layer(x)`` for activations None, relu, leaky_relu with ``r >= 0``.
+        Computed from the parameters on every access (never stored); train ``theta``/``radius``/``offset``.
+        """
+        u, radius, _ = self._gmp_parts()
+        return (radius[:, None] * u).T.reshape(self.kernel_shape)
 
     def __call__(self, x: Array, out_sharding=None, *, unit: Array | None = None) -> Array:
         """``radius * act(conv(x, kernel(u)) + offset)`` for ``x`` of shape ``(*batch, *spatial, in_features)``."""
         x = check_input(x, self.in_features, self._name)
-        kernel = self.kernel(unit)
+        kernel = self.unit_kernel(unit)
         kernel = kernel.astype(self._kernel_dtype(kernel))
         z = conv_apply(self, x, kernel, self._compute_offset(kernel.dtype), out_sharding, self._name)
         return self._finish(z)

@@ -76,7 +76,7 @@ def make_dense(name: str, in_features: int, out_features: int, **kwargs) -> nnx.
 def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Module:
     """Convolution of parameterization ``name``; keyword arguments as in ``nnx.Conv`` (see ``docs/layers.md``).
 
-    An int ``kernel_size`` is a square 2-D kernel; a tuple's length (1, 2 or 3) sets the rank.
+    An int ``kernel_size`` is a 1-D kernel (as in ``nnx.Conv``); a tuple's length (1, 2 or 3) sets the rank.
 
     >>> import jax.numpy as jnp
     >>> from flax import nnx

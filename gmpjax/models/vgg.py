@@ -71,7 +71,7 @@ def conv_unit(
     """
     p = check_parameterization(parameterization)
     if model_axis is not None:
-        kernel_ndim = len(kernel_size) + 2 if isinstance(kernel_size, (tuple, list)) else 4
+        kernel_ndim = len(kernel_size) + 2 if isinstance(kernel_size, (tuple, list)) else 3  # int: 1-D, as nnx
         kwargs = {**column_parallel(p, kernel_ndim=kernel_ndim, axis=model_axis), **kwargs}
     if p in ("gmp", "gmp_imn"):
         conv = make_conv("gmp", in_features, out_features, kernel_size, init=init, rngs=rngs, **kwargs)
