@@ -18,7 +18,9 @@ from gmpjax.layers.baselines import (
     WNMBNDense,
 )
 from gmpjax.layers.convert import to_gmp, to_standard
-from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm, MeanOnlyBatchNorm
+from gmpjax.layers.gmp import GmPDense, angle_layers, precomputed_units
+from gmpjax.layers.gmp_conv import GmPConv
+from gmpjax.layers.imn import InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
 from gmpjax.layers.variables import Angle, Offset, Radius
@@ -44,6 +46,8 @@ __all__ = [
     "TriangleActivation",
     "TriangleDifference",
     "ReLUMLP",
+    "angle_layers",
+    "precomputed_units",
     "to_gmp",
     "to_standard",
     "Angle",

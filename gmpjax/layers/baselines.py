@@ -28,19 +28,18 @@ import jax.numpy as jnp
 from flax import nnx
 from flax.nnx.nn import dtypes as nnx_dtypes
 
-from gmpjax.layers.gmp import (
+from gmpjax.layers.checks import (
     Activation,
-    ConvGeometry,
-    MeanOnlyBatchNorm,
     _check_callable,
     _check_features,
     _check_metadata,
-    _unit_dtype,
     check_input,
-    conv_apply,
     expose_signature,
     resolve_activation,
 )
+from gmpjax.layers.conv_geometry import ConvGeometry, conv_apply
+from gmpjax.layers.gmp_params import _unit_dtype
+from gmpjax.layers.imn import MeanOnlyBatchNorm
 
 Array = jax.Array
 Metadata = Mapping[str, Any]

@@ -33,7 +33,8 @@ from typing import Any
 from flax import nnx
 
 from gmpjax.layers.baselines import SPConv, SPDense
-from gmpjax.layers.gmp import GmPConv, GmPDense
+from gmpjax.layers.gmp import GmPDense
+from gmpjax.layers.gmp_conv import GmPConv
 
 __all__ = ["to_gmp", "to_standard", "Filter"]
 

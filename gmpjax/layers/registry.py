@@ -9,7 +9,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import baselines as B
-from gmpjax.layers.gmp import GmPConv, GmPDense, InputMeanNorm
+from gmpjax.layers.gmp import GmPDense
+from gmpjax.layers.gmp_conv import GmPConv
+from gmpjax.layers.imn import InputMeanNorm
 
 __all__ = ["PARAMETERIZATIONS", "make_dense", "make_conv", "check_parameterization"]
 

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from gmpjax import triangular as tri
-from gmpjax.layers.gmp import check_input
+from gmpjax.layers.checks import check_input
 from gmpjax.regions import relu_mlp
 
 Array = jax.Array

@@ -1,7 +1,7 @@
 """Variable types of the GmP parameters: angles, radii and offsets are ``nnx.Param`` subclasses.
 
 A GmP unit ``r * act(u(theta) . x + lambda)`` has three kinds of trainable parameters that an
-optimizer must treat differently from a standard kernel (``gmpjax.train.optim``): decoupled weight
+optimizer must treat differently from a standard kernel (see ``train.optim``): decoupled weight
 decay on the angles ``theta`` turns every unit towards ``e_1``, and the offset ``lambda`` is a bias.
 Giving them their own types lets ``nnx.state(model, Angle)``, ``nnx.Optimizer(..., wrt=...)`` and
 the weight-decay mask select them by what they are, whatever attribute name they are stored under.

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import check_parameterization, make_dense
-from gmpjax.train.sharding import column_parallel, row_parallel
+from gmpjax.layers.parallel import column_parallel, row_parallel
 
 __all__ = ["TransformerLM", "Block", "CausalSelfAttention", "MLPBlock", "MLP_PARAMETERIZATIONS"]
 

@@ -21,7 +21,7 @@ No hidden fully connected layers and no dropout. Per parameterization ``p``:
 Tensor parallelism: ``VGG6(..., model_axis="model")`` annotates every conv as
 column parallel (output channels split over the mesh axis: GmP theta on its
 axis 0, radius and offset; a standard kernel on its output axis) and the head
-as row parallel (its input features split), for ``gmpjax.train.sharding``
+as row parallel (its input features split; ``gmpjax.layers.parallel``), placed on a mesh by ``train.sharding``
 on a ``("data", "model")`` mesh. The widths must be divisible by the axis size.
 """
 
@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import InputMeanNorm, SPDense, WNDense, check_parameterization, make_conv
-from gmpjax.train.sharding import column_parallel, row_parallel
+from gmpjax.layers.parallel import column_parallel, row_parallel
 
 __all__ = ["VGG6", "VGG6_WIDTHS", "ConvThenIMN"]
 

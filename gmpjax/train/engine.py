@@ -25,16 +25,17 @@ over devices (``gmpjax.train.sharding``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+
+from gmpjax.layers.gmp import angle_layers, precomputed_units
 
 Array = jax.Array
 PyTree = Any
@@ -203,26 +204,6 @@ def make_train_step(
     return step
 
 
-def _hoisted_layers(model: nnx.Module) -> list[nnx.Module]:
-    """The GmP layers of ``model`` whose direction comes from angles (``unit()`` computes u(theta))."""
-    from gmpjax.layers.gmp import _GmPBase
-
-    return [m for _, m in nnx.iter_modules(model) if isinstance(m, _GmPBase) and m.theta is not None]
-
-
-@contextlib.contextmanager
-def _fed_units(layers: Sequence[nnx.Module], units: Sequence[Array]):
-    """Within the block, ``layer.unit()`` returns the given array (the layers' single source of u)."""
-    try:
-        for layer, u in zip(layers, units, strict=True):
-            object.__setattr__(layer, "unit", lambda u=u: u)
-        yield
-    finally:
-        for layer in layers:
-            if "unit" in vars(layer):
-                object.__delattr__(layer, "unit")
-
-
 def split_microbatches(batch: PyTree, k: int) -> PyTree:
     """Reshape every leaf ``(B, ...) -> (k, B // k, ...)``; ValueError if ``B`` is not divisible by ``k``.
 
@@ -261,11 +242,11 @@ def accumulate_gradients(
 
     def units_of(params, rest):
         model = nnx.merge(graphdef, params, rest, copy=True)
-        return [cast(Any, layer).unit() for layer in _hoisted_layers(model)]
+        return [cast(Any, layer).unit() for layer in angle_layers(model)]
 
     def micro_loss(params, units, rest, mb):
         model = nnx.merge(graphdef, params, rest, copy=True)
-        with _fed_units(_hoisted_layers(model), units):
+        with precomputed_units(angle_layers(model), units):
             loss, metrics = _as_loss_and_metrics(loss_fn(model, mb))
         _, _, rest = _split(model, wrt)
         return loss, (metrics, rest)
@@ -387,6 +368,10 @@ class MetricsLogger:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         return rec
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """clu's writer interface: the same as ``log(step, **scalars)``."""
+        self.log(step, **scalars)
 
     def read(self) -> list[dict]:
         """Every record of the file, in order (``[]`` without a file)."""
