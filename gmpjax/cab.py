@@ -278,12 +278,12 @@ def cab_of_layer(layer: nnx.Module) -> CAB:
     """
     from gmpjax.layers import baselines as B
     from gmpjax.layers import gmp as G
-    from gmpjax.layers.registry import _IMNThen
+    from gmpjax.layers.imn import GmPIMN
 
     if isinstance(layer, G.GmPDense):
         u = layer.unit()
         return CAB(u, gmp_location(u, _val(layer.offset)))
-    if isinstance(layer, _IMNThen) and isinstance(layer.layer, G.GmPDense):
+    if isinstance(layer, GmPIMN) and layer.position == "input" and isinstance(layer.layer, G.GmPDense):
         inner = layer.layer
         u = inner.unit()
         mu = _val(layer.imn.mean).astype(u.dtype)

@@ -20,7 +20,7 @@ from gmpjax.layers.baselines import (
 from gmpjax.layers.convert import to_gmp, to_standard
 from gmpjax.layers.gmp import GmPDense, angle_layers, precomputed_units
 from gmpjax.layers.gmp_conv import GmPConv
-from gmpjax.layers.imn import InputMeanNorm, MeanOnlyBatchNorm
+from gmpjax.layers.imn import GmPIMN, InputMeanNorm, MeanOnlyBatchNorm
 from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
 from gmpjax.layers.variables import Angle, Offset, Radius
@@ -29,6 +29,7 @@ __all__ = [
     "GmPDense",
     "GmPConv",
     "InputMeanNorm",
+    "GmPIMN",
     "MeanOnlyBatchNorm",
     "SPDense",
     "SPConv",

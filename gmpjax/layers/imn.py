@@ -14,7 +14,7 @@ from gmpjax.layers.checks import _EMPTY, Metadata, _check_metadata, check_input,
 
 Array = jax.Array
 
-__all__ = ["InputMeanNorm", "MeanOnlyBatchNorm"]
+__all__ = ["InputMeanNorm", "MeanOnlyBatchNorm", "GmPIMN"]
 
 
 @expose_signature
@@ -87,3 +87,36 @@ class InputMeanNorm(nnx.Module):
 
 MeanOnlyBatchNorm = InputMeanNorm
 """Mean-only batch norm (Salimans & Kingma 2016): the same operation as IMN, placed on pre-activations."""
+
+
+class GmPIMN(nnx.Module):
+    """A GmP layer with input mean normalization: the one GmP+IMN unit of the library.
+
+    ``position="input"`` (the paper's GmP+IMN unit, ``make_dense("gmp_imn", ...)``): ``layer(IMN(x))``
+    with IMN over the layer's ``in_features``. ``position="output"`` (the released code's VGG, where IMN
+    follows each conv and normalises the next layer's input): ``IMN(layer(x))`` over ``out_features``.
+    Attributes ``imn`` and ``layer`` hold the two parts.
+
+    >>> import jax.numpy as jnp
+    >>> from gmpjax.layers import GmPDense
+    >>> unit = GmPIMN(GmPDense(3, 4, rngs=nnx.Rngs(0)))
+    >>> unit(jnp.ones((2, 3))).shape
+    (2, 4)
+    """
+
+    def __init__(self, layer: nnx.Module, *, position: str = "input", param_dtype: Any = jnp.float32):
+        if position not in ("input", "output"):
+            raise ValueError(f"GmPIMN: position must be 'input' or 'output' (got {position!r}).")
+        features = getattr(layer, "in_features" if position == "input" else "out_features", None)
+        if not isinstance(features, int):
+            raise TypeError(
+                f"GmPIMN: layer must be a GmP layer with in_features/out_features (got {type(layer).__name__})."
+            )
+        self.position = position
+        self.imn = InputMeanNorm(features, param_dtype=param_dtype)
+        self.layer = layer
+
+    def __call__(self, x: Array, out_sharding: Any = None, **kwargs: Any) -> Array:
+        if self.position == "input":
+            return self.layer(self.imn(x), out_sharding, **kwargs)
+        return self.imn(self.layer(x, out_sharding, **kwargs))

@@ -4,35 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from gmpjax.layers import baselines as B
 from gmpjax.layers.gmp import GmPDense
 from gmpjax.layers.gmp_conv import GmPConv
-from gmpjax.layers.imn import InputMeanNorm
+from gmpjax.layers.imn import GmPIMN
 
 __all__ = ["PARAMETERIZATIONS", "make_dense", "make_conv", "check_parameterization"]
 
 
-class _IMNThen(nnx.Module):
-    """IMN on the layer input, then the wrapped GmP layer (the paper's GmP+IMN unit)."""
-
-    def __init__(self, in_features: int, layer: nnx.Module, param_dtype=jnp.float32):
-        self.imn = InputMeanNorm(in_features, param_dtype=param_dtype)
-        self.layer = layer
-
-    def __call__(self, x: jax.Array, out_sharding=None, **kwargs) -> jax.Array:
-        return self.layer(self.imn(x), out_sharding, **kwargs)
-
-
 def _gmp_imn_dense(i, o, **kw):
-    return _IMNThen(i, GmPDense(i, o, **kw), kw.get("param_dtype", jnp.float32))
+    return GmPIMN(GmPDense(i, o, **kw), param_dtype=kw.get("param_dtype", jnp.float32))
 
 
 def _gmp_imn_conv(i, o, k, **kw):
-    return _IMNThen(i, GmPConv(i, o, k, **kw), kw.get("param_dtype", jnp.float32))
+    return GmPIMN(GmPConv(i, o, k, **kw), param_dtype=kw.get("param_dtype", jnp.float32))
 
 
 _DENSE: dict[str, Callable[..., nnx.Module]] = {

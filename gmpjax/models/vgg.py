@@ -34,24 +34,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gmpjax.layers import InputMeanNorm, SPDense, WNDense, check_parameterization, make_conv
+from gmpjax.layers import GmPIMN, SPDense, WNDense, check_parameterization, make_conv
 from gmpjax.layers.parallel import column_parallel, row_parallel
 
-__all__ = ["VGG6", "VGG6_WIDTHS", "ConvThenIMN"]
+__all__ = ["VGG6", "VGG6_WIDTHS"]
 
 VGG6_WIDTHS: tuple[int, int, int] = (128, 256, 512)
 """Channel widths of the three VGG-6 stages (two convolutions each)."""
-
-
-class ConvThenIMN(nnx.Module):
-    """A layer followed by input mean normalization of its output (the next layer's input)."""
-
-    def __init__(self, layer: nnx.Module, features: int):
-        self.layer = layer
-        self.imn = InputMeanNorm(features)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.imn(self.layer(x))
 
 
 def conv_unit(
@@ -75,7 +64,7 @@ def conv_unit(
         kwargs = {**column_parallel(p, kernel_ndim=kernel_ndim, axis=model_axis), **kwargs}
     if p in ("gmp", "gmp_imn"):
         conv = make_conv("gmp", in_features, out_features, kernel_size, init=init, rngs=rngs, **kwargs)
-        return ConvThenIMN(conv, out_features) if p == "gmp_imn" else conv
+        return GmPIMN(conv, position="output") if p == "gmp_imn" else conv
     return make_conv(p, in_features, out_features, kernel_size, rngs=rngs, **kwargs)
 
 
