@@ -99,8 +99,12 @@ class Common:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
         if self.method_names is None:
             _check_methods(self.methods, check_parameterization)
+            # one spelling from here on ("GMP", "gmp+imn" -> "gmp", "gmp_imn"): lrs and paper numbers are keyed by it
+            object.__setattr__(self, "methods", tuple(check_parameterization(m) for m in self.methods))
         else:
             check_choice("methods", self.methods, self.method_names)
+        if os.path.exists(self.workdir) and not os.path.isdir(self.workdir):
+            raise ValueError(f"--workdir: {self.workdir!r} is a file, not a folder; pass a folder path")
         if "cv" in self.lr and not self.lr_cv:
             raise ValueError("--lr: 'cv' (0.1 for GmP, 0.01 for the others) does not apply here; give numbers")
         if not self.lr:

@@ -145,7 +145,7 @@ def _safe_atan2(y: Array, x: Array) -> Array:
     return jnp.where(zero, 0.0, jnp.arctan2(jnp.where(zero, 0.0, y), jnp.where(zero, 1.0, x)))
 
 
-def unit_to_angles(u: Array) -> Array:
+def unit_to_angles(u: Array, *, allow_zero: bool = False) -> Array:
     """Hyperspherical angles of a (not necessarily unit) vector: the inverse of ``angles_to_unit``.
 
     ``theta_k = atan2(||u_{k+1:n}||, u_k)`` in ``[0, pi]`` for ``k < n-1`` and
@@ -155,6 +155,9 @@ def unit_to_angles(u: Array) -> Array:
 
     Args:
       u: shape ``(..., n)`` with ``n >= 2``, floating point.
+      allow_zero: accept all-zero rows (they get the angles of ``e_1``, e.g. for units of radius 0).
+        By default a zero row raises a ValueError when ``u`` is concrete (under ``jax.jit`` it cannot be
+        checked and gets ``e_1``'s angles).
 
     Returns:
       theta, shape ``(..., n-1)``.
@@ -167,6 +170,13 @@ def unit_to_angles(u: Array) -> Array:
     if jnp.ndim(u) < 1 or jnp.shape(u)[-1] < 2:
         raise ValueError(f"u must have shape (..., n) with n >= 2 on the last axis (got shape {jnp.shape(u)}).")
     _check_float(u, "u")
+    values = None if allow_zero else _concrete(u)
+    if values is not None and np.any(np.all(values == 0, axis=-1)):
+        rows = np.argwhere(np.all(values == 0, axis=-1)).tolist()
+        raise ValueError(
+            f"unit_to_angles: u has all-zero rows at {rows[:5]}{' ...' if len(rows) > 5 else ''}; a zero vector has "
+            "no direction (its angles would silently be those of e_1). Drop those rows or give them a direction."
+        )
     sq = jnp.square(u)
     # tail[k] = sum_{j >= k} u_j^2 (reverse cumulative sum; sums of squares, no cancellation).
     tail = jnp.flip(jnp.cumsum(jnp.flip(sq, -1), axis=-1), -1)
@@ -174,6 +184,17 @@ def unit_to_angles(u: Array) -> Array:
     first = _safe_atan2(rest, u[..., :-2])
     last = _safe_atan2(u[..., -1:], u[..., -2:-1])
     return jnp.concatenate([first, last], axis=-1)
+
+
+def _check_key(key: Any, who: str) -> None:
+    """A PRNG key: a typed key array (``jax.random.key``) or a raw uint32 key (``jax.random.PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32):
+        return
+    raise TypeError(
+        f"{who}: key must be a PRNG key such as jax.random.key(0) (got {type(key).__name__} {key!r:.40}); "
+        "an initializer gets it as its first argument."
+    )
 
 
 def _shape(shape: Any, name: str) -> tuple[int, ...]:
@@ -196,6 +217,7 @@ def sample_uniform_unit(key: Array, shape: tuple[int, ...] | int, dtype: DTypeLi
       shape: ``(..., n)``, ``n >= 2``; an int ``n`` means ``(n,)``.
     """
     shape = _shape(shape, "shape")
+    _check_key(key, "sample_uniform_unit")
     if len(shape) < 1 or shape[-1] < 2:
         raise ValueError(f"shape must be (..., n) with n >= 2 (got {shape}).")
     g = jax.random.normal(key, shape, dtype)
@@ -226,6 +248,7 @@ def sample_uniform_angles(key: Array, shape: tuple[int, ...] | int, dtype: DType
     (5,)
     """
     shape = _shape(shape, "shape")
+    _check_key(key, "sample_uniform_angles")
     if len(shape) < 1 or shape[-1] < 1:
         raise ValueError(f"shape must be (..., n-1) with n-1 >= 1 (got {shape}); a sphere S^(n-1) needs n >= 2.")
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -347,7 +370,8 @@ def from_standard(kernel: Array, bias: Array | None = None) -> dict[str, Array]:
             )
     pos = radius > 0
     safe_r = jnp.where(pos, radius, 1.0)
-    return {"theta": unit_to_angles(w), "radius": radius, "offset": jnp.where(pos, bias / safe_r, 0.0)}
+    theta = unit_to_angles(w, allow_zero=True)  # zero columns have radius 0
+    return {"theta": theta, "radius": radius, "offset": jnp.where(pos, bias / safe_r, 0.0)}
 
 
 def to_standard(theta: Array, radius: Array, offset: Array) -> dict[str, Array]:

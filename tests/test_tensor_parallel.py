@@ -98,3 +98,5 @@ def test_both_mesh_axis_types_train_like_one_device():
     for kind in ("auto", "explicit"):
         assert res[kind]["max_abs_diff"] <= 1e-5, (kind, res[kind])
         assert res[kind]["theta_spec"] == "P('model', None)" and res[kind]["theta_gathers"] == [], (kind, res[kind])
+    msg = res["mesh_mismatch_error"]  # a state sharded for 2x4 stepped on 4x2: named, not an XLA error
+    assert "placed on a mesh {'data': 2, 'model': 4}" in msg and "shard_state" in msg, msg

@@ -101,7 +101,44 @@ def _check_metadata(md: Any, arg: str, name: str) -> Metadata:
             f"{name}: {arg} must be a mapping of nnx.Param metadata such as {{'out_sharding': ('model', None)}} "
             f"(got {type(md).__name__})."
         )
+    if "sharding" in md or "sharding_names" in md:
+        old = "sharding" if "sharding" in md else "sharding_names"
+        raise ValueError(f"{name}: {arg} uses the old key {old!r}; flax >= 0.12 reads 'out_sharding' (same value).")
+    spec = md.get("out_sharding")
+    mesh = jax.sharding.get_abstract_mesh()
+    if spec is not None and not mesh.empty:
+        names = [n for entry in spec if entry is not None for n in ((entry,) if isinstance(entry, str) else entry)]
+        missing = [n for n in names if n not in mesh.axis_names]
+        if missing:
+            raise ValueError(
+                f"{name}: {arg} shards over mesh axes {missing}, but the current mesh has axes {mesh.axis_names}; "
+                "rename the axes in the metadata or build the mesh with them."
+            )
     return md
+
+
+def _check_dtype(dtype: Any, arg: str, name: str) -> Any:
+    """``None`` or a floating dtype (a clear error for names such as ``"bf16"``)."""
+    if dtype is None:
+        return None
+    try:
+        resolved = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(
+            f"{name}: {arg}={dtype!r} is not a dtype; pass e.g. jnp.bfloat16, jnp.float32 or 'bfloat16'."
+        ) from None
+    if not jnp.issubdtype(resolved, jnp.floating):
+        raise TypeError(f"{name}: {arg} must be a floating dtype such as jnp.bfloat16 (got {resolved}).")
+    return dtype
+
+
+def _check_out_sharding(out_sharding: Any, name: str) -> None:
+    """A ``PartitionSpec`` names mesh axes, so it needs a mesh context (``jax.set_mesh``)."""
+    if isinstance(out_sharding, jax.sharding.PartitionSpec) and jax.sharding.get_abstract_mesh().empty:
+        raise ValueError(
+            f"{name}: out_sharding={out_sharding} names mesh axes but no mesh is set; call the layer under "
+            "`with jax.set_mesh(mesh):` or pass a NamedSharding."
+        )
 
 
 def _check_callable(fn: Any, arg: str, name: str) -> None:

@@ -48,9 +48,11 @@ from gmpjax.layers.checks import (
     Activation,
     Metadata,
     _check_callable,
+    _check_dtype,
     _check_features,
     _check_impl,
     _check_metadata,
+    _check_out_sharding,
     _concrete,
     _is_homogeneous,
     _reject_dropped,
@@ -186,7 +188,7 @@ class _GmPBase(nnx.Module):
         self.impl = _check_impl(impl, name)
         self.fan_in = fan_in
         self.use_offset = use_offset
-        self.dtype = dtype
+        self.dtype = _check_dtype(dtype, "dtype", name)
         self.param_dtype = param_dtype
         self.precision = precision
         self.promote_dtype = promote_dtype
@@ -269,6 +271,16 @@ class _GmPBase(nnx.Module):
                 f"{self._name}: unit must be u(theta) of shape {(self.out_features, self.fan_in)} "
                 f"(out_features, fan_in), as returned by layer.unit(); got {unit.shape}."
             )
+        values = _concrete(unit)
+        if values is not None:
+            norms = np.linalg.norm(values.astype(np.float64), axis=-1)
+            if np.any(np.abs(norms - 1.0) > 1e-3):
+                bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+                raise ValueError(
+                    f"{self._name}: unit must hold unit vectors (rows of norm 1, as layer.unit() returns), but rows "
+                    f"{bad[:5].tolist()} have norms {np.round(norms[bad[:5]], 4).tolist()}; a GmP direction has norm 1 "
+                    "by construction (the scale is the radius)."
+                )
         return unit
 
     def _kernel_dtype(self, unit: Array):
@@ -334,7 +346,12 @@ class _GmPBase(nnx.Module):
                 f"this one has {self.activation}."
             )
         r = _concrete(radius)
-        if self.activation is not None and r is not None and np.any(r < 0):
+        if self.activation is not None and r is None:
+            raise ValueError(
+                f"{self._name}: converting a layer with an activation needs concrete radii (r * act(z) == act(r z) "
+                "only for r >= 0, which cannot be checked on traced values); convert outside jax.jit / nnx.jit."
+            )
+        if self.activation is not None and np.any(r < 0):
             raise ValueError(
                 f"{self._name}: units {np.flatnonzero(r < 0).tolist()} have radius < 0; r * act(z) != act(r z) "
                 "for them, so there is no equivalent standard layer."
@@ -467,6 +484,7 @@ class GmPDense(_GmPBase):
     def __call__(self, x: Array, out_sharding=None, *, unit: Array | None = None) -> Array:
         """``radius * act(x @ u.T + offset)`` for ``x`` of shape ``(..., in_features)``."""
         x = check_input(x, self.in_features, self._name)
+        _check_out_sharding(out_sharding, self._name)
         u = self._checked_unit(unit)
         kernel = u.T.astype(self._kernel_dtype(u))
         x, kernel, offset = self.promote_dtype((x, kernel, self._compute_offset(kernel.dtype)), dtype=self.dtype)

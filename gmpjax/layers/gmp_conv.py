@@ -16,6 +16,7 @@ from gmpjax.layers.checks import (
     Activation,
     Metadata,
     _check_callable,
+    _check_out_sharding,
     _is_homogeneous,
     _reject_dropped,
     _resolve_use_offset,
@@ -164,6 +165,7 @@ class GmPConv(_GmPBase, ConvGeometry):
     def __call__(self, x: Array, out_sharding=None, *, unit: Array | None = None) -> Array:
         """``radius * act(conv(x, kernel(u)) + offset)`` for ``x`` of shape ``(*batch, *spatial, in_features)``."""
         x = check_input(x, self.in_features, self._name)
+        _check_out_sharding(out_sharding, self._name)
         kernel = self.unit_kernel(unit)
         kernel = kernel.astype(self._kernel_dtype(kernel))
         z = conv_apply(self, x, kernel, self._compute_offset(kernel.dtype), out_sharding, self._name)

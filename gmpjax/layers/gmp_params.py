@@ -116,7 +116,7 @@ def _split_standard(w: Array, b: Array | None, activation: Callable | None, name
     if w.shape[-1] == 1:
         direction = jnp.where(w[:, 0] >= 0, 1.0, -1.0).astype(w.dtype)
         return direction, radius, offset
-    return hs.unit_to_angles(w), radius, offset
+    return hs.unit_to_angles(w, allow_zero=True), radius, offset  # zero rows have radius 0
 
 
 def _check_not_collapsed(theta: Any, name: str) -> None:

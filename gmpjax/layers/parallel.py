@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+
 from gmpjax.layers.registry import check_parameterization
 
 __all__ = ["MODEL_AXIS", "column_parallel", "row_parallel"]
@@ -21,6 +23,11 @@ MODEL_AXIS = "model"
 
 
 def _names(spec: tuple, eager: bool) -> dict[str, Any]:
+    if eager and jax.sharding.get_abstract_mesh().empty:
+        raise ValueError(
+            "eager=True shards each parameter as the layer is built, which needs a mesh: build the model under "
+            "`with jax.set_mesh(mesh):`, or keep eager=False and place the state with shard_state(state, mesh)."
+        )
     return {"out_sharding": spec} if eager else {"out_sharding": spec, "eager_sharding": False}
 
 

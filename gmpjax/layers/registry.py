@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import jax.numpy as jnp
@@ -40,6 +41,9 @@ _CONV: dict[str, Callable[..., nnx.Module]] = {
     "gmp_imn": _gmp_imn_conv,
 }
 PARAMETERIZATIONS: tuple[str, ...] = tuple(_DENSE)
+#: The layer class whose keywords each entry takes.
+_DENSE_CLASS: dict[str, type] = {**{k: v for k, v in _DENSE.items() if isinstance(v, type)}, "gmp_imn": GmPDense}
+_CONV_CLASS: dict[str, type] = {**{k: v for k, v in _CONV.items() if isinstance(v, type)}, "gmp_imn": GmPConv}
 
 
 def check_parameterization(name: str) -> str:
@@ -60,7 +64,9 @@ def make_dense(name: str, in_features: int, out_features: int, **kwargs) -> nnx.
     >>> make_dense("gmp", 3, 5, rngs=nnx.Rngs(0))(jnp.ones((4, 3))).shape
     (4, 5)
     """
-    return _DENSE[check_parameterization(name)](in_features, out_features, **kwargs)
+    p = check_parameterization(name)
+    _check_keywords(p, _DENSE_CLASS[p], kwargs, "make_dense")
+    return _DENSE[p](in_features, out_features, **kwargs)
 
 
 def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwargs) -> nnx.Module:
@@ -73,4 +79,17 @@ def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwa
     >>> make_conv("gmp_imn", 3, 5, (3,), rngs=nnx.Rngs(0))(jnp.ones((2, 8, 3))).shape
     (2, 8, 5)
     """
-    return _CONV[check_parameterization(name)](in_features, out_features, kernel_size, **kwargs)
+    p = check_parameterization(name)
+    _check_keywords(p, _CONV_CLASS[p], kwargs, "make_conv")
+    return _CONV[p](in_features, out_features, kernel_size, **kwargs)
+
+
+def _check_keywords(p: str, cls: type, kwargs: dict, who: str) -> None:
+    """Name a keyword the parameterization's layer does not take (e.g. ``init`` for ``sp``), before building it."""
+    accepted = set(inspect.signature(cls).parameters)
+    unknown = sorted(set(kwargs) - accepted)
+    if unknown:
+        raise TypeError(
+            f"{who}({p!r}): {cls.__name__} takes no keyword {', '.join(map(repr, unknown))}; "
+            f"its keywords are {sorted(accepted - {'in_features', 'out_features', 'kernel_size'})}."
+        )

@@ -128,8 +128,32 @@ def merge_model(graphdef: nnx.GraphDef, state: TrainState) -> nnx.Module:
 def _as_loss_and_metrics(out) -> tuple[Array, dict[str, Array]]:
     if isinstance(out, tuple):
         loss, metrics = out
-        return loss, dict(metrics)
-    return out, {}
+        metrics = dict(metrics)
+    else:
+        loss, metrics = out, {}
+    if jnp.ndim(loss) != 0:
+        raise ValueError(
+            f"loss_fn must return a scalar loss (or (loss, metrics)), but returned shape {jnp.shape(loss)}; "
+            "reduce the per-example losses, e.g. with .mean()."
+        )
+    return loss, metrics
+
+
+def _check_opt_state(tx: optax.GradientTransformation, state: TrainState) -> None:
+    """A clear error when ``state.opt_state`` was not made by ``tx`` (e.g. an SGD state stepped with Adam)."""
+    expected = jax.tree.structure(jax.eval_shape(tx.init, state.params))
+    got = jax.tree.structure(state.opt_state)
+    if expected != got:
+        raise ValueError(
+            "the train step's optimizer does not match state.opt_state: the state was initialised with a "
+            f"different optax transformation (its opt_state is {_short(got)}, this step's tx makes "
+            f"{_short(expected)}); build the state with init_train_state(model, tx) using the same tx."
+        )
+
+
+def _short(treedef: Any) -> str:
+    text = str(treedef)
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def make_train_step(
@@ -174,6 +198,7 @@ def make_train_step(
         accumulate = accumulate_gradients(graphdef, loss_fn, microbatches, wrt=wrt)
 
         def accumulated_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Array]]:
+            _check_opt_state(tx, state)
             loss, metrics, rest, grads = accumulate(state.params, state.rest, batch)
             extra = {"value": loss} if pass_loss_as_value else {}
             updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
@@ -187,6 +212,8 @@ def make_train_step(
         return accumulated_step
 
     def step(state: TrainState, batch) -> tuple[TrainState, dict[str, Array]]:
+        _check_opt_state(tx, state)
+
         def objective(params, rest):
             model = nnx.merge(graphdef, params, rest, copy=True)
             loss, metrics = _as_loss_and_metrics(loss_fn(model, batch))

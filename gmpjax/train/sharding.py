@@ -408,7 +408,25 @@ class ShardedStep:
         with self._context():
             return self.jitted(state).lower(state, batch)
 
+    def _check_state_mesh(self, state: PyTree) -> None:
+        """A clear error for a state placed on another mesh (e.g. sharded for 2x4, stepped on 4x2)."""
+        for leaf in jax.tree.leaves(state):
+            sharding = getattr(leaf, "sharding", None)
+            mesh = getattr(sharding, "mesh", None)
+            if mesh is None or not getattr(leaf, "committed", True):
+                continue
+            same = dict(mesh.shape) == dict(self.mesh.shape) and getattr(mesh, "devices", None) is not None
+            if same:
+                same = np.array_equal(np.vectorize(lambda d: d.id)(mesh.devices), self.mesh.device_ids)
+            if not same:
+                raise ValueError(
+                    f"the state is placed on a mesh {dict(mesh.shape)} but this step runs on {dict(self.mesh.shape)} "
+                    "(or other devices); place it for this mesh with shard_state(to_host(state), mesh) first."
+                )
+            return
+
     def __call__(self, state: PyTree, batch: PyTree) -> Any:
+        self._check_state_mesh(state)
         with self._context():
             return self.jitted(state)(state, batch)
 

@@ -66,6 +66,28 @@ def run(mesh):
     return nnx.to_pure_dict(sharding.to_host(state.params)), spec, gathers
 
 
+def mesh_mismatch_error() -> str:
+    """The message for a state placed on a (2, 4) mesh stepped by a step built for (4, 2) ('' if none)."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from gmpjax.layers import GmPDense
+    from gmpjax.train import sharding
+    from gmpjax.train.engine import init_train_state, make_train_step
+
+    tx = optax.sgd(0.1)
+    graphdef, state = init_train_state(GmPDense(IN, HIDDEN, rngs=nnx.Rngs(0), **sharding.column_parallel("gmp")), tx)
+    placed = sharding.shard_state(state, sharding.make_mesh("2x4"))
+    other = sharding.make_mesh("4x2")
+    step = sharding.shard_train_step(make_train_step(graphdef, tx, lambda m, b: jnp.mean(m(b) ** 2)), other)
+    try:
+        step(placed, sharding.shard_batch(np.ones((BATCH, IN), np.float32), other))
+    except ValueError as e:
+        return str(e)
+    return ""
+
+
 def main() -> int:
     import jax
 
@@ -80,6 +102,7 @@ def main() -> int:
         params = flat(params)
         diff = max(float(np.max(np.abs(params[k] - ref[k]))) for k in ref)
         result[kind] = {"max_abs_diff": diff, "theta_spec": spec, "theta_gathers": gathers}
+    result["mesh_mismatch_error"] = mesh_mismatch_error()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 
