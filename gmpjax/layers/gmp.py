@@ -351,7 +351,7 @@ class _GmPBase(nnx.Module):
                 f"{self._name}: converting a layer with an activation needs concrete radii (r * act(z) == act(r z) "
                 "only for r >= 0, which cannot be checked on traced values); convert outside jax.jit / nnx.jit."
             )
-        if self.activation is not None and np.any(r < 0):
+        if self.activation is not None and r is not None and np.any(r < 0):
             raise ValueError(
                 f"{self._name}: units {np.flatnonzero(r < 0).tolist()} have radius < 0; r * act(z) != act(r z) "
                 "for them, so there is no equivalent standard layer."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -243,5 +243,5 @@ class GmPConv(_GmPBase, ConvGeometry):
             promote_dtype=self.promote_dtype,
             preferred_element_type=self.preferred_element_type,
             rngs=nnx.Rngs(0),
-            **standard_metadata_of(self.theta, len(self.kernel_shape)),
+            **cast(dict[str, Any], standard_metadata_of(self.theta, len(self.kernel_shape))),
         )

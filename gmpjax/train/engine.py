@@ -143,7 +143,7 @@ def _check_opt_state(tx: optax.GradientTransformation, state: TrainState) -> Non
     """A clear error when ``state.opt_state`` was not made by ``tx`` (e.g. an SGD state stepped with Adam)."""
     expected = jax.tree.structure(jax.eval_shape(tx.init, state.params))
     got = jax.tree.structure(state.opt_state)
-    if expected != got:
+    if str(expected) != str(got):
         raise ValueError(
             "the train step's optimizer does not match state.opt_state: the state was initialised with a "
             f"different optax transformation (its opt_state is {_short(got)}, this step's tx makes "
