@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.typing import ArrayLike
 
+from gmpjax._optional import require
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
@@ -324,6 +326,7 @@ def plot_linear_regions(
     Returns:
       the Axes.
     """
+    require("matplotlib", "experiments", "the region plot")
     import matplotlib.pyplot as plt
 
     p = linear_pieces(params, interval)

@@ -92,16 +92,32 @@ def test_restore_params_without_the_model(state, tmp_path):
         with pytest.raises(CheckpointError, match="no complete checkpoint"):
             ckpt.restore_params()
         ckpt.save(1, state, {})
-        ckpt.save(2, {"train": state, "best": {"params": state.params, "rest": state.rest}}, {})
+        ckpt.wait()
+        with pytest.raises(CheckpointError, match="no best step"):
+            ckpt.restore_params(best=True)
+        ckpt.save(2, state, {}, best=0.5)
         ckpt.wait()
         want = jax.tree.leaves(state.params)
         for got in (ckpt.restore_params(1), ckpt.restore_params(), ckpt.restore_params(best=True)):
             assert isinstance(got, dict) and all(isinstance(x, np.ndarray) for x in jax.tree.leaves(got))
             chex.assert_trees_all_equal(jax.tree.leaves(got), [np.asarray(x) for x in want])
-        with pytest.raises(CheckpointError, match="no best parameters"):
+        with pytest.raises(ValueError, match="either step or best"):
             ckpt.restore_params(1, best=True)
         with pytest.raises(CheckpointError, match="step 3"):
             ckpt.restore_params(3)
+
+
+def test_best_step_is_kept_beyond_max_to_keep(state, tmp_path):
+    """orbax's best-step tracking: the step saved with the lowest ``best=`` survives ``max_to_keep``."""
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        for step, value in [(1, 3.0), (2, 1.0), (3, None), (4, 2.0), (5, None)]:
+            ckpt.save(step, state, {}, best=value)
+        ckpt.wait()
+        assert ckpt.all_steps() == [2, 4, 5] and ckpt.best_step() == 2
+        with pytest.raises(ValueError, match="finite"):
+            ckpt.save(6, state, {}, best=float("nan"))
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:  # the ranking is read back from disk
+        assert ckpt.best_step() == 2
 
 
 def test_save_every_max_to_keep_and_empty_dir(state, tmp_path):
@@ -270,10 +286,9 @@ def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
     assert f"{first // SPE}:{first % SPE}" in resumed and all(ref_batches[k] == v for k, v in resumed.items())
     assert "killing during the commit" in out.stdout, "the crash did not hit the save"
     assert any(p.name.startswith("15.orbax-checkpoint-tmp") for p in work.iterdir()), sorted(os.listdir(work))
-    with Checkpointer(work) as ckpt:  # opening cleans the incomplete save up
+    with Checkpointer(work) as ckpt:  # the incomplete save is not a step
         survived = ckpt.latest_step()
         assert survived is not None and first <= survived < 15 and 15 not in ckpt.all_steps()
-    assert not any("tmp" in p.name for p in work.iterdir())
 
     # 3) resume from the surviving checkpoint and finish
     out = childproc.run(
@@ -286,6 +301,7 @@ def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
     resumed = _batches(out.stdout)
     assert len(resumed) == STEPS - survived and all(ref_batches[k] == v for k, v in resumed.items())
     assert json.loads([ln for ln in out.stdout.splitlines() if ln.startswith('{"done"')][-1])["done"] == STEPS
+    assert not any("tmp" in p.name for p in work.iterdir()), "the next run did not clean the incomplete save up"
     diff = childproc.max_abs_diff(
         childproc.load_params(tmp_path / "ref.npz"), childproc.load_params(tmp_path / "res.npz")
     )

@@ -179,6 +179,38 @@ def _run(setup, workdir, *, resume=False, kill_at=None, num_steps=12, restore="n
         ckpt.close()
 
 
+class _CluStyleWriter:
+    """The shape of clu's ``metric_writers.MetricWriter`` that ``train`` uses (clu itself is not a dependency)."""
+
+    def __init__(self):
+        self.scalars: list[tuple[int, dict]] = []
+        self.flushed = 0
+
+    def write_scalars(self, step, scalars):
+        self.scalars.append((int(step), dict(scalars)))
+
+    def flush(self):
+        self.flushed += 1
+
+
+def test_clu_style_writer_and_gmpjax_log(setup, tmp_path, caplog):
+    """Any ``write_scalars(step, dict)`` writer takes the metrics; the ``gmpjax`` logger reports the events."""
+    _, _, state, data, step = setup
+    writer = _CluStyleWriter()
+    cfg = HostConfig(num_steps=12, eval_every=3, log_every=2, monitor="val", **RULES)
+    with caplog.at_level("INFO", logger="gmpjax"), Checkpointer(tmp_path / "ck", save_every=4) as ckpt:
+        out = train(step, _scripted, state, iter(lambda: data, None), cfg, logger=writer, checkpointer=ckpt)
+    assert writer.flushed == 1 and [t for t, _ in writer.scalars if "train_loss" in _] == [2, 4, 6, 8, 10, 12]
+    evals = [(t, d) for t, d in writer.scalars if "val" in d]
+    assert [t for t, _ in evals] == [3, 6, 9, 12] and all(isinstance(v, float) for _, d in evals for v in d.values())
+    assert out.evals == [{"step": t, **d} for t, d in evals]
+    messages = [r.getMessage() for r in caplog.records if r.name == "gmpjax"]
+    assert any(m.startswith("checkpoint: saving step 12") for m in messages)
+    assert any(m.startswith("plateau at step") for m in messages), messages
+    with pytest.raises(TypeError, match="write_scalars"):
+        train(step, _scripted, state, iter(lambda: data, None), HostConfig(num_steps=1), logger=object())
+
+
 @pytest.mark.parametrize("restore", ["never", "always"])
 def test_kill_and_resume_is_exact(setup, tmp_path, restore):
     ref, _ = _run(setup, tmp_path / "ref", restore=restore)

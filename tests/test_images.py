@@ -231,13 +231,6 @@ def test_workers_give_the_same_batches_and_device_prefetch(mock_imagenet):
             np.testing.assert_array_equal(np.asarray(g[k]), r[k])
 
 
-def test_prefetch_to_device_keeps_order():
-    import jax
-
-    out = list(im.prefetch_to_device(iter([np.full(2, i) for i in range(5)]), 2))
-    assert [int(o[0]) for o in out] == list(range(5)) and isinstance(out[0], jax.Array)
-
-
 def test_digits_default():
     tr, te = im.digits_source("train", 32), im.digits_source("test", 32)
     assert len(tr) + len(te) == 1797 and len(te) == 360

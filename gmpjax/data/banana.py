@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gmpjax._optional import require
 from gmpjax.data.paths import DataError, require_file
 
 __all__ = ["BANANA_RELPATH", "BANANA_URL", "BANANA_SHA256", "load_banana", "BananaSplits", "banana_splits"]
@@ -89,6 +90,7 @@ def banana_splits(
 
     Standardisation uses the mean and population std of the fitting part only.
     """
+    require("sklearn", "data", "the banana split")
     from sklearn.model_selection import train_test_split
 
     x, y = load_banana(allow_download=allow_download)

@@ -10,8 +10,9 @@ part of global batch ``k = epoch * steps_per_epoch + step``:
 
 * ``MapDataset.range(...)`` of batch positions ``k``; for training, a
   ``random_map`` gives batch ``k`` rows ``[s*B, (s+1)*B)`` of epoch ``e``'s
-  permutation (seeded by ``(seed, e)``; ``S = N // B`` full batches, the last
-  ``N - S*B`` examples of each epoch dropped) and draws the random augmentation
+  order, grain's ``MapDataset.range(N).shuffle(seed)`` read at ``e*N + s*B + j``
+  (a new permutation per epoch, computed per element in O(1) memory; ``S = N // B``
+  full batches, the last ``N - S*B`` examples of each epoch dropped) and draws the random augmentation
   parameters of the *whole global batch* from grain's generator of element ``k``
   (vectorised: flips, crop boxes, lighting), so they do not depend on the number
   of processes or workers;
@@ -63,18 +64,19 @@ import io
 import math
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
+from gmpjax._optional import require
 from gmpjax.data.paths import DataError
 
 try:
     import grain
 
     _IteratorBase: Any = grain.DatasetIterator
-except ImportError:  # pragma: no cover - grain needs Python >= 3.11
+except ImportError:  # pragma: no cover - grain comes with the `data` extra
     grain = None
     _IteratorBase = object
 
@@ -100,7 +102,6 @@ __all__ = [
     "make_preprocess",
     "ImageLoader",
     "ImageIterator",
-    "prefetch_to_device",
 ]
 
 IMAGENET32_MEAN: tuple[float, float, float] = (0.481098, 0.45747134, 0.40785483)
@@ -125,10 +126,8 @@ _ENDLESS = 2**62  # number of batch positions of an endless iterator
 
 def _grain():
     """The grain module, or a clear ImportError."""
-    if grain is None:  # pragma: no cover - grain is a core dependency on Python >= 3.11
-        raise ImportError(
-            "the image pipeline needs grain (a dependency of gmpjax on Python >= 3.11): pip install 'grain>=0.2.18'"
-        )
+    if grain is None:  # pragma: no cover - grain comes with the `data` extra
+        return require("grain", "data", "the image pipeline (gmpjax.data.images)")
     return grain
 
 
@@ -196,6 +195,7 @@ def digits_source(split: str, image_size: int = 32, *, test_fraction: float = 0.
     ``seed``) keeps ``test_fraction`` of the 1797 images for ``split="test"``
     (alias ``"validation"``).
     """
+    require("sklearn", "data", "digits_source")
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -281,6 +281,7 @@ def to_float(image: np.ndarray, mean: Sequence[float]) -> np.ndarray:
 def _size_of(image: Any) -> tuple[int, int]:
     """``(height, width)`` of a decoded HWC array or of encoded image bytes (header only)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
+        require("PIL", "data", "the image pipeline's crops")
         from PIL import Image
 
         w, h = Image.open(io.BytesIO(image)).size
@@ -296,6 +297,7 @@ def _resize_box(image: Any, box: tuple[float, float, float, float], height: int,
     and cropping. Encoded bytes are decoded first, in JPEG draft mode (DCT
     scaling by 1/2, 1/4 or 1/8) when the region shrinks by at least that factor.
     """
+    require("PIL", "data", "the image pipeline's crops")
     from PIL import Image
 
     bilinear = Image.Resampling.BILINEAR
@@ -589,28 +591,24 @@ class _EvalBatch:
 class _TrainBatch:
     """grain ``random_map``: global training batch ``k`` -> example indices and random parameters.
 
-    Batch ``k = e * S + s`` holds rows ``[s*B, (s+1)*B)`` of epoch ``e``'s permutation
-    ``np.random.default_rng([seed, e]).permutation(N)`` (computed once per epoch and
-    worker, vectorised); the parameters of all ``B`` examples come from grain's
-    generator of element ``k``.
+    Batch ``k = e * S + s`` holds rows ``[s*B, (s+1)*B)`` of epoch ``e``'s order: elements
+    ``e*N + s*B + j`` of ``MapDataset.range(N).shuffle(seed)``, which grain reshuffles per
+    epoch (seed ``seed + e``) one element at a time, without materialising a permutation;
+    the parameters of all ``B`` examples come from grain's generator of element ``k``.
     """
 
     def __init__(self, preprocess: Preprocess, num_examples: int, batch_size: int, steps_per_epoch: int, seed: int):
         self.preprocess, self.num_examples, self.batch_size = preprocess, num_examples, batch_size
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
-        self._perm: tuple[int, np.ndarray] | None = None
+        self.order = _grain().MapDataset.range(num_examples).shuffle(seed=seed)
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_perm": None}
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.num_examples))
-        return self._perm[1]
+    def rows(self, epoch: int, step: int) -> np.ndarray:
+        """Example indices of global batch ``(epoch, step)``."""
+        start = epoch * self.num_examples + step * self.batch_size
+        return np.fromiter((self.order[i] for i in range(start, start + self.batch_size)), np.int64, self.batch_size)
 
     def __call__(self, k: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        epoch, step = divmod(int(k), self.steps_per_epoch)
-        idx = self.permutation(epoch)[step * self.batch_size : (step + 1) * self.batch_size]
+        idx = self.rows(*divmod(int(k), self.steps_per_epoch))
         return {
             "index": idx.astype(np.int64),
             "mask": np.ones(len(idx), np.float32),
@@ -661,7 +659,7 @@ class ImageLoader:
     """Deterministic batches of a random-access source, addressed by ``(epoch, step)``, as a grain pipeline.
 
     Training (``train=True``): epoch ``e`` visits a permutation of the examples
-    (seeded by ``(seed, e)``) in ``steps_per_epoch = N // B``
+    (grain's ``MapDataset.shuffle``, reseeded per epoch) in ``steps_per_epoch = N // B``
     full batches (the remainder is dropped). Evaluation: the examples in order,
     ``ceil(N / B)`` batches, the last one padded with example 0 and ``mask`` 0.
 
@@ -932,30 +930,8 @@ def _die_with_parent(worker_index: int, worker_count: int) -> None:
 
 def _parse_absl_flags() -> None:
     """grain's multiprocessing reads absl flags; outside ``absl.app.run`` they must be parsed once."""
+    require("absl", "data", "the image pipeline's worker processes")
     from absl import flags
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1], known_only=True)
-
-
-def prefetch_to_device(
-    iterator: Iterator[Any], size: int = 2, put: Callable[[Any], Any] | None = None
-) -> Iterator[Any]:
-    """Keep ``size`` batches transferred ahead: ``put(batch)`` (e.g. ``shard_batch(., mesh)``) is
-    called ``size`` batches before the batch is consumed, so host-to-device copies overlap compute.
-
-    >>> list(prefetch_to_device(iter([1, 2, 3]), 2, put=lambda b: b * 10))
-    [10, 20, 30]
-    """
-    if put is None:
-        import jax
-
-        put = jax.device_put
-    queue: collections.deque = collections.deque()
-    it = iter(iterator)
-    for item in it:
-        queue.append(put(item))
-        if len(queue) > size:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()

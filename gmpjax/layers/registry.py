@@ -86,7 +86,10 @@ def make_conv(name: str, in_features: int, out_features: int, kernel_size, **kwa
 
 def _check_keywords(p: str, cls: type, kwargs: dict, who: str) -> None:
     """Name a keyword the parameterization's layer does not take (e.g. ``init`` for ``sp``), before building it."""
-    accepted = set(inspect.signature(cls).parameters)
+    params = inspect.signature(cls).parameters
+    if any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values()):
+        return  # a wrapper that forwards its keywords (BN, WN+MBN): the inner layer checks them
+    accepted = set(params)
     unknown = sorted(set(kwargs) - accepted)
     if unknown:
         raise TypeError(

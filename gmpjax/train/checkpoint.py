@@ -16,14 +16,26 @@ Every checkpoint ``<directory>/<step>/`` holds three items:
   data_iterator=it)`` sets it back (``it.set_state``), so the next batch is the one
   the interrupted run would have read.
 
-Atomicity: orbax writes a step into ``<step>.orbax-checkpoint-tmp*`` and renames
-it to ``<step>`` only once every item is complete (a ``commit_success`` marker
-on file systems without atomic rename); an interrupted save is ignored by
-``all_steps`` and removed when the next ``Checkpointer`` opens the directory.
-Old steps beyond ``max_to_keep`` are deleted only after the new step has been
-committed, so the last good checkpoint always survives a crash during a save
-(``tests/test_checkpoint.py`` kills a process in the middle of a save to check
-it).
+Which steps are written and kept is orbax's own policy: ``save_every`` is a
+``FixedIntervalPolicy`` (a step is saved when it is a multiple of it, or when
+``force``), and the steps kept are the newest ``max_to_keep`` (``LatestN``) plus
+the best one (``BestN``): a step saved with ``best=value`` is ranked by that
+value, lowest first, and ``best_step()`` is orbax's ``CheckpointManager.best_step``.
+The host loop passes the monitored value of every evaluation that improved, so
+the best parameters live in their own step instead of a second copy in every
+step.
+
+Atomicity: orbax writes a step into a temporary directory and renames it to
+``<step>`` only once every item is complete (a commit marker on file systems
+without atomic rename); an interrupted save is ignored by ``all_steps`` and
+removed by the next ``Checkpointer`` on the directory (in the background when
+it opens, at the latest before its first save). Old steps are deleted only
+after the new step has been committed, so the last good checkpoint always
+survives a crash during a save (``tests/test_checkpoint.py`` kills a process in
+the middle of a save to check it).
+
+Only orbax's public API is used (``CheckpointManager``, its options, policies,
+``metadata(step)``); the layout on disk is orbax's business.
 
 Multi-host: every process calls ``save``/``restore_latest`` with the same
 arguments (orbax synchronises them); the abstract state passed to
@@ -48,19 +60,35 @@ True
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+from types import ModuleType
 from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
+
+from gmpjax import _optional
 
 PyTree = Any
 
 __all__ = ["Checkpointer", "CheckpointError", "abstract_state", "tree_signature", "key_to_json", "key_from_json"]
 
 _FORMAT = "gmpjax-checkpoint/1"
+_BEST = "gmpjax_best"  # the metric a step saved with ``best=`` is ranked by (lower is better)
+log = logging.getLogger("gmpjax")
+
+
+def _ocp() -> ModuleType:
+    """``orbax.checkpoint``, or an ImportError naming the extra that installs it."""
+    return _optional.require("orbax.checkpoint", "train", "gmpjax.train.checkpoint.Checkpointer")
+
+
+def _rank(metrics: Any) -> float:
+    """The value orbax ranks a step by (``best_fn``): the ``best=`` of ``save``; steps without one rank last."""
+    value = metrics.get(_BEST) if isinstance(metrics, dict) else None
+    return math.inf if value is None else float(value)
 
 
 class CheckpointError(ValueError):
@@ -135,8 +163,9 @@ def _signature_diff(saved: list, wanted: list, limit: int = 5) -> list[str]:
 
 def _data_save_args(data_iterator: Any) -> Any:
     """grain's orbax save arguments for a snapshot of ``data_iterator.get_state()`` taken now."""
-    import grain
-    from grain.checkpoint import CheckpointSave
+    who = "Checkpointer.save(data_iterator=...)"
+    iterator_base: Any = _optional.require("grain", "data", who).DatasetIterator
+    CheckpointSave = _optional.require("grain.checkpoint", "data", who).CheckpointSave
 
     get_state = getattr(data_iterator, "get_state", None)
     if get_state is None:
@@ -145,23 +174,37 @@ def _data_save_args(data_iterator: Any) -> Any:
             f"(got {type(data_iterator).__name__})."
         )
 
-    class _Snapshot(grain.DatasetIterator):
+    class _Snapshot(iterator_base):
         """The iterator's state frozen at ``save`` time (later batches do not change the checkpoint)."""
 
         def __init__(self, state):
             super().__init__()
-            self._state = state
+            self.saved = state
 
         def __next__(self):
             raise StopIteration
 
         def get_state(self):
-            return self._state
+            return self.saved
 
         def set_state(self, state):
-            self._state = state
+            self.saved = state
 
     return CheckpointSave(item=_Snapshot(get_state()))
+
+
+def _fix_hint(ckpt: Checkpointer, step: int) -> str:
+    """How to get past a checkpoint of ``step`` that cannot be restored."""
+    older = [s for s in ckpt.all_steps() if s < step]
+    hint = f"start a fresh run with another --workdir (or delete {ckpt.directory})"
+    if older:
+        hint += f", or delete {os.path.join(ckpt.directory, str(step))} to resume from step {older[-1]}"
+    return hint
+
+
+def _saved_items(manager: Any, step: int) -> set[str]:
+    """Names of the items saved in ``step`` (from orbax's step metadata)."""
+    return set(manager.metadata(step).item_handlers or ())
 
 
 class Checkpointer:
@@ -169,10 +212,20 @@ class Checkpointer:
 
     Args:
       directory: where the step directories go (created if missing); one run per directory.
-      max_to_keep: how many of the most recent checkpoints to keep (``None``: all).
-      save_every: ``save(step, ...)`` writes only when ``step % save_every == 0`` (or ``force``).
+      max_to_keep: how many of the most recent checkpoints to keep (``None``: all); the best
+        step (``save(..., best=value)``) is kept as well.
+      save_every: ``save(step, ...)`` writes only when ``step % save_every == 0`` (or ``force``):
+        orbax's ``FixedIntervalPolicy``.
       async_save: write in a background thread (the device-to-host copy happens
         before ``save`` returns, so training may go on and even donate the state).
+
+    Attributes:
+      directory: the absolute path of ``directory``.
+      save_every: the save interval.
+      manager: the ``orbax.checkpoint.CheckpointManager`` underneath.
+
+    Raises:
+      ImportError: orbax-checkpoint is not installed (``pip install "gmpjax[train]"``).
     """
 
     def __init__(
@@ -193,35 +246,55 @@ class Checkpointer:
                 f"checkpoint directory {self.directory} exists and is not a directory; pass another --workdir."
             )
         self.save_every = save_every
-        self._manager = ocp.CheckpointManager(
+        ocp = _ocp()
+        policies = ocp.checkpoint_managers
+        keep = [
+            policies.LatestN(n=max_to_keep),
+            policies.BestN(get_metric_fn=_rank, reverse=True, n=1, keep_checkpoints_without_metrics=False),
+        ]
+        self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=max_to_keep,
                 create=True,
                 cleanup_tmp_directories=True,
                 enable_async_checkpointing=async_save,
+                save_decision_policy=policies.FixedIntervalPolicy(save_every),
+                preservation_policy=policies.AnyPreservationPolicy(keep),
+                best_fn=_rank,
+                best_mode="min",
             ),
         )
-        # orbax removes leftovers of interrupted saves in the background; finish that now so the
-        # directory is clean once the Checkpointer exists (no-op if the private hook goes away).
-        getattr(self._manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
 
     # ------------------------------------------------------------------ queries
     def latest_step(self) -> int | None:
         """The newest complete checkpoint's step, or None."""
-        return self._manager.latest_step()
+        return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
         """Steps of all complete checkpoints, ascending."""
-        return sorted(self._manager.all_steps())
+        return sorted(self.manager.all_steps())
+
+    def best_step(self) -> int | None:
+        """The step saved with the lowest ``best=`` value (orbax's ``best_step``), or None if none was."""
+        step = self.manager.best_step()
+        if step is None or _rank(self.manager.metadata(step).metrics) == math.inf:
+            return None
+        return int(step)
 
     # --------------------------------------------------------------------- save
     def should_save(self, step: int) -> bool:
-        """Whether ``save(step, ...)`` without ``force`` would write."""
-        return int(step) % self.save_every == 0 and int(step) not in self._manager.all_steps()
+        """Whether ``save(step, ...)`` without ``force`` would write (orbax's save policy)."""
+        return int(step) not in self.manager.all_steps() and bool(self.manager.should_save(int(step)))
 
     def save(
-        self, step: int, state: PyTree, extra: dict | None = None, *, force: bool = False, data_iterator: Any = None
+        self,
+        step: int,
+        state: PyTree,
+        extra: dict | None = None,
+        *,
+        force: bool = False,
+        data_iterator: Any = None,
+        best: float | None = None,
     ) -> bool:
         """Start saving ``state`` and ``extra`` as step ``step``; returns whether a save was started.
 
@@ -229,11 +302,13 @@ class Checkpointer:
         ``force``) or when that step is already saved. ``extra`` must be
         JSON-serialisable (use ``key_to_json`` for PRNG keys). ``data_iterator``: a
         grain iterator (``get_state()``) whose state, taken now, goes into the same step.
+        ``best``: rank this step by this value (lower is better); the lowest is
+        ``best_step()`` and is kept beyond ``max_to_keep``.
         """
         step = int(step)
         if step < 0:
             raise ValueError(f"Checkpointer.save: step must be >= 0 (got {step}).")
-        if step in self._manager.all_steps() or (not force and step % self.save_every):
+        if step in self.manager.all_steps() or (not force and not self.manager.should_save(step)):
             return False
         extra = {} if extra is None else extra
         if not isinstance(extra, dict):
@@ -245,6 +320,9 @@ class Checkpointer:
                 f"Checkpointer.save: extra must be JSON-serialisable ({e}); convert arrays with .tolist() "
                 "and PRNG keys with gmpjax.train.checkpoint.key_to_json."
             ) from None
+        if best is not None and not math.isfinite(float(best)):
+            raise ValueError(f"Checkpointer.save: best must be a finite number (got {best!r}).")
+        ocp = _ocp()
         meta = {"format": _FORMAT, "tree": tree_signature(state)}
         items = {
             "state": ocp.args.StandardSave(state),
@@ -253,20 +331,17 @@ class Checkpointer:
         }
         if data_iterator is not None:
             items["data"] = _data_save_args(data_iterator)
-        return self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+        metrics = {} if best is None else {_BEST: float(best)}
+        started = bool(self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics, force=True))
+        if started:
+            log.info("checkpoint: saving step %d to %s", step, self.directory)
+        return started
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        self.manager.wait_until_finished()
 
     # ------------------------------------------------------------------ restore
-    def _fix_hint(self, step: int) -> str:
-        older = [s for s in self.all_steps() if s < step]
-        hint = f"start a fresh run with another --workdir (or delete {self.directory})"
-        if older:
-            hint += f", or delete {os.path.join(self.directory, str(step))} to resume from step {older[-1]}"
-        return hint
-
     def restore(self, step: int, abstract: PyTree, *, data_iterator: Any = None) -> tuple[PyTree, dict]:
         """Restore step ``step`` into the structure, shapes, dtypes and shardings of ``abstract``.
 
@@ -288,52 +363,46 @@ class Checkpointer:
             )
         if any(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(abstract)):
             abstract = abstract_state(abstract)
+        ocp = _ocp()
         where = os.path.join(self.directory, str(step))
-        missing = [item for item in ("state", "extra", "meta") if not (epath.Path(where) / item).exists()]
-        if missing:
-            raise CheckpointError(
-                f"checkpoint {where} is corrupt or incomplete (missing items: {', '.join(missing)}); "
-                f"{self._fix_hint(step)}."
-            )
         try:
-            meta = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         except Exception as e:  # noqa: BLE001 -- any read failure means a damaged checkpoint
             raise CheckpointError(
                 f"checkpoint {where} is corrupt or incomplete (cannot read its metadata: {type(e).__name__}: {e}); "
-                f"{self._fix_hint(step)}."
+                f"{_fix_hint(self, step)}."
             ) from e
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise CheckpointError(f"{where} is not a gmpjax checkpoint; {self._fix_hint(step)}.")
+            raise CheckpointError(f"{where} is not a gmpjax checkpoint; {_fix_hint(self, step)}.")
         diff = _signature_diff(meta["tree"], tree_signature(abstract))
         if diff:
             raise CheckpointError(
                 f"checkpoint {where} does not match the model/optimizer being restored (was it written by a run "
                 "with another architecture, parameterization or optimizer?):\n" + "\n".join(diff) + "\n"
-                f"Fix: {self._fix_hint(step)}."
+                f"Fix: {_fix_hint(self, step)}."
             )
         items = {"state": ocp.args.StandardRestore(abstract), "extra": ocp.args.JsonRestore()}
         if data_iterator is not None:
-            if not (epath.Path(where) / "data").exists():
+            if "data" not in _saved_items(self.manager, step):
                 raise CheckpointError(
                     f"checkpoint {where} holds no data-iterator state (it was saved without data_iterator); "
-                    f"{self._fix_hint(step)}."
+                    f"{_fix_hint(self, step)}."
                 )
-            from grain.checkpoint import CheckpointRestore
-
-            items["data"] = CheckpointRestore(item=data_iterator)
+            restore_args = _optional.require("grain.checkpoint", "data", "Checkpointer.restore(data_iterator=...)")
+            items["data"] = restore_args.CheckpointRestore(item=data_iterator)
         try:
-            out = self._manager.restore(step, args=ocp.args.Composite(**items))
+            out = self.manager.restore(step, args=ocp.args.Composite(**items))
         except ValueError as e:
             if "data-iterator state" in str(e):  # the iterator refused the saved state: say why, unchanged
                 raise CheckpointError(f"checkpoint {where}: {e}") from e
             raise CheckpointError(
                 f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {str(e)[:500]}); "
-                f"{self._fix_hint(step)}."
+                f"{_fix_hint(self, step)}."
             ) from e
         except Exception as e:  # noqa: BLE001
             raise CheckpointError(
                 f"checkpoint {where} is corrupt or incomplete ({type(e).__name__}: {str(e)[:500]}); "
-                f"{self._fix_hint(step)}."
+                f"{_fix_hint(self, step)}."
             ) from e
         return out.state, dict(out.extra or {})
 
@@ -348,15 +417,24 @@ class Checkpointer:
         The target is read from the checkpoint's own metadata and every array is restored onto
         this process's first device, so checkpoints written by any number of devices or
         processes can be read (for tests and analysis). The saved state is a ``TrainState``
-        (its ``params``) or, when ``gmpjax.train.host.train`` kept the best parameters, a dict
-        ``{"train": TrainState, "best": {"params", "rest"}}`` (``best=True`` returns those).
+        (its ``params``) or a dict with ``"params"``. ``best=True`` reads ``best_step()``
+        instead (``step`` must then be None).
 
         Returns:
           The ``params`` tree as nested dicts of ``np.ndarray``.
 
         Raises:
-          CheckpointError: no such step, or no parameters (or no best ones) in it.
+          CheckpointError: no such step, or no parameters (or no best step) in it.
         """
+        if best:
+            if step is not None:
+                raise ValueError("Checkpointer.restore_params: pass either step or best=True, not both.")
+            step = self.best_step()
+            if step is None:
+                raise CheckpointError(
+                    f"no best step in {self.directory}: no step was saved with best=... "
+                    "(gmpjax.train.host.train does that when HostConfig.restore is not 'never')."
+                )
         if step is None:
             step = self.latest_step()
             if step is None:
@@ -366,18 +444,14 @@ class Checkpointer:
             raise CheckpointError(
                 f"no complete checkpoint for step {step} in {self.directory} (available: {self.all_steps()})."
             )
-        where = epath.Path(self.directory) / str(step) / "state"
-        meta = ocp.StandardCheckpointHandler().metadata(where)
-        meta = getattr(meta, "item_metadata", meta)
+        ocp = _ocp()
+        where = os.path.join(self.directory, str(step))
+        meta = self.manager.metadata(step).item_metadata["state"]
+        meta = getattr(meta, "tree", meta)
         dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), meta)
-        tree = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
-        if best:
-            if "best" not in tree:
-                raise CheckpointError(f"checkpoint {where} holds no best parameters (saved with restore='never').")
-            params = tree["best"]["params"]
-        else:
-            params = tree["train"]["params"] if "train" in tree else tree.get("params")
+        tree = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+        params = tree.get("params") if isinstance(tree, dict) else None
         if params is None:
             raise CheckpointError(f"checkpoint {where} holds no 'params' (keys: {sorted(tree)}).")
         return jax.tree.map(np.asarray, params)
@@ -385,8 +459,8 @@ class Checkpointer:
     # ---------------------------------------------------------------- lifecycle
     def close(self) -> None:
         """Wait for pending saves and release the manager's resources."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        self.manager.wait_until_finished()
+        self.manager.close()
 
     def __enter__(self) -> Checkpointer:
         return self

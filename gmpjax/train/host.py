@@ -15,7 +15,11 @@ adds what a run of hours needs:
 * early stopping and plateau decay with the compiled loop's objects and rules
   (``engine.early_stopping_update``, ``plateau.plateau_update``; Keras semantics,
   see ``HostConfig``);
-* JSON-lines metrics (``engine.MetricsLogger``) and a tqdm progress bar.
+* metrics to ``engine.MetricsLogger`` (JSON lines) or to any writer with clu's
+  ``write_scalars(step, scalars)`` (clu, TensorBoard, W&B adapters), and a tqdm
+  progress bar when tqdm is installed;
+* a line on the ``logging.getLogger("gmpjax")`` logger when a run resumes, a
+  checkpoint is saved, plateau decay lowers the learning rate or early stopping fires.
 
 One evaluation is one "epoch" of those rules: patience counts evaluations.
 
@@ -37,14 +41,16 @@ One evaluation is one "epoch" of those rules: patience counts evaluations.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gmpjax._optional import progress_bar
 from gmpjax.train.checkpoint import Checkpointer, abstract_state
 from gmpjax.train.engine import EarlyStopping, MetricsLogger, TrainState, early_stopping_init, early_stopping_update
 from gmpjax.train.plateau import Plateau, PlateauConfig, get_learning_rate, plateau_init, plateau_update
@@ -56,7 +62,9 @@ TrainStep = Callable[[TrainState, Any], tuple[TrainState, Mapping[str, Any]]]
 HostEvalFn = Callable[[TrainState], Mapping[str, Any]]
 Callback = Callable[[int, TrainState, dict], "bool | None"]
 
-__all__ = ["HostConfig", "HostResult", "train", "sum_batches"]
+__all__ = ["HostConfig", "HostResult", "ScalarWriter", "train", "sum_batches"]
+
+log = logging.getLogger("gmpjax")
 
 RESTORE = ("always", "if_stopped", "never")
 _NEVER = 2**31 - 1  # "no patience": early stopping never fires
@@ -148,6 +156,53 @@ class HostResult:
     lr_scale: float
     evals: list[dict]
     resumed_from: int | None
+
+
+@runtime_checkable
+class ScalarWriter(Protocol):
+    """What ``train(logger=...)`` writes to: clu's ``metric_writers`` interface, scalars only.
+
+    ``engine.MetricsLogger`` is one; so is ``clu.metric_writers.create_default_writer(...)`` or
+    a thin adapter around TensorBoard or W&B. ``flush()``, when the writer has it, is called at the end.
+    """
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Record ``scalars`` (name -> number) at ``step``."""
+
+
+class _Sink:
+    """Turns the loop's records into ``MetricsLogger`` lines or ``write_scalars`` calls."""
+
+    def __init__(self, logger: MetricsLogger | ScalarWriter | None):
+        if logger is not None and not isinstance(logger, (MetricsLogger, ScalarWriter)):
+            raise TypeError(
+                f"train: logger must be a MetricsLogger or have write_scalars(step, scalars) "
+                f"(got {type(logger).__name__})."
+            )
+        self.logger = logger
+        self.records = logger if isinstance(logger, MetricsLogger) else MetricsLogger(None)
+
+    def truncate(self, last_step: int | None) -> None:
+        """A ``MetricsLogger`` drops what follows the restored step; other writers get those steps again."""
+        self.records.truncate(last_step)
+
+    def log(self, step: int, **metrics: Any) -> dict:
+        """Write ``metrics`` at ``step``; returns the record ``{"step": step, **metrics}`` (host values)."""
+        rec = self.records.log(step, **metrics)
+        if self.logger is not None and not isinstance(self.logger, MetricsLogger):
+            scalars = {k: v for k, v in rec.items() if k != "step" and _is_number(v)}
+            self.logger.write_scalars(step, scalars)
+        return rec
+
+    def flush(self) -> None:
+        """Flush a writer that buffers."""
+        flush = getattr(self.logger, "flush", None)
+        if callable(flush):
+            flush()
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 # ------------------------------------------------------------------------------------- JSON of the loop state
@@ -267,9 +322,9 @@ def train(
     config_json: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None = None,
     on_resume: Callable[[int, dict], None] | None = None,
-    logger: MetricsLogger | None = None,
+    logger: MetricsLogger | ScalarWriter | None = None,
     callbacks: Iterable[Callback] = (),
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "train",
 ) -> HostResult:
     """Train ``state`` to ``config.num_steps`` (or early stopping) with checkpoints, evaluation and logs.
@@ -302,11 +357,15 @@ def train(
         key through ``checkpoint.key_to_json``).
       on_resume: ``(step, extra) -> None`` called after a restore with the checkpoint's
         ``extra`` dict (to set back what ``extra`` saved), before ``batches`` is started.
-      logger: ``MetricsLogger`` (``None``: nothing written). A fresh run empties its file; a
-        resumed one drops the records after the restored step (they are logged again).
+      logger: where the metrics go: a ``MetricsLogger`` (a fresh run empties its file; a
+        resumed one drops the records after the restored step, they are logged again) or any
+        ``ScalarWriter`` (clu's ``write_scalars(step, scalars)``: the scalar metrics of every
+        record; after a resume the steps since the checkpoint are written again). ``None``:
+        nothing written.
       callbacks: ``(step, state, record) -> stop?`` after every step (``record``: the train
         metrics logged at this step, or ``{"step": step}``); True ends the run.
-      progress: show a tqdm bar.
+      progress: a tqdm bar: ``None`` when tqdm is installed, ``True`` always (needs tqdm, from the
+        ``train`` extra), ``False`` never.
       desc: the bar's label.
 
     Returns:
@@ -316,21 +375,15 @@ def train(
       ValueError: checkpoints exist but ``resume`` is False; the checkpoint's ``config_json``
         differs; ``config.monitor`` is not a key of ``eval_fn``'s output.
     """
-    from tqdm.auto import tqdm
-
     if config.monitor is not None and eval_fn is None:
         raise ValueError(f"HostConfig.monitor={config.monitor!r} needs an eval_fn.")
-    logger = logger or MetricsLogger(None)
+    sink = _Sink(logger)
     keep_best = config.restore != "never"
     rules = _Rules.fresh(state, config)
-    best = _copy((state.params, state.rest)) if keep_best else None
+    # the best parameters: with a checkpointer, the best step on disk (orbax's best-step tracking); without, a copy
+    best = _copy((state.params, state.rest)) if keep_best and checkpointer is None else None
     saved_json = dict(config_json or {})
     resumed_from = None
-
-    def saved_tree(st: TrainState) -> PyTree:
-        if best is None:
-            return st
-        return {"train": st, "best": {"params": best[0], "rest": best[1]}}
 
     def extra_json(step: int) -> dict:
         mine = dict(extra(step) if callable(extra) else (extra or {}))
@@ -347,20 +400,17 @@ def train(
                 "continue that run, or choose another --workdir (nothing is overwritten)."
             )
         if latest is not None:
-            tree, saved = checkpointer.restore(latest, abstract_state(saved_tree(state)), data_iterator=data_iterator)
+            state, saved = checkpointer.restore(latest, abstract_state(state), data_iterator=data_iterator)
             _check_config(saved.get("config"), saved_json, checkpointer.directory)
-            if keep_best:
-                state, best = tree["train"], (tree["best"]["params"], tree["best"]["rest"])
-            else:
-                state = tree
             if "host_loop" in saved:
                 rules = rules.load(saved["host_loop"])
             resumed_from = latest
+            log.info("resumed from step %d of %s", latest, checkpointer.directory)
             if on_resume is not None:
                 on_resume(latest, saved)
 
     start = int(np.asarray(to_host(state.step)))
-    logger.truncate(start if resumed_from is not None else None)
+    sink.truncate(start if resumed_from is not None else None)
     if callable(batches) and not hasattr(batches, "__next__"):
         it = iter(batches(start))
     else:
@@ -370,7 +420,7 @@ def train(
     patience = _NEVER if config.patience is None else config.patience
     step = start
     stopped = bool(rules.stopping.stopped)
-    bar = tqdm(total=config.num_steps, initial=start, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(config.num_steps, initial=start, desc=desc, enabled=progress)
     try:
         while step < config.num_steps and not stopped:
             state, metrics = train_step(state, next(it))
@@ -379,7 +429,7 @@ def train(
             rec: dict = {"step": step}
             if config.log_every and step % config.log_every == 0:
                 scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-                rec = logger.log(step, **{f"train_{k}": v for k, v in scalars.items()})
+                rec = sink.log(step, **{f"train_{k}": v for k, v in scalars.items()})
                 bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()})
             halt = False
             for cb in callbacks:
@@ -396,27 +446,36 @@ def train(
                 lr = _learning_rate(state.opt_state)
                 if lr is not None:
                     head["lr"] = lr
+                improved = False
                 if config.monitor is not None:
                     state, improved = _apply_rules(rules, state, ev, step, config, patience)
-                    if improved and keep_best:
+                    if improved and best is not None:
                         best = _copy((state.params, state.rest))
                     stopped = bool(rules.stopping.stopped)
-                evals.append(logger.log(step, **head, **ev))
-            if checkpointer is not None and (evaluate or step % checkpointer.save_every == 0):
-                checkpointer.save(step, saved_tree(state), extra_json(step), force=True, data_iterator=data_iterator)
+                evals.append(sink.log(step, **head, **ev))
+            if checkpointer is not None and (evaluate or checkpointer.should_save(step)):
+                rank = float(rules.stopping.best) if keep_best and evaluate and improved else None
+                checkpointer.save(step, state, extra_json(step), force=True, data_iterator=data_iterator, best=rank)
             if halt:
                 break
         if checkpointer is not None:
-            checkpointer.save(step, saved_tree(state), extra_json(step), force=True, data_iterator=data_iterator)
+            checkpointer.save(step, state, extra_json(step), force=True, data_iterator=data_iterator)
             checkpointer.wait()
     finally:
         bar.close()
+        sink.flush()
 
     es = rules.stopping
     sign = -1.0 if config.mode == "max" else 1.0
     found = int(es.best_step) > 0
-    use_best = best is not None and found and (config.restore == "always" or bool(es.stopped))
-    chosen = state.replace(params=best[0], rest=best[1]) if use_best else state  # type: ignore[attr-defined,index]
+    use_best = keep_best and found and (config.restore == "always" or bool(es.stopped))
+    chosen = state
+    if use_best:
+        if best is None:  # the best step's checkpoint (kept by orbax's best-step tracking)
+            assert checkpointer is not None
+            best_state, _ = checkpointer.restore(int(es.best_step), abstract_state(state))
+            best = (best_state.params, best_state.rest)
+        chosen = state.replace(params=best[0], rest=best[1])  # type: ignore[attr-defined]
     return HostResult(
         state=chosen,
         last=state,
@@ -444,7 +503,17 @@ def _apply_rules(
         rules.stopping, signed_arr, (), jnp.asarray(step, jnp.int32), patience=patience, min_delta=config.min_delta
     )
     improved = int(rules.stopping.best_step) != before
+    if bool(rules.stopping.stopped):
+        log.info(
+            "early stopping at step %d: %s did not improve for %d evaluations (best %g at step %d)",
+            step,
+            config.monitor,
+            patience,
+            (-1.0 if config.mode == "max" else 1.0) * float(rules.stopping.best),
+            int(rules.stopping.best_step),
+        )
     if config.plateau is not None:
+        scale_before = float(np.asarray(rules.plateau.scale))
         p = config.plateau
         rules.plateau = plateau_update(
             rules.plateau,
@@ -457,6 +526,8 @@ def _apply_rules(
         assert rules.base_lr is not None
         lr = np.float32(rules.base_lr) * np.float32(np.asarray(rules.plateau.scale))
         state = state.replace(opt_state=_with_learning_rate(state.opt_state, lr))  # type: ignore[attr-defined]
+        if float(np.asarray(rules.plateau.scale)) < scale_before:
+            log.info("plateau at step %d: learning rate lowered to %g", step, float(lr))
     return state, improved
 
 

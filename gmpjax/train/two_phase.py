@@ -42,6 +42,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gmpjax._optional import progress_bar
 from gmpjax.regions import count_linear_regions_batched
 from gmpjax.train.engine import TrainState, init_replicas, init_train_state, make_train_step
 from gmpjax.train.loop import LoopConfig, fit
@@ -256,7 +257,7 @@ def train_two_phase(
     *,
     batch_axis: int | None = None,
     snapshot: Snapshot | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     desc: str = "two-phase",
 ) -> TwoPhaseResult:
     """Run the two-phase schedule for one replica per key (vmapped; each phase through ``gmpjax.train.loop``).
@@ -273,7 +274,7 @@ def train_two_phase(
       snapshot: ``(phase, graphdef, stacked_state) -> dict`` called at the start, at the end of every
         chunk and right after the switch (phase "init", "pretrain", "switch", "finetune"), e.g. to
         count linear regions.
-      progress: tqdm bar.
+      progress: a tqdm bar (``None``: when tqdm is installed; ``True`` needs it, from the ``train`` extra).
 
     Returns:
       :class:`TwoPhaseResult`.
@@ -290,9 +291,7 @@ def train_two_phase(
     graph1, state = init_replicas(make_model, keys, tx1)
     has_raw = hasattr(nnx.eval_shape(lambda: make_model(keys[0])), "to_raw")
     pre_steps = config.pretrain_steps if has_raw else 0
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=pre_steps + config.finetune_steps, desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(pre_steps + config.finetune_steps, desc=desc, enabled=progress)
     snaps: list[dict[str, Any]] = []
 
     def record(phase: str, graphdef: nnx.GraphDef, state: TrainState, step: int) -> None:
