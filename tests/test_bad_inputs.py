@@ -133,3 +133,25 @@ def test_linearize_through_a_gmp_layer():
     _, f_jvp = jax.linearize(lambda p: nnx.merge(graphdef, p)(x), params)
     tangent = jax.tree.map(jnp.ones_like, params)
     assert f_jvp(tangent).shape == (2, 3)
+
+
+def test_abstract_state_names_a_mesh_passed_as_sharding():
+    from gmpjax.train.checkpoint import abstract_state
+
+    _, state = _state(optax.sgd(0.1))
+    with pytest.raises(TypeError, match="a Mesh: pass NamedSharding\\(mesh, P\\(\\)\\)"):
+        abstract_state(state, jax.make_mesh((1,), ("data",), devices=jax.devices()[:1]))
+
+
+def test_a_failed_background_save_is_named_at_wait(tmp_path, monkeypatch):
+    """A read-only or full disk shows up when the async write finishes: CheckpointError with the directory."""
+    from gmpjax.train.checkpoint import Checkpointer, CheckpointError
+
+    ckpt = Checkpointer(tmp_path / "ck")
+
+    def fail():
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt.manager, "wait_until_finished", fail)
+    with pytest.raises(CheckpointError, match="ck failed \\(OSError.*No space left.*writable"):
+        ckpt.wait()

@@ -105,6 +105,13 @@ def abstract_state(state: PyTree, sharding: jax.sharding.Sharding | None = None)
         ``sharding.replicated_sharding(mesh)`` for a data-parallel run); leaves
         without a sharding and no ``sharding`` get the first local device.
     """
+    if sharding is not None and not isinstance(sharding, jax.sharding.Sharding):
+        hint = " (a Mesh: pass NamedSharding(mesh, P()) or gmpjax.train.sharding.replicated_sharding(mesh))"
+        raise TypeError(
+            f"abstract_state: sharding must be a jax.sharding.Sharding or None (got {type(sharding).__name__})"
+            + (hint if isinstance(sharding, jax.sharding.Mesh) else "")
+            + "."
+        )
     default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
     def one(x):
@@ -338,8 +345,18 @@ class Checkpointer:
         return started
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are committed."""
-        self.manager.wait_until_finished()
+        """Block until pending asynchronous saves are committed.
+
+        A save that failed in the background (a read-only or full disk, a vanished directory) raises a
+        ``CheckpointError`` here naming the directory, with orbax's error chained.
+        """
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001 -- any background write failure
+            raise CheckpointError(
+                f"writing a checkpoint to {self.directory} failed ({type(e).__name__}: {e}); check that the "
+                "directory is writable and the disk has space, then resume from the last complete step."
+            ) from e
 
     # ------------------------------------------------------------------ restore
     def restore(self, step: int, abstract: PyTree, *, data_iterator: Any = None) -> tuple[PyTree, dict]:
