@@ -108,9 +108,7 @@ def _rows(x: Array) -> Array:
 
 
 def _tiled_fwd(theta: Array, renormalize: bool) -> Array:
-    u = _xla._tiled_forward_2d(_rows(theta), _xla.TILE)[0]
-    u = u * _scale(u) if renormalize else u
-    return u.reshape(theta.shape[:-1] + (theta.shape[-1] + 1,))
+    return (_xla.unit_tiled_renormalized if renormalize else _xla.unit_tiled)(theta)
 
 
 def _tiled_bwd(theta: Array, g: Array, renormalize: bool) -> Array:
@@ -126,10 +124,8 @@ def _cumprod_fwd(theta: Array, renormalize: bool) -> Array:
 
 
 def _tangent_xla_cpu(theta: Array, t: Array, renormalize: bool) -> Array:
-    du = _xla._make_rows_jvp(_xla.sincos)  # kernel-layout scan: the fastest XLA:CPU forward mode
-    lead = theta.shape[:-1]
-    u, out = jax.jvp(lambda th: _xla._from_rows(du(_xla._to_rows(th)), lead), (theta,), (t,))
-    return out * _scale(u) if renormalize else out
+    u, du = jax.jvp(_xla.unit_fast, (theta,), (t,))  # kernel-layout scan: the fastest XLA:CPU forward mode
+    return du * _scale(u) if renormalize else du
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,15 +284,9 @@ def _pallas() -> Any:
 
 def _pallas_fn(comp: str, interpret: bool) -> Callable[..., Array]:
     def fn(theta: Array, *rest: Array, renormalize: bool) -> Array:
-        lead = theta.shape[:-1]
-        args = [_rows(a) for a in (theta, *rest)]
-        if comp == "fwd":
-            out = _pallas().unit_fwd(*args, renormalize=renormalize, interpret=interpret)
-        elif comp == "tangent":
-            out = _pallas().unit_tangent(*args, renormalize=renormalize, interpret=interpret)
-        else:
-            out = _pallas().unit_bwd(*args, renormalize=renormalize, interpret=interpret)
-        return out.reshape(lead + (out.shape[-1],))
+        kernel = getattr(_pallas(), {"fwd": "unit_fwd", "tangent": "unit_tangent", "bwd": "unit_bwd"}[comp])
+        out = kernel(*(_rows(a) for a in (theta, *rest)), renormalize=renormalize, interpret=interpret)
+        return out.reshape(theta.shape[:-1] + (out.shape[-1],))
 
     return fn
 

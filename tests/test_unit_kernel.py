@@ -210,8 +210,10 @@ text = jax.jit(jax.grad(lambda t: jnp.sum(g * hs.angles_to_unit(t)))).lower(thet
 u, grad = hs.angles_to_unit(theta), jax.grad(lambda t: jnp.sum(g * hs.angles_to_unit(t)))(theta)
 u2 = hs.angles_to_unit(theta)  # a second use does not warn again
 ref = jax.grad(lambda t: jnp.sum(g * hs.angles_to_unit(t, impl="cumprod")))(theta)
+du = jax.jvp(hs.angles_to_unit, (theta,), (g[:, :40],))[1]
+du_ref = jax.jvp(lambda t: hs.angles_to_unit(t, impl="cumprod"), (theta,), (g[:, :40],))[1]
 print("RESULT", "gmpjax_unit" in text, float(jnp.abs(u - hs.angles_to_unit(theta, impl="cumprod")).max()),
-      float(jnp.abs(grad - ref).max()), _native.available())
+      float(jnp.abs(grad - ref).max()), _native.available(), float(jnp.abs(du - du_ref).max()))
 """
 
 
@@ -234,7 +236,7 @@ def test_fallback_without_the_native_kernel(tmp_path, env_extra, why):
     assert len(logs) == 1 and why in logs[0] and "XLA implementation" in logs[0], logs
     has_call, u_err, g_err, available = result[1], float(result[2]), float(result[3]), result[4]
     assert has_call == "False" and available == "False"
-    assert u_err < 1e-6 and g_err < 1e-5
+    assert u_err < 1e-6 and g_err < 1e-5 and float(result[5]) < 1e-5  # forward, reverse and forward mode
 
 
 def test_build_cache_is_keyed_and_reused(tmp_path):

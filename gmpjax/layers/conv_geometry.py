@@ -17,9 +17,22 @@ from gmpjax.layers.checks import _as_size, _check_features
 
 Array = jax.Array
 
-__all__ = ["ConvGeometry", "conv_apply", "canonical_padding", "conv_dimension_numbers"]
+__all__ = ["ConvGeometry", "conv_apply", "canonical_padding", "conv_dimension_numbers", "conv_geometry_of"]
 
 _PAD_STRINGS = ("SAME", "SAME_LOWER", "VALID", "CIRCULAR", "REFLECT", "CAUSAL")
+_GEOMETRY = ("strides", "padding", "input_dilation", "kernel_dilation", "feature_group_count", "conv_general_dilated")
+
+
+def conv_geometry_of(layer: Any) -> dict[str, Any]:
+    """The ``nnx.Conv`` geometry keywords of a convolution (``nnx.Conv``, ``GmPConv`` or an SP/WN conv).
+
+    All of them name the geometry alike, so a conversion in either direction passes these on unchanged.
+
+    >>> from flax import nnx
+    >>> conv_geometry_of(nnx.Conv(3, 4, (3, 3), strides=2, rngs=nnx.Rngs(0)))["strides"]
+    2
+    """
+    return {"kernel_size": tuple(layer.kernel_size), **{k: getattr(layer, k) for k in _GEOMETRY}}
 
 
 def _tuple(v: int | Sequence[int], n: int, name: str) -> tuple[int, ...]:

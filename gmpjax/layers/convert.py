@@ -33,6 +33,7 @@ from typing import Any
 from flax import nnx
 
 from gmpjax.layers.baselines import SPConv, SPDense
+from gmpjax.layers.conv_geometry import conv_geometry_of
 from gmpjax.layers.gmp import GmPDense
 from gmpjax.layers.gmp_conv import GmPConv
 
@@ -84,18 +85,7 @@ def _as_nnx(layer: SPDense | SPConv) -> nnx.Linear | nnx.Conv:
     }
     if isinstance(layer, SPDense):
         return nnx.Linear(layer.in_features, layer.out_features, dot_general=layer.dot_general, **common)
-    return nnx.Conv(
-        layer.in_features,
-        layer.out_features,
-        tuple(layer.kernel_size),
-        layer.strides,
-        padding=layer.padding,
-        input_dilation=layer.input_dilation,
-        kernel_dilation=layer.kernel_dilation,
-        feature_group_count=layer.feature_group_count,
-        conv_general_dilated=layer.conv_general_dilated,
-        **common,
-    )
+    return nnx.Conv(layer.in_features, layer.out_features, **conv_geometry_of(layer), **common)
 
 
 def _check_model(model: Any, who: str) -> None:

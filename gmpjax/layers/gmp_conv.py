@@ -24,7 +24,7 @@ from gmpjax.layers.checks import (
     expose_signature,
     resolve_activation,
 )
-from gmpjax.layers.conv_geometry import ConvGeometry, conv_apply
+from gmpjax.layers.conv_geometry import ConvGeometry, conv_apply, conv_geometry_of
 from gmpjax.layers.gmp import Init, _GmPBase
 from gmpjax.layers.gmp_params import Initializer, _constant_init, _split_standard, gmp_metadata_of, standard_metadata_of
 
@@ -192,15 +192,7 @@ class GmPConv(_GmPBase, ConvGeometry):
         w = kernel.reshape(-1, kernel.shape[-1]).T
         theta, radius, offset = _split_standard(w, bias, act, "GmPConv.from_conv", "output channels")
         kwargs = {**gmp_metadata_of(conv.kernel, "GmPConv.from_conv"), **kwargs}
-        geometry = {
-            "kernel_size": tuple(conv.kernel_size),
-            "strides": conv.strides,
-            "padding": conv.padding,
-            "input_dilation": conv.input_dilation,
-            "kernel_dilation": conv.kernel_dilation,
-            "feature_group_count": conv.feature_group_count,
-            "conv_general_dilated": conv.conv_general_dilated,
-        }
+        geometry = conv_geometry_of(conv)
         return cls._from_parts(
             (conv.in_features, conv.out_features),
             theta,
@@ -227,19 +219,13 @@ class GmPConv(_GmPBase, ConvGeometry):
         return nnx.Conv(
             self.in_features,
             self.out_features,
-            self.kernel_size,
-            self.strides,
-            padding=self.padding,
-            input_dilation=self.input_dilation,
-            kernel_dilation=self.kernel_dilation,
-            feature_group_count=self.feature_group_count,
+            **conv_geometry_of(self),
             use_bias=self.use_offset,
             dtype=self.dtype,
             param_dtype=jnp.dtype(self.param_dtype),
             precision=self.precision,
             kernel_init=_constant_init(kernel),
             bias_init=_constant_init(radius * offset),
-            conv_general_dilated=self.conv_general_dilated,
             promote_dtype=self.promote_dtype,
             preferred_element_type=self.preferred_element_type,
             rngs=nnx.Rngs(0),

@@ -127,10 +127,10 @@ def _check_not_collapsed(theta: Any, name: str) -> None:
     uniform on the sphere). Skipped under tracing (values unknown) and for a single unit.
     """
     raw = theta.raw_value if isinstance(theta, nnx.VariableMetadata) else theta
-    values = _concrete(raw)
+    values = _concrete(raw[:, 0])  # only theta_1 decides u_1 = cos(theta_1): copy one column, not all of theta
     if values is None or values.shape[0] < 2:
         return
-    first = np.cos(values[:, 0].astype(np.float64))  # u_1 = cos(theta_1)
+    first = np.cos(values.astype(np.float64))
     if float(np.mean(first)) > 0.9:
         raise ValueError(
             f"{name}: theta_init gave angles whose directions all point near e_1 (mean u_1 = {np.mean(first):.2f}; "
