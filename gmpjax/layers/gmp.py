@@ -110,6 +110,16 @@ def precomputed_units(layers: Sequence[nnx.Module], units: Sequence[Array]) -> I
     The hook for computing ``u(theta)`` once and reusing it, e.g. over the microbatches of one step
     (the train step of ``train.engine`` differentiates ``[layer.unit() for layer in angle_layers(model)]`` once and
     feeds the result to every microbatch). Nothing is stored on the layers.
+
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> layer = GmPDense(3, 2, rngs=nnx.Rngs(0))
+    >>> u = jnp.eye(2, 3)
+    >>> with precomputed_units([layer], [u]):
+    ...     bool((layer.unit() == u).all())
+    True
+    >>> bool((layer.unit() == u).all())
+    False
     """
     layers, units = list(layers), list(units)
     if len(layers) != len(units):

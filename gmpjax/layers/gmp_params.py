@@ -159,6 +159,12 @@ def gmp_metadata_of(kernel: nnx.Variable, where: str) -> dict[str, dict[str, Any
 
     ``(..., None, "model")`` becomes theta ``("model", None)`` and radius/offset ``("model",)``. Input-axis
     sharding has no GmP counterpart (a unit's angles live on one device): it is dropped with a warning.
+
+    >>> from flax import nnx
+    >>> lin = nnx.Linear(3, 4, kernel_metadata={"out_sharding": (None, "model"), "eager_sharding": False},
+    ...                  rngs=nnx.Rngs(0))
+    >>> gmp_metadata_of(lin.kernel, "example")["theta_metadata"]["out_sharding"]
+    ('model', None)
     """
     spec = _spec_of(kernel)
     if spec is None:
@@ -181,7 +187,13 @@ def gmp_metadata_of(kernel: nnx.Variable, where: str) -> dict[str, dict[str, Any
 
 
 def standard_metadata_of(theta: Any, kernel_ndim: int) -> dict[str, dict[str, Any]]:
-    """``kernel/bias_metadata`` carrying theta's unit-axis sharding back to a standard layer's output axis."""
+    """``kernel/bias_metadata`` carrying theta's unit-axis sharding back to a standard layer's output axis.
+
+    >>> from flax import nnx
+    >>> theta = nnx.Param(jnp.zeros((4, 2)), out_sharding=("model", None), eager_sharding=False)
+    >>> standard_metadata_of(theta, 2)["kernel_metadata"]["out_sharding"]
+    (None, 'model')
+    """
     spec = _spec_of(theta)
     if spec is None:
         return {}
