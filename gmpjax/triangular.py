@@ -62,8 +62,8 @@ __all__ = [
     "num_raw_params",
 ]
 
-#: default margin ``c`` of the constrained peak map, peaks live in ``[c, 1 - c]``.
 DEFAULT_MARGIN = 0.02
+"""Default margin ``c`` of the constrained peak map: peaks live in ``[c, 1 - c]``."""
 
 
 # ----------------------------------------------------------------------------- validation

@@ -25,11 +25,14 @@ from gmpjax.data.paths import DataError, require_file
 __all__ = ["BANANA_RELPATH", "BANANA_URL", "BANANA_SHA256", "load_banana", "BananaSplits", "banana_splits"]
 
 BANANA_RELPATH = "banana/2d_banana.csv"
+"""Path of the banana CSV under the data directory."""
 BANANA_URL = (
     "https://raw.githubusercontent.com/Wenlin-Chen/geometric-parameterization/"
     "0c48483a1089c16183308216a990f4235219a0ca/2d_banana/2d_banana.csv"
 )
+"""Where the CSV is downloaded from when it is missing: the released GmP code, at a fixed commit."""
 BANANA_SHA256 = "c76502bdf63e4f74e0290bd98da2c425aab247c919cee6dfbfe856694c484e55"
+"""sha256 of the CSV; a file with another checksum is rejected."""
 
 
 def load_banana(*, allow_download: bool | None = None) -> tuple[np.ndarray, np.ndarray]:

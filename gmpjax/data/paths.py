@@ -37,6 +37,7 @@ def data_dir() -> Path:
 
 
 def sha256_of(path: str | os.PathLike) -> str:
+    """Hex sha256 digest of the file at ``path``, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -141,7 +141,9 @@ UCI_DATASETS: dict[str, UCIInfo] = {
         6,
     ),
 }
+"""The UCI regression benchmarks by name, each with its upstream folder, checksums, source and size."""
 UCI_NAMES: tuple[str, ...] = tuple(UCI_DATASETS)
+"""The dataset names ``load_uci`` accepts."""
 
 
 def check_dataset_name(name: str) -> str:
@@ -205,6 +207,7 @@ def _check_fraction(value: float, name: str) -> float:
 
 
 SPLIT_RULES = ("gmpjax", "released")
+"""The train/test split rules ``split_indices`` accepts."""
 
 
 def split_indices(n: int, seed: int, test_fraction: float = 0.2, rule: str = "gmpjax") -> tuple[np.ndarray, np.ndarray]:

@@ -26,9 +26,9 @@ __all__ = ["check_input", "resolve_activation", "expose_signature", "HOMOGENEOUS
 
 _EMPTY: Metadata = MappingProxyType({})
 _IDENTITY_NAMES = ("identity", "linear", "none")
-#: Activations with ``act(a z) = a act(z)`` for ``a > 0``: for them (and ``None``) a GmP layer and
-#: ``act(nnx.Linear)`` describe the same functions, so ``from_linear``/``to_linear`` are exact.
 HOMOGENEOUS_ACTIVATIONS: tuple[Callable[[Array], Array], ...] = (jax.nn.relu, jax.nn.leaky_relu)
+"""Activations with ``act(a z) = a act(z)`` for ``a > 0``: for them (and ``None``) a GmP layer and
+``act(nnx.Linear)`` describe the same functions, so ``from_linear``/``to_linear`` are exact."""
 
 
 # ---------------------------------------------------------------------------

@@ -39,9 +39,9 @@ from gmpjax.layers.gmp_conv import GmPConv
 
 __all__ = ["to_gmp", "to_standard", "Filter"]
 
-#: ``filter(path, layer) -> bool`` selects the layers to convert (``path`` is the tuple of attribute
-#: names and indices from the model to the layer, as ``nnx.iter_modules`` gives it).
 Filter = Callable[[tuple, nnx.Module], bool]
+"""``filter(path, layer) -> bool`` selects the layers to convert (``path`` is the tuple of attribute
+names and indices from the model to the layer, as ``nnx.iter_modules`` gives it)."""
 
 
 def _select(model: nnx.Module, types: tuple[type, ...], filter: Filter | None) -> list[tuple[tuple, Any]]:

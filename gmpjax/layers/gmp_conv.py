@@ -55,8 +55,8 @@ class GmPConv(_GmPBase, ConvGeometry):
         per-axis ints / (low, high) pairs; checked here). ``feature_group_count = in_features`` is
         depthwise.
       conv_general_dilated: the convolution function (default ``jax.lax.conv_general_dilated``).
-      activation, init, impl, use_bias/use_offset, dtype, param_dtype, precision, promote_dtype,
-      preferred_element_type, theta_init, radius_init, offset_init, *_metadata, rngs: as in ``GmPDense``.
+      activation, init, impl, use_bias/use_offset, dtype, param_dtype, precision: as in ``GmPDense``.
+      promote_dtype, preferred_element_type, theta_init, radius_init, offset_init, *_metadata, rngs: as in ``GmPDense``.
       mask: not supported (raises, see ``docs/layers.md``).
 
     >>> import jax.numpy as jnp

@@ -18,8 +18,8 @@ from gmpjax.layers.registry import check_parameterization
 
 __all__ = ["MODEL_AXIS", "column_parallel", "row_parallel"]
 
-#: The mesh axis name the annotations use by default.
 MODEL_AXIS = "model"
+"""The mesh axis name the annotations use by default."""
 
 
 def _names(spec: tuple, eager: bool) -> dict[str, Any]:

@@ -41,6 +41,7 @@ _CONV: dict[str, Callable[..., nnx.Module]] = {
     "gmp_imn": _gmp_imn_conv,
 }
 PARAMETERIZATIONS: tuple[str, ...] = tuple(_DENSE)
+"""The parameterization names ``make_dense``/``make_conv`` and every model accept."""
 #: The layer class whose keywords each entry takes.
 _DENSE_CLASS: dict[str, type] = {**{k: v for k, v in _DENSE.items() if isinstance(v, type)}, "gmp_imn": GmPDense}
 _CONV_CLASS: dict[str, type] = {**{k: v for k, v in _CONV.items() if isinstance(v, type)}, "gmp_imn": GmPConv}

@@ -35,5 +35,5 @@ class Offset(nnx.Param):
     """Offsets ``lambda`` of GmP units, shape ``(out,)`` (a bias: never weight-decayed)."""
 
 
-#: The GmP parameter types, in the order (angle, radius, offset).
 GMP_PARAM_TYPES: tuple[type[nnx.Param], ...] = (Angle, Radius, Offset)
+"""The GmP parameter types, in the order (angle, radius, offset)."""

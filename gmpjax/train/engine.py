@@ -341,6 +341,7 @@ class EarlyStopping:
 
 
 def early_stopping_init(params: PyTree, dtype=jnp.float32) -> EarlyStopping:
+    """A fresh state: ``best = inf`` (in ``dtype``), ``best_params = params``, counters at zero, not stopped."""
     return EarlyStopping(
         best=jnp.asarray(jnp.inf, dtype),
         best_params=params,

@@ -43,8 +43,8 @@ Array = jax.Array
 
 __all__ = ["Plateau", "PlateauConfig", "plateau_init", "plateau_update", "set_learning_rate", "get_learning_rate"]
 
-# The state: ``scale`` (learning-rate multiplier), ``best_value``, ``plateau_count`` (checks since improvement).
 Plateau: TypeAlias = ReduceLROnPlateauState
+"""The state: ``scale`` (learning-rate multiplier), ``best_value``, ``plateau_count`` (checks since improvement)."""
 
 _TINY = float(np.finfo(np.float32).tiny)
 

@@ -66,6 +66,7 @@ from gmpjax.layers.parallel import MODEL_AXIS, column_parallel, row_parallel
 
 PyTree = Any
 DATA_AXIS = "data"
+"""The mesh axis name of data parallelism (the batch is split along it)."""
 
 __all__ = [
     "DATA_AXIS",

@@ -1,0 +1,46 @@
+"""griffe extension: show the doctests written in the docstrings' prose as Python console code blocks.
+
+The package's docstrings carry their doctests in the text (``>>>`` lines, as pytest's ``--doctest-modules``
+runs them) rather than in a Google ``Examples:`` section; without this, Markdown would read ``>>>`` as nested
+block quotes. A doctest block runs from its first ``>>>`` line to the next blank line, as in doctest itself.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import griffe
+
+_FLAGS = re.compile(r"\s*#\s*doctest:\s*[+-]\w+(\s*,\s*[+-]\w+)*\s*$")
+
+
+def fence_doctests(text: str) -> str:
+    """Wrap every run of doctest lines (``>>>`` up to a blank line) outside a code fence in a ``pycon`` fence."""
+    out: list[str] = []
+    in_fence = in_doctest = False
+    indent = ""
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if in_doctest and not stripped:
+            out.append(f"{indent}```")
+            in_doctest = False
+        elif not in_doctest and stripped.startswith("```"):
+            in_fence = not in_fence
+        elif not in_doctest and not in_fence and stripped.startswith(">>>"):
+            indent = line[: len(line) - len(line.lstrip())]
+            out.append(f"{indent}```pycon")
+            in_doctest = True
+        out.append(_FLAGS.sub("", line) if in_doctest else line)
+    if in_doctest:
+        out.append(f"{indent}```")
+    return "\n".join(out)
+
+
+class FenceDoctests(griffe.Extension):
+    """Fence the bare doctest blocks of every docstring before it is parsed."""
+
+    def on_instance(self, *, obj: griffe.Object, **kwargs: Any) -> None:
+        """Rewrite ``obj``'s docstring text in place (the source files are not touched)."""
+        if obj.docstring is not None and ">>>" in obj.docstring.value:
+            obj.docstring.value = fence_doctests(obj.docstring.value)
