@@ -1,14 +1,15 @@
-// MathJax for pymdownx.arithmatex (generic mode): $$...$$ and \(...\) in the narrative pages.
+// MathJax 3 for pymdownx.arithmatex (generic mode: \(...\) and $$...$$ in the pages) and for the notebooks'
+// Markdown cells ($...$ and $$...$$ as Jupyter writes them). Only those two kinds of element are typeset.
 window.MathJax = {
   tex: {
-    inlineMath: [["\\(", "\\)"]],
-    displayMath: [["\\[", "\\]"]],
+    inlineMath: [["\\(", "\\)"], ["$", "$"]],
+    displayMath: [["\\[", "\\]"], ["$$", "$$"]],
     processEscapes: true,
     processEnvironments: true,
   },
   options: {
     ignoreHtmlClass: ".*|",
-    processHtmlClass: "arithmatex",
+    processHtmlClass: "arithmatex|jp-RenderedMarkdown",
   },
 };
 
