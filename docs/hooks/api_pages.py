@@ -52,7 +52,7 @@ def page_uri(module: str, is_package: bool) -> str:
     return "/".join([API_DIR, *parts]) + ".md"
 
 
-def page_markdown(module: str, is_package: bool, children: list[str]) -> str:
+def page_markdown(module: str, children: list[str]) -> str:
     """The generated page: one mkdocstrings directive, plus links to the submodules of a package."""
     text = f"::: {module}\n"
     if children:
@@ -95,7 +95,8 @@ def _exported(mod: griffe.Module) -> list[str]:
     """The module's ``__all__``; without one, its public classes and functions."""
     if mod.exports is not None:
         return [str(e) for e in mod.exports]
-    return [n for n, m in mod.members.items() if not n.startswith("_") and not m.is_alias and (m.is_class or m.is_function)]
+    own = {n: m for n, m in mod.members.items() if not n.startswith("_") and not m.is_alias}
+    return [n for n, m in own.items() if m.is_class or m.is_function]
 
 
 def undocumented(pkg: griffe.Module) -> list[str]:
@@ -126,6 +127,10 @@ def _documented_params(obj: griffe.Object) -> list[str]:
     return names
 
 
+def _matches(param: str, documented: str) -> bool:
+    return fnmatch.fnmatchcase(param, documented) or param == documented.lstrip("*")
+
+
 def unknown_params(pkg: griffe.Module) -> list[str]:
     """Documented arguments that are not in the signature (griffe's own check, which knows no ``a, b:`` groups).
 
@@ -138,9 +143,8 @@ def unknown_params(pkg: griffe.Module) -> list[str]:
         objs += [f for c in objs if c.is_class for f in c.members.values() if not f.is_alias and f.is_function]
         for obj in objs:
             params = {p.name for p in obj.parameters} if isinstance(obj, griffe.Function | griffe.Class) else set()
-            for doc_name in _documented_params(obj):
-                if not any(fnmatch.fnmatchcase(p, doc_name) or p == doc_name.lstrip("*") for p in params):
-                    bad.append(f"{obj.path}: documented argument {doc_name!r} is not in the signature")
+            unknown = [d for d in _documented_params(obj) if not any(_matches(p, d) for p in params)]
+            bad += [f"{obj.path}: documented argument {d!r} is not in the signature" for d in unknown]
     return bad
 
 
@@ -160,7 +164,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     """Add one generated page per public module and the stored notebooks."""
     modules = public_modules()
     for name, is_pkg in modules:
-        content = page_markdown(name, is_pkg, _children(name, modules) if is_pkg else [])
+        content = page_markdown(name, _children(name, modules) if is_pkg else [])
         files.append(File.generated(config, page_uri(name, is_pkg), content=content))
     for nb in sorted((ROOT / NOTEBOOKS).glob("*.ipynb")):
         # a File rooted at the repository (not File.generated): mkdocs-jupyter reads abs_src_path from src_dir
