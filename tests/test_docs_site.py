@@ -99,6 +99,7 @@ def test_doctests_are_fenced_and_roles_become_crossrefs():
     assert ext.roles_to_crossrefs("see :func:`tent` and :class:`gmpjax.layers.TriangleNet`.") == (
         "see [`tent`][tent] and [`gmpjax.layers.TriangleNet`][gmpjax.layers.TriangleNet]."
     )
+    assert ext.roles_to_crossrefs("Layout::\n\n    a::b\n") == "Layout:\n\n    a::b\n"
 
 
 @needs_docs

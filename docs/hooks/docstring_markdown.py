@@ -6,6 +6,8 @@
 - Sphinx roles (``:func:`name```, ``:class:``, ``:meth:``, ...) become mkdocstrings cross-references
   (``[`name`][name]``), resolved from the docstring's scope (``scoped_crossrefs``); one that does not resolve is
   a warning, which fails the strict build.
+- A reST literal-block marker at the end of a line (``Layout::``) becomes a plain colon; the indented block after
+  it is a Markdown code block already.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import griffe
 
 _ROLE = re.compile(r":(?:func|class|meth|mod|data|attr|obj|exc):`~?([\w.]+)`")
+_LITERAL_MARKER = re.compile(r"(\S)::$", re.MULTILINE)
 _FLAGS = re.compile(r"\s*#\s*doctest:\s*[+-]\w+(\s*,\s*[+-]\w+)*\s*$")
 
 
@@ -42,8 +45,8 @@ def fence_doctests(text: str) -> str:
 
 
 def roles_to_crossrefs(text: str) -> str:
-    """``:func:`a.b``` -> ``[`a.b`][a.b]`` (a mkdocstrings cross-reference)."""
-    return _ROLE.sub(lambda m: f"[`{m.group(1)}`][{m.group(1)}]", text)
+    """``:func:`a.b``` -> ``[`a.b`][a.b]`` (a mkdocstrings cross-reference); a trailing ``::`` -> ``:``."""
+    return _LITERAL_MARKER.sub(r"\1:", _ROLE.sub(lambda m: f"[`{m.group(1)}`][{m.group(1)}]", text))
 
 
 class DocstringMarkdown(griffe.Extension):
