@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "gmpjax"
 API_DIR = "api"
 NOTEBOOKS = "notebooks"
+NOTEBOOK_FILES = {".ipynb", ".png", ".svg", ".jpg", ".jpeg", ".gif"}
 
 log = logging.getLogger(f"mkdocs.hooks.{__name__}")
 
@@ -166,9 +167,12 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
     for name, is_pkg in modules:
         content = page_markdown(name, _children(name, modules) if is_pkg else [])
         files.append(File.generated(config, page_uri(name, is_pkg), content=content))
-    for nb in sorted((ROOT / NOTEBOOKS).glob("*.ipynb")):
-        # a File rooted at the repository (not File.generated): mkdocs-jupyter reads abs_src_path from src_dir
-        files.append(File(f"{NOTEBOOKS}/{nb.name}", str(ROOT), config.site_dir, config.use_directory_urls))
+    # the notebooks and any image files beside them (figures a Markdown cell links to), rooted at the repository
+    # (not File.generated: mkdocs-jupyter reads abs_src_path from src_dir)
+    for path in sorted((ROOT / NOTEBOOKS).rglob("*")):
+        if path.suffix.lower() in NOTEBOOK_FILES and ".ipynb_checkpoints" not in path.parts:
+            rel = path.relative_to(ROOT).as_posix()
+            files.append(File(rel, str(ROOT), config.site_dir, config.use_directory_urls))
     pkg = _load(ROOT, PACKAGE)
     for name in undocumented(pkg):
         log.warning(f"public symbol without a docstring: {name}")
