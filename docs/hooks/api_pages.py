@@ -84,7 +84,8 @@ def _children(module: str, modules: list[tuple[str, bool]]) -> list[str]:
     return [n for n, _ in modules if n.startswith(module + ".") and n.count(".") == module.count(".") + 1]
 
 
-def _load(root: Path, package: str) -> griffe.Module:
+def load(root: Path = ROOT, package: str = PACKAGE) -> griffe.Module:
+    """The package as griffe reads it from the source files (nothing is imported)."""
     return griffe.load(package, search_paths=[str(root)], resolve_aliases=True, docstring_parser="google")
 
 
@@ -100,10 +101,10 @@ def _exported(mod: griffe.Module) -> list[str]:
     return [n for n, m in own.items() if m.is_class or m.is_function]
 
 
-def undocumented(pkg: griffe.Module) -> list[str]:
+def undocumented(pkg: griffe.Module, root: Path = ROOT) -> list[str]:
     """Public modules and names exported by a public module that have no docstring."""
     missing = []
-    for name, _ in public_modules(ROOT, pkg.path):
+    for name, _ in public_modules(root, pkg.path):
         mod = _module(pkg, name)
         if mod.docstring is None or not mod.docstring.value.strip():
             missing.append(f"{name} (module docstring)")
@@ -132,13 +133,13 @@ def _matches(param: str, documented: str) -> bool:
     return fnmatch.fnmatchcase(param, documented) or param == documented.lstrip("*")
 
 
-def unknown_params(pkg: griffe.Module) -> list[str]:
+def unknown_params(pkg: griffe.Module, root: Path = ROOT) -> list[str]:
     """Documented arguments that are not in the signature (griffe's own check, which knows no ``a, b:`` groups).
 
     A name may be ``*args``/``**kwargs`` or a glob (``*_metadata``) that matches at least one parameter.
     """
     bad = []
-    for name, _ in public_modules(ROOT, pkg.path):
+    for name, _ in public_modules(root, pkg.path):
         mod = _module(pkg, name)
         objs = [m for m in mod.members.values() if not m.is_alias and (m.is_function or m.is_class)]
         objs += [f for c in objs if c.is_class for f in c.members.values() if not f.is_alias and f.is_function]
@@ -173,7 +174,7 @@ def on_files(files: Files, config: MkDocsConfig) -> Files:
         if path.suffix.lower() in NOTEBOOK_FILES and ".ipynb_checkpoints" not in path.parts:
             rel = path.relative_to(ROOT).as_posix()
             files.append(File(rel, str(ROOT), config.site_dir, config.use_directory_urls))
-    pkg = _load(ROOT, PACKAGE)
+    pkg = load()
     for name in undocumented(pkg):
         log.warning(f"public symbol without a docstring: {name}")
     for line in unknown_params(pkg):
