@@ -3,11 +3,12 @@
 One page per public module of ``gmpjax`` (every ``.py`` file and package under ``gmpjax/`` whose dotted path has
 no component starting with ``_``), found by walking the source tree, so a new module or a new name in an
 ``__all__`` shows up without editing the docs. Each page is a single mkdocstrings directive; the handler options
-live in ``mkdocs.yml``. The notebooks in ``notebooks/`` are added as they are stored (with their outputs, never
-executed) for mkdocs-jupyter to render.
+live in ``mkdocs.yml``. The notebooks in ``notebooks/`` (and images beside them) are added as they are stored,
+with their outputs and never executed, for mkdocs-jupyter to render.
 
-The hook also loads the package with griffe (statically, jax is not imported) and logs a warning for every name
-in a public module's ``__all__`` that has no docstring; under ``strict: true`` that fails the build.
+The hook also loads the package with griffe (statically, jax is not imported) and logs a warning for every public
+module and every name of a public module's ``__all__`` without a docstring, and for every documented argument
+that is not in the signature; under ``strict: true`` each fails the build.
 """
 
 from __future__ import annotations
