@@ -87,7 +87,9 @@ def _children(module: str, modules: list[tuple[str, bool]]) -> list[str]:
 
 def load(root: Path = ROOT, package: str = PACKAGE) -> griffe.Module:
     """The package as griffe reads it from the source files (nothing is imported)."""
-    return griffe.load(package, search_paths=[str(root)], resolve_aliases=True, docstring_parser="google")
+    return griffe.load(
+        package, search_paths=[str(root)], try_relative_path=False, resolve_aliases=True, docstring_parser="google"
+    )
 
 
 def _module(pkg: griffe.Module, name: str) -> griffe.Module:
