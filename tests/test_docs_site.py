@@ -24,7 +24,16 @@ import gmpjax
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS_PACKAGES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python", "mkdocs_jupyter", "griffe")
-MISSING = [p for p in DOCS_PACKAGES if importlib.util.find_spec(p.split(".")[0]) is None]
+
+
+def _absent(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is None
+    except ModuleNotFoundError:  # a parent package is missing
+        return True
+
+
+MISSING = [p for p in DOCS_PACKAGES if _absent(p)]
 needs_docs = pytest.mark.skipif(
     bool(MISSING), reason=f"docs packages not installed ({', '.join(MISSING)}): pip install -e '.[docs]'"
 )
