@@ -292,7 +292,7 @@ def cab_of_layer(layer: nnx.Module) -> CAB:
         w = _val(layer.kernel).T
         return CAB(sp_direction(w), sp_location(w, _val(layer.bias)))
     if isinstance(layer, B.WNDense):
-        w = layer.kernel().T
+        w = layer.kernel.T
         return CAB(sp_direction(w), sp_location(w, _val(layer.bias)))
     if isinstance(layer, B.BNDense):
         w = _val(layer.linear.kernel).T
@@ -302,7 +302,7 @@ def cab_of_layer(layer: nnx.Module) -> CAB:
         sign = jnp.where(gamma < 0, -1.0, 1.0).astype(w.dtype)
         return CAB(sign[:, None] * sp_direction(w), sp_location(w, b_eff))
     if isinstance(layer, B.WNMBNDense):
-        w = layer.linear.kernel().T
+        w = layer.linear.kernel.T
         b_eff = _val(layer.linear.bias) - _val(layer.norm.mean)
         return CAB(sp_direction(w), sp_location(w, b_eff))
     raise TypeError(
