@@ -283,7 +283,9 @@ def _wn_kernel(v: Array, g: Array) -> Array:
 def _extend_signature(cls: type, base: type, **extra: Any) -> None:
     """Give ``cls`` the constructor signature of ``base`` plus the keyword-only ``extra`` (name=default)."""
     sig = inspect.signature(base.__init__)  # type: ignore[misc]  # the class's own __init__, read not called
-    new = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation="Metadata") for k, v in extra.items()]
+    new = [
+        inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v, annotation="Metadata") for k, v in extra.items()
+    ]
     cls.__signature__ = sig.replace(parameters=[*list(sig.parameters.values())[1:], *new])  # type: ignore[attr-defined]
 
 
