@@ -69,7 +69,11 @@ STANDARD_ROLES: Mapping[str, Role] = MappingProxyType({"kernel_metadata": "kerne
 
 def _keywords(fn: Callable) -> tuple[set[str], bool]:
     """Named parameters of ``fn`` (a class: its constructor) and whether it takes ``**kwargs``."""
-    params = inspect.signature(fn).parameters.values()
+    if isinstance(fn, type) and getattr(fn, "__signature__", None) is None:
+        # an nnx module class reports (*args, **kwargs): read its __init__ (self is not a keyword anyone passes)
+        params = [p for p in inspect.signature(fn.__init__).parameters.values() if p.name != "self"]  # type: ignore[misc]
+    else:
+        params = list(inspect.signature(fn).parameters.values())
     return {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}, any(
         p.kind is p.VAR_KEYWORD for p in params
     )
