@@ -372,9 +372,10 @@ class _NormAfter(nnx.Module):
         return _apply(self.activation, self.norm(self.layer(x, out_sharding)))
 
 
-def _wrapper_signature(cls: type) -> type:
+def _wrapper_signature(cls: type[_NormAfter]) -> type[_NormAfter]:
     """The wrapped layer's positional sizes, then the wrapper's own keywords, then ``**kwargs`` (the layer's)."""
-    own = [p for p in inspect.signature(cls.__init__).parameters.values() if p.kind is not p.VAR_POSITIONAL]
+    init = next(vars(c)["__init__"] for c in cls.__mro__ if "__init__" in vars(c))  # the wrapper's own constructor
+    own = [p for p in inspect.signature(init).parameters.values() if p.kind is not p.VAR_POSITIONAL]
     sizes = [p for p in inspect.signature(cls._layer).parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD]
     cls.__signature__ = inspect.Signature(sizes + own[1:])  # type: ignore[attr-defined]
     return cls

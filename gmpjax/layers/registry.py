@@ -28,7 +28,7 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import jax.numpy as jnp
 from flax import nnx
@@ -342,7 +342,7 @@ def _cab_gmp_imn(layer: Any) -> C.CAB:
         return _cab_gmp(inner)
     u = inner.unit()
     mu = layer.imn.mean[...].astype(u.dtype)
-    return C.CAB(u, C.gmp_location(u, inner.offset[...] - u @ mu))
+    return C.CAB(u, C.gmp_location(u, cast(nnx.Param, inner.offset)[...] - u @ mu))
 
 
 # --------------------------------------------------------------------------- GmP+IMN and the built-in rows

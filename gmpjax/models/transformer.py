@@ -49,7 +49,9 @@ from gmpjax.layers.parallel import STANDARD_ROLES, column_metadata, column_paral
 
 __all__ = ["TransformerLM", "Block", "CausalSelfAttention", "MLPBlock", "MLP_PARAMETERIZATIONS"]
 
-MLP_PARAMETERIZATIONS: tuple[str, ...] = tuple(n for n in registry.names() if not registry.get(n).batch_statistics)
+MLP_PARAMETERIZATIONS: tuple[str, ...] = tuple(
+    n for n in registry.PARAMETERIZATIONS if not registry.get(n).batch_statistics
+)
 """The built-in parameterizations of the MLP's ReLU layer: those without batch statistics of their own
 pre-activations (BN, MBN would mix positions). A registered row qualifies by the same trait."""
 
