@@ -348,18 +348,20 @@ def _cab_gmp_imn(layer: Any) -> C.CAB:
 # --------------------------------------------------------------------------- GmP+IMN and the built-in rows
 
 
-def _gmp_imn_dense(in_features: int, out_features: int, *, imn_position: str = "input", **kwargs: Any) -> GmPIMN:
-    """GmP+IMN dense unit: ``imn_position="input"`` (paper Eq. 14) or ``"output"`` (released VGG code)."""
-    layer = GmPDense(in_features, out_features, **kwargs)
-    return GmPIMN(layer, position=imn_position, param_dtype=kwargs.get("param_dtype", jnp.float32))
+def _imn_unit(layer_cls: type) -> Callable[..., GmPIMN]:
+    """GmP+IMN over ``layer_cls``: ``imn_position="input"`` (paper Eq. 14) or ``"output"`` (released VGG code)."""
 
+    def build(*sizes: Any, imn_position: str = "input", **kwargs: Any) -> GmPIMN:
+        if imn_position not in ("input", "output"):
+            raise ValueError(
+                f"gmp_imn: imn_position must be 'input' (IMN of the layer's input, paper Eq. 14) or 'output' "
+                f"(IMN after the layer, the released VGG code); got {imn_position!r}."
+            )
+        layer = layer_cls(*sizes, **kwargs)
+        return GmPIMN(layer, position=imn_position, param_dtype=kwargs.get("param_dtype", jnp.float32))
 
-def _gmp_imn_conv(
-    in_features: int, out_features: int, kernel_size: Any, *, imn_position: str = "input", **kwargs: Any
-) -> GmPIMN:
-    """GmP+IMN convolution, IMN over the channels of the input (or, ``"output"``, of the output)."""
-    layer = GmPConv(in_features, out_features, kernel_size, **kwargs)
-    return GmPIMN(layer, position=imn_position, param_dtype=kwargs.get("param_dtype", jnp.float32))
+    build.__name__ = build.__qualname__ = f"gmp_imn_{layer_cls.__name__}"
+    return build
 
 
 _GMP_ROLES: Mapping[str, Role] = {"theta_metadata": "rows", "radius_metadata": "units", "offset_metadata": "units"}
@@ -393,8 +395,8 @@ _BUILT_IN: Sequence[Parameterization] = (
     Parameterization("gmp", GmPDense, GmPConv, column_parallel=_GMP_ROLES, cab=_cab_gmp, cv_lr=0.1),
     Parameterization(
         "gmp_imn",
-        _gmp_imn_dense,
-        _gmp_imn_conv,
+        _imn_unit(GmPDense),
+        _imn_unit(GmPConv),
         dense_keywords=GmPDense,
         conv_keywords=GmPConv,
         layer_type=GmPIMN,
