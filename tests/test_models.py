@@ -100,6 +100,8 @@ def test_normalization_placement():
     assert _imn_positions(abstract(ResNet18, 10, parameterization="gmp_imn")) == ["input"] * len(resnet18_convs())
     released = abstract(VGG6, 10, parameterization="gmp_imn", layer_kwargs={"imn_position": "output"})
     assert _imn_positions(released) == ["output"] * 6
+    with pytest.raises(ValueError, match="imn_position must be 'input'"):
+        abstract(VGG6, 10, parameterization="gmp_imn", layer_kwargs={"imn_position": "after"})
     # WN+MBN: MBN after every conv, projection shortcuts included (20 convs).
     assert _count_modules(abstract(ResNet18, 10, parameterization="wn_mbn"), InputMeanNorm) == len(resnet18_convs())
     assert _count_modules(abstract(ResNet18, 10, parameterization="bn"), nnx.BatchNorm) == len(resnet18_convs())
