@@ -44,7 +44,6 @@ from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
 import numpy as np
 
-from experiments.common import CV_LR
 from gmpjax.data.paths import DataError
 
 __all__ = [
@@ -147,14 +146,16 @@ def _check_methods(methods: Sequence[str], check: Callable[[str], Any]) -> None:
 
 
 def lr_values(cfg: Common, method: str) -> tuple[float, ...]:
-    """The learning rates ``cfg.lr`` gives ``method`` (``cv`` -> ``CV_LR``), duplicates removed, in order.
+    """The learning rates ``cfg.lr`` gives ``method`` (``cv`` -> its registry row's ``cv_lr``), duplicates removed.
 
     >>> lr_values(Common(lr=("cv", "0.3")), "gmp")
     (0.1, 0.3)
     """
+    from gmpjax.layers.registry import default_lr
+
     out: list[float] = []
     for v in cfg.lr:
-        x = CV_LR.get(method.split("_")[0], 0.01) if v == "cv" else float(v)
+        x = default_lr(method) if v == "cv" else float(v)
         if x not in out:
             out.append(x)
     return tuple(out)

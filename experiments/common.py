@@ -7,8 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-# Learning rates of the paper's cross-validated comparison (Figs. 2-3): 0.1 for GmP, 0.01 for the others.
-CV_LR = {"gmp": 0.1, "sp": 0.01, "wn": 0.01, "bn": 0.01}
 COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
 
 

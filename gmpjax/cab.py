@@ -260,55 +260,23 @@ def step_change(prev: CAB, new: CAB) -> dict[str, Array]:
 
 
 # --------------------------------------------------------------------------- layers
-def _val(v: Any) -> Array:
-    """The value of an ``nnx.Variable`` (or an array)."""
-    return v[...]
-
-
 def cab_of_layer(layer: nnx.Module) -> CAB:
-    """The CABs of a dense ReLU layer of any parameterization, shape ``(m, n)`` each.
+    """The CABs of a dense ReLU layer of any registered parameterization, shape ``(m, n)`` each.
 
-    Supported: ``GmPDense`` (also fan-in 1 with its fixed sign), ``SPDense``,
-    ``WNDense``, ``BNDense`` (moving statistics, as the released code), ``WNMBNDense``
-    (moving mean) and GmP+IMN (``make_dense("gmp_imn", ...)``: the input mean
-    ``mu`` shifts the offset to ``lambda - u . mu``).  For BN the normal is
-    ``sign(gamma) w/||w||`` (a negative ``gamma`` flips the active side).
+    The layer's registry row (``gmpjax.layers.registry``) says how to read them: for the built-in ones
+    ``GmPDense`` (also fan-in 1 with its fixed sign), ``SPDense``, ``WNDense``, ``BNDense`` (moving statistics,
+    as the released code; the normal is ``sign(gamma) w/||w||``, a negative ``gamma`` flips the active side),
+    ``WNMBNDense`` (moving mean) and GmP+IMN (``make_dense('gmp_imn', ...)``: the input mean ``mu`` shifts
+    the offset to ``lambda - u . mu``).
 
     Works on a module rebuilt inside ``jit``/``scan`` (values may be tracers).
     """
-    from gmpjax.layers import baselines as B
-    from gmpjax.layers import gmp as G
-    from gmpjax.layers.imn import GmPIMN
+    from gmpjax.layers.registry import row_of_layer  # the layers build on this module
 
-    if isinstance(layer, G.GmPDense):
-        u = layer.unit()
-        return CAB(u, gmp_location(u, _val(layer.offset)))
-    if isinstance(layer, GmPIMN) and layer.position == "input" and isinstance(layer.layer, G.GmPDense):
-        inner = layer.layer
-        u = inner.unit()
-        mu = _val(layer.imn.mean).astype(u.dtype)
-        return CAB(u, gmp_location(u, _val(inner.offset) - u @ mu))
-    if isinstance(layer, B.SPDense):
-        w = _val(layer.kernel).T
-        return CAB(sp_direction(w), sp_location(w, _val(layer.bias)))
-    if isinstance(layer, B.WNDense):
-        w = layer.kernel().T
-        return CAB(sp_direction(w), sp_location(w, _val(layer.bias)))
-    if isinstance(layer, B.BNDense):
-        w = _val(layer.linear.kernel).T
-        n = layer.norm
-        gamma = _val(n.scale)
-        b_eff = bn_effective_bias(_val(layer.linear.bias), gamma, _val(n.bias), _val(n.mean), _val(n.var), n.epsilon)
-        sign = jnp.where(gamma < 0, -1.0, 1.0).astype(w.dtype)
-        return CAB(sign[:, None] * sp_direction(w), sp_location(w, b_eff))
-    if isinstance(layer, B.WNMBNDense):
-        w = layer.linear.kernel().T
-        b_eff = _val(layer.linear.bias) - _val(layer.norm.mean)
-        return CAB(sp_direction(w), sp_location(w, b_eff))
-    raise TypeError(
-        f"cab_of_layer: unsupported layer type {type(layer).__name__}; pass a dense ReLU layer "
-        "(GmPDense, SPDense, WNDense, BNDense, WNMBNDense or a gmp_imn layer), e.g. model.hidden[0]."
-    )
+    row = row_of_layer(layer, who="cab_of_layer")
+    if row.cab is None:
+        raise TypeError(f"cab_of_layer: parameterization {row.name!r} declares no CAB reader (its row's cab).")
+    return row.cab(layer)
 
 
 def _first_hidden(model: nnx.Module) -> nnx.Module:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gmpjax.layers import InputMeanNorm
+from gmpjax.layers import GmPIMN, InputMeanNorm
 from gmpjax.models import VGG6, ResNet18
 
 PARAMS = ("sp", "wn", "wn_mbn", "bn", "gmp", "gmp_imn")
@@ -87,11 +87,21 @@ def _count_modules(model, cls):
     return sum(isinstance(node, cls) for _, node in nnx.iter_graph(model))
 
 
+def _imn_positions(model):
+    return [node.position for _, node in nnx.iter_graph(model) if isinstance(node, GmPIMN)]
+
+
 def test_normalization_placement():
-    # VGG-6 GmP+IMN: IMN after each of the 6 convs; ResNet-18: stem + 2 per block (after conv1, after the add).
-    assert _count_modules(abstract(VGG6, 10, parameterization="gmp_imn"), InputMeanNorm) == 6
+    # GmP+IMN means one thing: every GmP conv normalises its own input (paper Eq. 14), in VGG-6 (6 convs) and
+    # ResNet-18 (all 20 convs, stem and projection shortcuts included); the released VGG code's placement
+    # (IMN after every conv) is the layer keyword imn_position="output".
+    assert _imn_positions(abstract(VGG6, 10, parameterization="gmp_imn")) == ["input"] * 6
     assert _count_modules(abstract(VGG6, 10, parameterization="gmp"), InputMeanNorm) == 0
-    assert _count_modules(abstract(ResNet18, 10, parameterization="gmp_imn"), InputMeanNorm) == 1 + 8 * 2
+    assert _imn_positions(abstract(ResNet18, 10, parameterization="gmp_imn")) == ["input"] * len(resnet18_convs())
+    released = abstract(VGG6, 10, parameterization="gmp_imn", layer_kwargs={"imn_position": "output"})
+    assert _imn_positions(released) == ["output"] * 6
+    with pytest.raises(ValueError, match="imn_position must be 'input'"):
+        abstract(VGG6, 10, parameterization="gmp_imn", layer_kwargs={"imn_position": "after"})
     # WN+MBN: MBN after every conv, projection shortcuts included (20 convs).
     assert _count_modules(abstract(ResNet18, 10, parameterization="wn_mbn"), InputMeanNorm) == len(resnet18_convs())
     assert _count_modules(abstract(ResNet18, 10, parameterization="bn"), nnx.BatchNorm) == len(resnet18_convs())

@@ -8,10 +8,13 @@
 """
 
 from gmpjax.layers.baselines import (
+    BatchNormAfter,
     BNConv,
     BNDense,
+    MeanOnlyBNAfter,
     SPConv,
     SPDense,
+    WeightNorm,
     WNConv,
     WNDense,
     WNMBNConv,
@@ -21,7 +24,16 @@ from gmpjax.layers.convert import to_gmp, to_standard
 from gmpjax.layers.gmp import GmPDense, angle_layers, precomputed_units
 from gmpjax.layers.gmp_conv import GmPConv
 from gmpjax.layers.imn import GmPIMN, InputMeanNorm, MeanOnlyBatchNorm
-from gmpjax.layers.registry import PARAMETERIZATIONS, check_parameterization, make_conv, make_dense
+from gmpjax.layers.registry import (
+    PARAMETERIZATIONS,
+    Parameterization,
+    check_parameterization,
+    default_lr,
+    make_conv,
+    make_dense,
+    register,
+    unregister,
+)
 from gmpjax.layers.triangle import ReLUMLP, TriangleActivation, TriangleDifference, TriangleNet
 from gmpjax.layers.variables import Angle, Offset, Radius
 
@@ -39,7 +51,14 @@ __all__ = [
     "BNConv",
     "WNMBNDense",
     "WNMBNConv",
+    "WeightNorm",
+    "BatchNormAfter",
+    "MeanOnlyBNAfter",
     "PARAMETERIZATIONS",
+    "Parameterization",
+    "register",
+    "unregister",
+    "default_lr",
     "check_parameterization",
     "make_dense",
     "make_conv",

@@ -170,30 +170,11 @@ class _GmPBase(nnx.Module):
         kernel_init: Initializer | None = None,
         kernel_shape: tuple[int, ...] = (),
     ) -> None:
+        """Check and store the options, then create theta (or the fixed direction), radius and offset."""
+        inits = {"theta": theta_init, "radius": radius_init, "offset": offset_init}
+        metadata = {"theta": theta_metadata, "radius": radius_metadata, "offset": offset_metadata}
+        self._check_options(init, inits, kernel_init, metadata, promote_dtype, rngs)
         name = self._name
-        if kernel_init is not None and (theta_init is not None or radius_init is not None or init != "uniform"):
-            raise ValueError(
-                f"{name}: kernel_init draws a standard kernel and splits it into directions and radii, so it "
-                "replaces theta_init, radius_init and init; pass either kernel_init or those."
-            )
-        if init not in _INITS:
-            raise ValueError(f"{name}: init must be 'uniform' (paper) or 'official' (released code); got {init!r}.")
-        for arg, fn in (
-            ("theta_init", theta_init),
-            ("radius_init", radius_init),
-            ("offset_init", offset_init),
-            ("kernel_init", kernel_init),
-            ("promote_dtype", promote_dtype),
-        ):
-            _check_callable(fn, arg, name)
-        for arg, md in (
-            ("theta_metadata", theta_metadata),
-            ("radius_metadata", radius_metadata),
-            ("offset_metadata", offset_metadata),
-        ):
-            _check_metadata(md, arg, name)
-        if not isinstance(rngs, nnx.Rngs):
-            raise TypeError(f"{name}: rngs must be an nnx.Rngs (got {type(rngs).__name__}), e.g. rngs=nnx.Rngs(0).")
         self.activation = resolve_activation(activation, name)
         self.impl = _check_impl(impl, name)
         self.fan_in = fan_in
@@ -203,42 +184,81 @@ class _GmPBase(nnx.Module):
         self.precision = precision
         self.promote_dtype = promote_dtype
         self.preferred_element_type = preferred_element_type
-
         storage = _storage_dtype(param_dtype, name)
         key = rngs.params()
-        need_preset = fan_in == 1 or theta_init is None or radius_init is None or (use_offset and offset_init is None)
-        preset = _init_gmp(key, fan_in, out_features, init, storage) if need_preset else (None, None, None)
-        if kernel_init is not None:
-            w = kernel_init(jax.random.fold_in(key, 3), kernel_shape, storage)
-            if _raw_shape(w) != tuple(kernel_shape):
-                raise ValueError(f"{name}: kernel_init returned shape {_raw_shape(w)}, expected {tuple(kernel_shape)}.")
-            rows = jnp.asarray(w, storage).reshape(fan_in, out_features).T  # (out, fan_in): one direction per unit
-            direction, radius, _ = _split_standard(rows, None, None, name, "output units")
-            preset = (direction, radius, preset[2])
+        preset = self._preset(key, fan_in, out_features, init, inits, kernel_init, kernel_shape, storage)
+        self._init_params(key, out_features, inits, preset, metadata, storage)
 
-        def make(hook, k, shape, default, arg):
+    def _check_options(
+        self,
+        init: str,
+        inits: dict[str, Initializer | None],
+        kernel_init: Initializer | None,
+        metadata: dict[str, Metadata],
+        promote_dtype: Callable,
+        rngs: nnx.Rngs,
+    ) -> None:
+        name = self._name
+        if kernel_init is not None and (inits["theta"] is not None or inits["radius"] is not None or init != "uniform"):
+            raise ValueError(
+                f"{name}: kernel_init draws a standard kernel and splits it into directions and radii, so it "
+                "replaces theta_init, radius_init and init; pass either kernel_init or those."
+            )
+        if init not in _INITS:
+            raise ValueError(f"{name}: init must be 'uniform' (paper) or 'official' (released code); got {init!r}.")
+        fns = {f"{k}_init": fn for k, fn in inits.items()} | {
+            "kernel_init": kernel_init,
+            "promote_dtype": promote_dtype,
+        }
+        for arg, fn in fns.items():
+            _check_callable(fn, arg, name)
+        for arg, md in metadata.items():
+            _check_metadata(md, f"{arg}_metadata", name)
+        if not isinstance(rngs, nnx.Rngs):
+            raise TypeError(f"{name}: rngs must be an nnx.Rngs (got {type(rngs).__name__}), e.g. rngs=nnx.Rngs(0).")
+
+    def _preset(self, key, fan_in, out_features, init, inits, kernel_init, kernel_shape, storage) -> tuple:
+        """``(direction, radius, offset)`` of the ``init`` preset, or of ``kernel_init``'s split kernel."""
+        theta_init, radius_init, offset_init = inits["theta"], inits["radius"], inits["offset"]
+        need = fan_in == 1 or theta_init is None or radius_init is None or (self.use_offset and offset_init is None)
+        preset = _init_gmp(key, fan_in, out_features, init, storage) if need else (None, None, None)
+        if kernel_init is None:
+            return preset
+        w = kernel_init(jax.random.fold_in(key, 3), kernel_shape, storage)
+        if _raw_shape(w) != tuple(kernel_shape):
+            raise ValueError(
+                f"{self._name}: kernel_init returned shape {_raw_shape(w)}, expected {tuple(kernel_shape)}."
+            )
+        rows = jnp.asarray(w, storage).reshape(fan_in, out_features).T  # (out, fan_in): one direction per unit
+        direction, radius, _ = _split_standard(rows, None, None, self._name, "output units")
+        return direction, radius, preset[2]
+
+    def _init_params(self, key, out_features, inits, preset, metadata, storage) -> None:
+        """theta (an ``Angle``; fan-in 1: the fixed ``direction``), radius (``Radius``) and offset (``Offset``)."""
+        name = self._name
+
+        def make(arg: str, k: int, shape: tuple[int, ...], default: Any) -> Any:
+            hook = inits[arg]
             if hook is None:
                 return default
             value = hook(jax.random.fold_in(key, k), shape, storage)
             if _raw_shape(value) != shape:
-                raise ValueError(f"{name}: {arg} returned shape {_raw_shape(value)}, expected {shape}.")
+                raise ValueError(f"{name}: {arg}_init returned shape {_raw_shape(value)}, expected {shape}.")
             return value
 
-        if fan_in == 1:
+        if self.fan_in == 1:
             # Direction +-1 is fixed at init and never trained (paper Sec. 4.1.1); it has the radius's shape.
             self.theta: nnx.Param | None = nnx.data(None)
-            self.direction: nnx.Variable | None = nnx.Variable(preset[0], **radius_metadata)
+            self.direction: nnx.Variable | None = nnx.Variable(preset[0], **metadata["radius"])
         else:
-            shape = (out_features, fan_in - 1)
-            theta = make(theta_init, 0, shape, preset[0], "theta_init")
-            if theta_init is not None:
+            theta = make("theta", 0, (out_features, self.fan_in - 1), preset[0])
+            if inits["theta"] is not None:
                 _check_not_collapsed(theta, name)
-            self.theta = Angle(theta, **theta_metadata)
+            self.theta = Angle(theta, **metadata["theta"])
             self.direction = nnx.data(None)
-        self.radius = Radius(make(radius_init, 1, (out_features,), preset[1], "radius_init"), **radius_metadata)
-        if use_offset:
-            off = make(offset_init, 2, (out_features,), preset[2], "offset_init")
-            self.offset: nnx.Param | None = Offset(off, **offset_metadata)
+        self.radius = Radius(make("radius", 1, (out_features,), preset[1]), **metadata["radius"])
+        if self.use_offset:
+            self.offset: nnx.Param | None = Offset(make("offset", 2, (out_features,), preset[2]), **metadata["offset"])
         else:
             self.offset = nnx.data(None)
 

@@ -92,9 +92,10 @@ MeanOnlyBatchNorm = InputMeanNorm
 class GmPIMN(nnx.Module):
     """A GmP layer with input mean normalization: the one GmP+IMN unit of the library.
 
-    ``position="input"`` (the paper's GmP+IMN unit, ``make_dense("gmp_imn", ...)``): ``layer(IMN(x))``
-    with IMN over the layer's ``in_features``. ``position="output"`` (the released code's VGG, where IMN
-    follows each conv and normalises the next layer's input): ``IMN(layer(x))`` over ``out_features``.
+    ``position="input"`` (the default: the paper's GmP+IMN unit, Eq. 14, and what the registry's ``gmp_imn``
+    builds): ``layer(IMN(x))`` with IMN over the layer's ``in_features``. ``position="output"`` (the released
+    code's VGG, where IMN follows each conv and normalises the next layer's input; ``imn_position="output"``
+    of ``make_conv``): ``IMN(layer(x))`` over ``out_features``.
     Attributes ``imn`` and ``layer`` hold the two parts.
 
     >>> import jax.numpy as jnp

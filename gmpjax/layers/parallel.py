@@ -10,13 +10,14 @@ parallel needs nothing from the training code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 
-from gmpjax.layers.registry import check_parameterization
+from gmpjax.layers.registry import STANDARD_ROLES, Role, get
 
-__all__ = ["MODEL_AXIS", "column_parallel", "row_parallel"]
+__all__ = ["MODEL_AXIS", "column_parallel", "column_metadata", "row_parallel", "STANDARD_ROLES"]
 
 MODEL_AXIS = "model"
 """The mesh axis name the annotations use by default."""
@@ -31,19 +32,41 @@ def _names(spec: tuple, eager: bool) -> dict[str, Any]:
     return {"out_sharding": spec} if eager else {"out_sharding": spec, "eager_sharding": False}
 
 
+def _spec(role: Role, kernel_ndim: int, axis: str) -> tuple:
+    """The partition spec of a parameter of ``role`` split over its outputs (see ``registry.Role``)."""
+    if role == "kernel":
+        return (None,) * (kernel_ndim - 1) + (axis,)
+    return (axis, None) if role == "rows" else (axis,)
+
+
+def column_metadata(
+    roles: Mapping[str, Role], *, kernel_ndim: int = 2, axis: str = MODEL_AXIS, eager: bool = False
+) -> dict[str, Any]:
+    """Metadata keywords that split the parameters of ``roles`` (keyword -> ``Role``) along their outputs.
+
+    ``column_metadata(STANDARD_ROLES)`` annotates a standard ``nnx.Linear`` (kernel and bias).
+
+    >>> column_metadata(STANDARD_ROLES)["kernel_metadata"]
+    {'out_sharding': (None, 'model'), 'eager_sharding': False}
+    """
+    if isinstance(kernel_ndim, bool) or not isinstance(kernel_ndim, int) or kernel_ndim < 2:
+        raise ValueError(f"column_parallel: kernel_ndim must be an int >= 2 (got {kernel_ndim!r}).")
+    return {k: _names(_spec(role, kernel_ndim, axis), eager) for k, role in roles.items()}
+
+
 def column_parallel(
     parameterization: str, *, kernel_ndim: int = 2, axis: str = MODEL_AXIS, eager: bool = False
 ) -> dict[str, Any]:
     """Metadata keywords that split a layer of ``parameterization`` along its outputs (column parallel).
 
-    Pass the result as ``**kwargs`` to ``make_dense`` / ``make_conv`` (or the layer
-    class). GmP: ``theta`` (out, fan_in-1) is split on axis 0, ``radius`` and
-    ``offset`` (out,) on their only axis -- sharding theta along its own input
-    axis is not supported. Standard / WN / BN layers: the kernel's last (output)
+    Pass the result as ``**kwargs`` to ``make_dense`` / ``make_conv`` (or the layer class). The parameters
+    and their roles come from the registry row (``Parameterization.column_parallel``). GmP: ``theta``
+    (out, fan_in-1) is split on axis 0, ``radius`` and ``offset`` (out,) on their only axis -- sharding
+    theta along its own input axis is not supported. Standard / WN / BN layers: the kernel's last (output)
     axis, bias, WN gain and norm statistics on the output axis.
 
     Args:
-      parameterization: "sp", "wn", "wn_mbn", "bn", "gmp" or "gmp_imn".
+      parameterization: a registry name such as ``"gmp"`` (``registry.names()``).
       kernel_ndim: 2 for a dense kernel (in, out), 3/4/5 for a 1/2/3-D conv kernel.
       axis: the mesh axis the outputs are split over.
       eager: keep flax's eager sharding (the layer must then be built under
@@ -54,20 +77,10 @@ def column_parallel(
     {'out_sharding': ('model', None), 'eager_sharding': False}
     """
     try:
-        p = check_parameterization(parameterization)
-    except ValueError:
-        raise ValueError(f"column_parallel: unknown parameterization {parameterization!r}.") from None
-    vec = _names((axis,), eager)
-    if p in ("gmp", "gmp_imn"):
-        return {"theta_metadata": _names((axis, None), eager), "radius_metadata": vec, "offset_metadata": vec}
-    out = {"kernel_metadata": _names((None,) * (kernel_ndim - 1) + (axis,), eager), "bias_metadata": vec}
-    if p in ("wn", "wn_mbn"):
-        out["g_metadata"] = vec
-    if p in ("bn", "wn_mbn"):
-        out["norm_metadata"] = vec
-    if p not in ("sp", "wn", "wn_mbn", "bn"):
-        raise ValueError(f"column_parallel: unknown parameterization {parameterization!r}.")
-    return out
+        row = get(parameterization)
+    except ValueError as e:
+        raise ValueError(f"column_parallel: {e}") from None
+    return column_metadata(row.column_parallel, kernel_ndim=kernel_ndim, axis=axis, eager=eager)
 
 
 def row_parallel(*, kernel_ndim: int = 2, axis: str = MODEL_AXIS, eager: bool = False) -> dict[str, Any]:

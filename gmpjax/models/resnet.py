@@ -22,11 +22,14 @@ pre-release ResNet-34 code of the same repository (see ``docs/imagenet.md``):
   with the ReLU inside (``r * relu(z)``); the second conv of the block and the
   projection shortcut are linear GmP units (``r * z``); ReLU after the addition.
   Head: SP Dense.
-* ``gmp_imn``: as ``gmp`` plus input mean normalization (IMN) after the stem
-  conv+ReLU, after the first conv+ReLU of every block, and after the ReLU that
-  follows each residual addition, so the input of every GmP conv (stem aside,
-  whose input is mean-centred by the data pipeline) is mean-normalised. The
-  second conv and the shortcut are not followed by IMN. Head: SP Dense.
+* ``gmp_imn``: as ``gmp`` with GmP+IMN convs (paper Eq. 14): every conv, the stem
+  and the projection shortcuts included, subtracts the batch mean per channel of
+  its own input (conv1 and the shortcut of a block each keep the mean of the block
+  input). ``layer_kwargs={"imn_position": "output"}`` puts IMN after every conv
+  instead. Head: SP Dense.
+
+Every conv is ``make_conv(parameterization, ...)`` of the registry (``gmpjax.layers.registry``) and
+the head is the row's ``head``.
 
 Counting parameters: ``nnx.state(model, nnx.Param)``; the SP model has
 ``11,684,712`` parameters for 1000 classes (the reference BN model has 11,689,512
@@ -35,11 +38,14 @@ with bias-free convs; the ``bn`` variant here keeps conv biases, 11,694,312).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gmpjax.layers import InputMeanNorm, SPDense, WNDense, check_parameterization, make_conv
+from gmpjax.layers import registry
 
 __all__ = ["ResNet18", "BasicBlock", "RESNET18_STAGES"]
 
@@ -50,7 +56,7 @@ _PAD3 = ((1, 1), (1, 1))
 
 
 def _conv(
-    p: str,
+    row: registry.Parameterization,
     cin: int,
     cout: int,
     k: int,
@@ -59,22 +65,24 @@ def _conv(
     *,
     relu: bool,
     init: str,
+    layer_kwargs: Mapping[str, Any] | None,
     rngs: nnx.Rngs,
 ) -> nnx.Module:
-    """One conv of parameterization ``p`` with its normalization; ReLU inside when ``relu``."""
-    kw = {"strides": stride, "padding": pad, "activation": nnx.relu if relu else None, "rngs": rngs}
-    if p in ("gmp", "gmp_imn"):
-        return make_conv("gmp", cin, cout, (k, k), init=init, **kw)
-    return make_conv(p, cin, cout, (k, k), **kw)
+    """One conv of the parameterization ``row`` with its normalization; ReLU inside when ``relu``."""
+    kw = {"strides": stride, "padding": pad, "activation": nnx.relu if relu else None, **(layer_kwargs or {})}
+    if row.accepts("init", conv=True):
+        kw = {"init": init, **kw}
+    return row.build_conv(cin, cout, (k, k), rngs=rngs, **kw)
 
 
 class BasicBlock(nnx.Module):
-    """ResNet basic block ``relu(F(x) + shortcut(x))`` (then IMN for ``gmp_imn``).
+    """ResNet basic block ``relu(F(x) + shortcut(x))``, ``F = conv2(conv1(x))``.
 
     Args:
       parameterization: as in ``ResNet18``.
       in_features, out_features: channels.
       stride: 1 or 2; a projection shortcut is used when ``stride != 1`` or the width changes.
+      init, layer_kwargs: as in ``ResNet18``.
     """
 
     def __init__(
@@ -85,28 +93,23 @@ class BasicBlock(nnx.Module):
         stride: int,
         *,
         init: str = "uniform",
+        layer_kwargs: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
-        p = check_parameterization(parameterization)
-        self.conv1 = _conv(p, in_features, out_features, 3, stride, _PAD3, relu=True, init=init, rngs=rngs)
-        self.imn1 = InputMeanNorm(out_features) if p == "gmp_imn" else None
-        self.conv2 = _conv(p, out_features, out_features, 3, 1, _PAD3, relu=False, init=init, rngs=rngs)
+        row = registry.get(parameterization)
+        kw: dict[str, Any] = {"init": init, "layer_kwargs": layer_kwargs, "rngs": rngs}
+        self.conv1 = _conv(row, in_features, out_features, 3, stride, _PAD3, relu=True, **kw)
+        self.conv2 = _conv(row, out_features, out_features, 3, 1, _PAD3, relu=False, **kw)
         if stride != 1 or in_features != out_features:
             self.shortcut: nnx.Module | None = _conv(
-                p, in_features, out_features, 1, stride, "VALID", relu=False, init=init, rngs=rngs
+                row, in_features, out_features, 1, stride, "VALID", relu=False, **kw
             )
         else:
             self.shortcut = None
-        self.imn_out = InputMeanNorm(out_features) if p == "gmp_imn" else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = self.conv1(x)
-        if self.imn1 is not None:
-            h = self.imn1(h)
-        h = self.conv2(h)
         s = x if self.shortcut is None else self.shortcut(x)
-        y = nnx.relu(h + s)
-        return y if self.imn_out is None else self.imn_out(y)
+        return nnx.relu(self.conv2(self.conv1(x)) + s)
 
 
 class ResNet18(nnx.Module):
@@ -114,11 +117,12 @@ class ResNet18(nnx.Module):
 
     Args:
       num_classes: number of logits (1000 for ImageNet).
-      parameterization: "sp", "wn", "wn_mbn", "bn", "gmp" or "gmp_imn".
-      init: GmP initialisation, "uniform" (paper) or "official"; ignored otherwise.
+      parameterization: a registry name, e.g. "sp", "wn", "wn_mbn", "bn", "gmp" (see the module docstring).
+      init: GmP initialisation, "uniform" (paper) or "official"; ignored by convs without it.
       in_channels: input channels (3).
       width: width of the first stage (64); stages use ``width * (1, 2, 4, 8)``.
         Smaller widths give a cheap model of the same topology for CPU smoke runs.
+      layer_kwargs: extra keywords for every conv, e.g. ``{"imn_position": "output"}``.
       rngs: random streams.
 
     Takes NHWC images of any size >= 32 (224x224 in the paper).
@@ -127,7 +131,7 @@ class ResNet18(nnx.Module):
 
     >>> import jax, jax.numpy as jnp
     >>> from flax import nnx
-    >>> m = nnx.eval_shape(lambda: ResNet18(1000, parameterization="gmp_imn", rngs=nnx.Rngs(0)))
+    >>> m = nnx.eval_shape(lambda: ResNet18(1000, parameterization='gmp_imn', rngs=nnx.Rngs(0)))
     >>> nnx.eval_shape(lambda m, x: m(x), m, jax.ShapeDtypeStruct((2, 224, 224, 3), jnp.float32)).shape
     (2, 1000)
     """
@@ -140,35 +144,33 @@ class ResNet18(nnx.Module):
         init: str = "uniform",
         in_channels: int = 3,
         width: int = 64,
+        layer_kwargs: Mapping[str, Any] | None = None,
         rngs: nnx.Rngs,
     ):
-        p = check_parameterization(parameterization)
+        row = registry.get(parameterization)
         for name, v in (("num_classes", num_classes), ("in_channels", in_channels), ("width", width)):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"ResNet18: {name} must be a positive int (got {v!r}).")
-        self.parameterization = p
+        self.parameterization = row.name
         self.num_classes = num_classes
-        self.stem = _conv(p, in_channels, width, 7, 2, ((3, 3), (3, 3)), relu=True, init=init, rngs=rngs)
-        self.stem_imn = InputMeanNorm(width) if p == "gmp_imn" else None
+        kw: dict[str, Any] = {"init": init, "layer_kwargs": layer_kwargs, "rngs": rngs}
+        self.stem = _conv(row, in_channels, width, 7, 2, ((3, 3), (3, 3)), relu=True, **kw)
         blocks = []
         cin = width
         for i, (w, n) in enumerate(RESNET18_STAGES):
             cout = width * w // 64
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BasicBlock(p, cin, cout, stride, init=init, rngs=rngs))
+                blocks.append(BasicBlock(row.name, cin, cout, stride, **kw))
                 cin = cout
         self.blocks = nnx.List(blocks)
-        head = WNDense if p.startswith("wn") else SPDense
-        self.head = head(cin, num_classes, activation=None, rngs=rngs)
+        self.head = row.head(cin, num_classes, activation=None, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits ``(batch, num_classes)`` for NHWC images ``x``."""
         if x.ndim != 4:
             raise ValueError(f"ResNet18 expects NHWC images of rank 4, got shape {x.shape}.")
         x = self.stem(x)
-        if self.stem_imn is not None:
-            x = self.stem_imn(x)
         x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for block in self.blocks:
             x = block(x)

@@ -6,8 +6,8 @@ Pre-LayerNorm blocks (Radford et al. 2019 ordering)::
     y = h + Down(Up(LayerNorm(h)))                   Up: d -> mlp_ratio * d with ReLU, Down: linear back to d
 
 ``Up`` is built by ``gmpjax.layers.registry.make_dense(parameterization, ...)``:
-``"sp"`` a standard ReLU layer, ``"wn"`` weight norm, ``"gmp"`` the GmP unit
-``r * relu(u(theta) . x + lambda)``, ``"gmp_imn"`` GmP after input mean
+``sp`` a standard ReLU layer, ``wn`` weight norm, ``gmp`` the GmP unit
+``r * relu(u(theta) . x + lambda)``, ``gmp_imn`` GmP after input mean
 normalization of its input. ``Down`` is a standard ``nnx.Linear`` (as GmP networks
 keep standard output layers). Everything else (embeddings, attention, norms,
 head) is standard nnx.
@@ -44,13 +44,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from gmpjax.layers import check_parameterization, make_dense
-from gmpjax.layers.parallel import column_parallel, row_parallel
+from gmpjax.layers import registry
+from gmpjax.layers.parallel import STANDARD_ROLES, column_metadata, column_parallel, row_parallel
 
 __all__ = ["TransformerLM", "Block", "CausalSelfAttention", "MLPBlock", "MLP_PARAMETERIZATIONS"]
 
-MLP_PARAMETERIZATIONS: tuple[str, ...] = ("sp", "wn", "gmp", "gmp_imn")
-"""Parameterizations of the MLP's ReLU layer (no batch-norm variants: they would mix positions)."""
+MLP_PARAMETERIZATIONS: tuple[str, ...] = tuple(
+    n for n in registry.PARAMETERIZATIONS if not registry.get(n).batch_statistics
+)
+"""The built-in parameterizations of the MLP's ReLU layer: those without batch statistics of their own
+pre-activations (BN, MBN would mix positions). A registered row qualifies by the same trait."""
 
 
 def _positive(name: str, v: Any) -> int:
@@ -75,7 +78,7 @@ class CausalSelfAttention(nnx.Module):
         if d_model % num_heads:
             raise ValueError(f"d_model={d_model} must be divisible by num_heads={num_heads}.")
         self.num_heads, self.head_dim = num_heads, d_model // num_heads
-        col: dict[str, Any] = {} if model_axis is None else column_parallel("sp", axis=model_axis)
+        col: dict[str, Any] = {} if model_axis is None else column_metadata(STANDARD_ROLES, axis=model_axis)
         row: dict[str, Any] = {} if model_axis is None else row_parallel(axis=model_axis)
         kw: dict[str, Any] = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.query = nnx.Linear(d_model, d_model, **kw, **col)
@@ -107,16 +110,17 @@ class MLPBlock(nnx.Module):
         model_axis: str | None = None,
         rngs: nnx.Rngs,
     ):
-        p = check_parameterization(parameterization)
-        if p not in MLP_PARAMETERIZATIONS:
+        p = registry.get(parameterization)
+        if p.batch_statistics:
+            ok = [n for n in registry.names() if not registry.get(n).batch_statistics]
             raise ValueError(
-                f"parameterization {parameterization!r} is not available for the transformer MLP; "
-                f"choose one of {', '.join(MLP_PARAMETERIZATIONS)}."
+                f"parameterization {parameterization!r} is not available for the transformer MLP (its batch "
+                f"statistics would mix positions); choose one of {', '.join(ok)}."
             )
-        col: dict[str, Any] = {} if model_axis is None else column_parallel(p, axis=model_axis)
+        col: dict[str, Any] = {} if model_axis is None else column_parallel(p.name, axis=model_axis)
         row: dict[str, Any] = {} if model_axis is None else row_parallel(axis=model_axis)
-        self.up = make_dense(
-            p, d_model, hidden, activation=nnx.relu, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **col
+        self.up = p.build_dense(
+            d_model, hidden, activation=nnx.relu, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **col
         )
         self.down = nnx.Linear(hidden, d_model, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **row)
 

@@ -95,19 +95,19 @@ def label_of(path: tuple, var_type: type | None = None) -> str:
 
     Args:
       path: its pytree path.
-      var_type: its ``nnx.Variable`` type when known; a GmP type decides the label, else the name does.
+      var_type: its ``nnx.Variable`` type when known. Then the type alone decides: a subclass of ``Angle``,
+        ``Radius`` or ``Offset`` (a new parameterization's own angle type included) gets that label and every
+        other type ``'other'``, whatever the name. Only an untyped leaf (``None``) is labelled by its name.
 
     >>> from jax.tree_util import DictKey
     >>> label_of((DictKey("hidden"), DictKey("theta"))), label_of((DictKey("head"), DictKey("kernel")))
     ('angle', 'other')
-    >>> label_of((DictKey("angles"),), Angle)
-    'angle'
+    >>> label_of((DictKey("angles"),), Angle), label_of((DictKey("theta"),), nnx.Param)
+    ('angle', 'other')
     """
-    if var_type is not None:
-        for cls, label in _BY_TYPE:
-            if issubclass(var_type, cls):
-                return label
-    return _BY_NAME.get(_last_name(path) or "", "other")
+    if var_type is None:
+        return _BY_NAME.get(_last_name(path) or "", "other")
+    return next((label for cls, label in _BY_TYPE if issubclass(var_type, cls)), "other")
 
 
 def _as_tree(params: PyTree) -> PyTree:
