@@ -17,9 +17,9 @@ first one (worker start-up excluded). The grain loader delivers uint8 crops and 
 conversion, lighting and mean subtraction inside the jitted train step on the device; the previous
 loader delivered float32 images, so the comparison is of what each hands to the train step.
 
-The JSON report (``<--out>/input_pipeline.json``, default ``benchmarks/results/input_pipeline.json``) records the machine
-(CPU model, visible cores, load average before and after every measurement), the results, and how many
-cores feed one GPU at published step rates (``FEED_RATES``). ``--quick`` runs tiny sizes (the test suite
+The JSON report (``input_pipeline.json`` in the ``--out`` folder, default ``benchmarks/results``) records
+the machine (CPU model, visible cores, load average before and after every measurement), the results, and
+how many cores feed one GPU at published step rates (``FEED_RATES``). ``--quick`` runs tiny sizes (the test suite
 uses it and never judges the timings).
 """
 

@@ -740,7 +740,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="tiny shapes, 3 reps, groups unit,dense,accum,conv (smoke test; add --groups to include vgg)",
     )
     p.add_argument(
-        "--out", type=out_folder, default=os.path.join("benchmarks", "results"), help="output folder (<device-kind>.json)"
+        "--out",
+        type=out_folder,
+        default=os.path.join("benchmarks", "results"),
+        help="output folder (<device-kind>.json)",
     )
     p.add_argument("--reps", type=int, default=None, help="timed rounds per group (default 30; quick 3)")
     p.add_argument("--groups", type=_names, default=None, help="comma-separated subset of unit,dense,accum,conv,vgg")

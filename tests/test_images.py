@@ -340,7 +340,9 @@ def test_workers_exit_when_the_training_process_is_killed():
     """SIGKILL of the training process: its grain workers notice and exit instead of staying orphaned."""
     import time
 
-    res = subprocess.run([sys.executable, "-c", _WORKERS, "kill"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", _WORKERS, "kill"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == -9, res.stderr[-3000:]
     pids = [int(p) for p in res.stdout.split()[1:]]
     assert len(pids) == 2
