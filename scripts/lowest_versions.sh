@@ -8,7 +8,7 @@
 #   LOWEST_SKIP_TESTS=1 bash scripts/lowest_versions.sh   # resolve and install only
 #   PYTHON=python3.11 bash scripts/lowest_versions.sh      # the interpreter of the fresh venv
 #   LOWEST_VENV=/tmp/lowvenv bash scripts/lowest_versions.sh   # keep the venv there (reused when it exists)
-# The tests run in one process (-p no:xdist); on 2 idle cores the default subset takes about 5 minutes.
+# The tests run in one process (-p no:xdist): the default subset (244 tests) takes about 5 minutes on 2 idle cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
