@@ -56,6 +56,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from benchmarks import out_folder
 from gmpjax import _unit_impls
 from gmpjax import hyperspherical as hs
 from gmpjax.layers import GmPConv, GmPDense, WNDense
@@ -738,7 +739,12 @@ def main(argv: list[str] | None = None) -> dict:
         action="store_true",
         help="tiny shapes, 3 reps, groups unit,dense,accum,conv (smoke test; add --groups to include vgg)",
     )
-    p.add_argument("--out", default=os.path.join("benchmarks", "results"), help="output folder")
+    p.add_argument(
+        "--out",
+        type=out_folder,
+        default=os.path.join("benchmarks", "results"),
+        help="output folder (<device-kind>.json)",
+    )
     p.add_argument("--reps", type=int, default=None, help="timed rounds per group (default 30; quick 3)")
     p.add_argument("--groups", type=_names, default=None, help="comma-separated subset of unit,dense,accum,conv,vgg")
     p.add_argument("--impls", type=_names, default=None, help="comma-separated u(theta) implementations (unit group)")

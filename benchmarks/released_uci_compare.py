@@ -10,14 +10,19 @@ Three sub-commands (see ``docs/uci_official.md`` for the findings):
   in that order and prints one ``<METHOD> Test RMSE (seed s): value`` line each::
 
       /path/to/tf-venv/bin/python benchmarks/released_uci_compare.py keras \\
-          --released /path/to/geometric-parameterization --seeds 0 1 2 --out keras.json
+          --released /path/to/geometric-parameterization --seeds 0 1 2 --out results/uci_compare   # keras.json
 
 * ``ours``: the same protocol with gmpjax pieces (``gmpjax.train.loop``), one knob per
   candidate difference (split, restore rule, target scaling, float64, Adam epsilon)::
 
-      python benchmarks/released_uci_compare.py ours --methods sp wn bn --split sklearn --out ours.json
+      python benchmarks/released_uci_compare.py ours --methods sp wn bn --split sklearn --out results/uci_compare
 
-* ``table``: print per-split RMSE of several JSON files side by side.
+  (writes ``ours.json``; give each configuration its own folder)
+
+* ``table``: print per-split RMSE of several JSON files (or folders holding ``keras.json``/``ours.json``)
+  side by side::
+
+      python benchmarks/released_uci_compare.py table results/uci_compare
 
 Nothing of the released code is copied here: ``keras`` executes the script from the
 path given on the command line.
@@ -33,6 +38,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+if not __package__:  # run as `python benchmarks/released_uci_compare.py`, possibly under a TF venv without gmpjax
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import out_folder  # noqa: E402 (needs the repository root on sys.path, set just above)
+
+FILE_NAMES = {"keras": "keras.json", "ours": "ours.json"}  # written into the --out folder
 
 _LINE = re.compile(r"^(GmP|SP|BN|WN) Test RMSE \(seed (\d+)\): ([0-9.eE+-]+|nan)\s*$")
 
@@ -219,8 +230,23 @@ def run_ours(args) -> dict:
 # --------------------------------------------------------------------------- table
 
 
+def _result_files(paths) -> list[Path]:
+    """The JSON files named on the command line; a folder stands for its keras.json and ours.json."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        found = [p / n for n in FILE_NAMES.values() if (p / n).is_file()] if p.is_dir() else [p]
+        if not found:
+            raise SystemExit(f"table: {p} holds neither {' nor '.join(FILE_NAMES.values())}")
+        files += found
+    return files
+
+
 def table(paths) -> None:
-    runs = {Path(p).stem: json.loads(Path(p).read_text())["test_rmse"] for p in paths}
+    files = _result_files(paths)
+    stems = [f.stem for f in files]
+    # columns are the file names; "folder/name" where two files share a name (e.g. two `ours` folders)
+    labels = [f.stem if stems.count(f.stem) == 1 else f"{f.parent.name}/{f.stem}" for f in files]
+    runs = {label: json.loads(f.read_text())["test_rmse"] for label, f in zip(labels, files, strict=True)}
     methods = sorted({m for r in runs.values() for m in r})
     for m in methods:
         cols = [n for n, r in runs.items() if m in r]
@@ -237,7 +263,7 @@ def main(argv=None) -> None:
     k = sub.add_parser("keras", help="run the released script (needs tensorflow, tf_keras, pandas, sklearn)")
     k.add_argument("--released", type=Path, required=True, help="checkout of the released repository")
     k.add_argument("--seeds", type=int, nargs="+", default=list(range(10)))
-    k.add_argument("--out", required=True)
+    k.add_argument("--out", type=out_folder, required=True, help="output folder (keras.json)")
     c = sub.add_parser("_keras_child")
     c.add_argument("--released", type=Path, required=True)
     c.add_argument("--seed", type=int, required=True)
@@ -251,9 +277,9 @@ def main(argv=None) -> None:
     o.add_argument("--adam-eps", type=float, default=1e-7)
     o.add_argument("--max-epochs", type=int, default=5000)
     o.add_argument("--init-seed", type=int, default=0)
-    o.add_argument("--out", required=True)
+    o.add_argument("--out", type=out_folder, required=True, help="output folder (ours.json)")
     t = sub.add_parser("table")
-    t.add_argument("files", nargs="+")
+    t.add_argument("files", nargs="+", help="JSON files, or folders holding keras.json and/or ours.json")
     a = p.parse_args(argv)
     if a.cmd == "_keras_child":
         keras_child(a.released, a.seed)
@@ -262,7 +288,9 @@ def main(argv=None) -> None:
         table(a.files)
         return
     result = run_keras(a) if a.cmd == "keras" else run_ours(a)
-    Path(a.out).write_text(json.dumps(result, indent=1))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FILE_NAMES[a.cmd]).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ and each layout's wall and process CPU time (compilation included: it is part of
 costs), the epochs the replicas ran, and the epochs the compiled programs stepped
 (``sum over batches of batch size x its slowest replica's epochs``) are written to JSON.
 
-    python -m benchmarks.sweep --out benchmarks/results/sweep.json [--dataset boston] [--method gmp]
+    python -m benchmarks.sweep [--out benchmarks/results] [--dataset boston] [--method gmp]   # <out>/sweep.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,10 @@ import platform
 import time
 
 import numpy as np
+
+from benchmarks import out_folder
+
+FILE_NAME = "sweep.json"  # written into the --out folder
 
 
 def _layouts() -> list[tuple[str, dict]]:
@@ -41,7 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", default="boston")
     p.add_argument("--method", default="gmp")
-    p.add_argument("--out", default="benchmarks/results/sweep.json")
+    p.add_argument(
+        "--out", type=out_folder, default=os.path.join("benchmarks", "results"), help=f"output folder ({FILE_NAME})"
+    )
     a = p.parse_args(argv)
 
     import jax
@@ -84,8 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
         "jax": jax.__version__,
         "rows": rows,
     }
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, FILE_NAME), "w") as f:
         json.dump(result, f, indent=1)
     return result
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +91,65 @@ def test_bad_config_raises(tmp_path, kwargs, match):
     cfg = dataclasses.replace(bl.BenchConfig.quick(), **kwargs)
     with pytest.raises(ValueError, match=match):
         bl.run(cfg, str(tmp_path))
+
+
+# ----------------------------------------------------------------------------------------------
+# --out is a folder in every benchmark script (as in experiments/): fixed file names inside it.
+
+
+def _mains():
+    from benchmarks import input_pipeline, released_uci_compare, sweep
+
+    return {
+        "layers": (bl.main, []),
+        "input_pipeline": (input_pipeline.main, ["--quick"]),
+        "sweep": (sweep.main, []),
+        "released_uci_compare ours": (released_uci_compare.main, ["ours"]),
+        "released_uci_compare keras": (released_uci_compare.main, ["keras", "--released", "."]),
+    }
+
+
+@pytest.mark.parametrize("script", list(_mains()))
+@pytest.mark.parametrize("kind", ["existing file", "json name"])
+def test_out_that_is_a_file_is_a_clear_argparse_error(script, kind, tmp_path, capsys):
+    main, argv = _mains()[script]
+    path = tmp_path / ("old.txt" if kind == "existing file" else "new.json")
+    if kind == "existing file":
+        path.write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--out", str(path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(f"--out is the folder the script writes its fixed file names into (e.g. --out {tmp_path})")
+    assert "error: argument --out" in err[-1]
+    assert not path.is_dir() and (kind == "json name" or path.read_text() == "keep me")
+
+
+def test_out_folder_as_a_script_in_a_subprocess(tmp_path):
+    """Run as a file path (how docs/uci_official.md runs it): the argparse error line, status 2, no traceback."""
+    root = Path(__file__).resolve().parents[1]
+    path = tmp_path / "ours.json"
+    path.write_text("{}")
+    res = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "released_uci_compare.py"), "ours", "--out", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr and "is a file; --out is the folder" in res.stderr.splitlines()[-1]
+
+
+def test_uci_compare_writes_fixed_names_and_tables_folders(tmp_path, capsys):
+    from benchmarks import released_uci_compare as ruc
+
+    for folder, name, rmse in (("a", "keras.json", 0.5), ("a", "ours.json", 0.6), ("b", "ours.json", 0.7)):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / name).write_text(json.dumps({"test_rmse": {"sp": {"0": rmse, "1": rmse + 1}}}))
+    ruc.main(["table", str(tmp_path / "a"), str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert "| split | keras | a/ours | b/ours |" in out and "| 1 | 1.500 | 1.600 | 1.700 |" in out
+    with pytest.raises(SystemExit, match="holds neither keras.json nor ours.json"):
+        ruc.main(["table", str(tmp_path)])

@@ -6,6 +6,9 @@ both); the kill-and-resume check with worker processes is in tests/test_checkpoi
 
 import io
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ pytest.importorskip("grain")
 
 from gmpjax.data import DataError  # noqa: E402
 from gmpjax.data import images as im  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -275,14 +280,73 @@ def test_errors(tmp_path, mock32):
 
 
 def test_input_pipeline_benchmark_quick(tmp_path):
-    """``benchmarks/input_pipeline.py --quick`` runs and writes a valid report (timings are not judged)."""
-    from benchmarks import input_pipeline as bip
-
-    report = bip.main(["--quick", "--out", str(tmp_path / "ip.json")])
-    data = json.loads((tmp_path / "ip.json").read_text())
+    """``python -m benchmarks.input_pipeline --quick`` runs, writes ``<out>/input_pipeline.json`` (timings are not
+    judged) and exits without a traceback or a leaked-shared-memory warning."""
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.input_pipeline", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "leaked" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+    data = json.loads((tmp_path / "input_pipeline.json").read_text())
     assert data["machine"]["visible_cores"] >= 1 and len(data["machine"]["load_average_start"]) == 3
     assert {r["input"] for r in data["results"]} == {"imagenet32", "imagenet224"}
     assert {r["loader"] for r in data["results"]} == {"legacy", "grain"}
     for r in data["results"]:
         assert r["images_per_s"] > 0 and r["workers"] >= 1 and r["images"] > 0
-    assert report["results"] == data["results"]
+
+
+_WORKERS = """
+import multiprocessing, os, sys
+from gmpjax.data import images as im
+
+loader = im.ImageLoader(im.digits_source("train", 32), global_batch_size=16, process_index=0, process_count=1,
+                        preprocess=im.make_preprocess("imagenet32", train=True), workers=2)
+with loader.iterate() as it:
+    for _ in range(4):
+        next(it)
+    print("workers", *[p.pid for p in multiprocessing.active_children()], flush=True)
+    if sys.argv[1] == "kill":
+        os.kill(os.getpid(), 9)
+print("after close", len(multiprocessing.active_children()), flush=True)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in "ZX"  # a zombie has exited
+    except FileNotFoundError:
+        return True
+
+
+def test_worker_shutdown_frees_shared_memory():
+    """Two grain workers with batches in flight: ``close`` (here the ``with`` block) stops them cleanly, and the
+    interpreter exits without a "leaked shared_memory objects" warning."""
+    res = subprocess.run(
+        [sys.executable, "-c", _WORKERS, "close"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert len(res.stdout.split("\n")[0].split()) == 3  # "workers" and two pids
+    assert "after close 0" in res.stdout
+    assert "leaked" not in res.stderr and "Traceback" not in res.stderr, res.stderr[-3000:]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_exit_when_the_training_process_is_killed():
+    """SIGKILL of the training process: its grain workers notice and exit instead of staying orphaned."""
+    import time
+
+    res = subprocess.run(
+        [sys.executable, "-c", _WORKERS, "kill"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == -9, res.stderr[-3000:]
+    pids = [int(p) for p in res.stdout.split()[1:]]
+    assert len(pids) == 2
+    deadline = time.monotonic() + 10
+    while not all(map(_gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(map(_gone, pids)), pids

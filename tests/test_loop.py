@@ -295,9 +295,10 @@ def test_stopped_replicas_are_not_changed_by_later_epochs():
         assert e[0] < e[1:].max()
         alone = fit(step, ev, jax.tree.map(lambda a: a[0], states), data, short, key=keys[0], lr=lrs[0])
         # Replica 0 takes Adam steps at lr 1.0, which amplify the float rounding differences between the batched and
-        # the unbatched matmuls to 3e-6 (tiled, cumprod u) .. 9e-6 (native u); one Adam step moves it by about lr = 1.
+        # the unbatched matmuls to 3e-6 (tiled, cumprod u) .. 9e-6 (native u), and to 7e-4 with the XLA of the
+        # dependency floors (scripts/lowest_versions.sh). One more epoch would move a parameter by about 0.4 (40x).
         jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-4, atol=2e-5), out.state.params, alone.state.params
+            lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-2, atol=1e-2), out.state.params, alone.state.params
         )
 
 

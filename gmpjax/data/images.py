@@ -64,7 +64,10 @@ import io
 import math
 import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
+from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
@@ -808,7 +811,12 @@ class ImageIterator(_IteratorBase):
     counted), so it can be saved in the orbax checkpoint at any step and
     ``set_state`` resumes exactly there, with any number of workers. The
     worker processes start at the first ``__next__`` (or ``start_prefetch``)
-    and are stopped by ``close`` (also at the end of the epochs).
+    and are stopped by ``close`` (also at the end of the epochs): it shuts
+    grain's workers down and unlinks the shared memory of the batches still in
+    flight. Use it as a context manager, ``with loader.iterate() as it: ...``,
+    to close it on every exit path; an iterator that is never closed leaves
+    that cleanup to garbage collection, which may come too late at interpreter
+    exit ("leaked shared_memory objects").
     """
 
     def __init__(
@@ -867,7 +875,7 @@ class ImageIterator(_IteratorBase):
                 # every array goes through shared memory (grain's default), only small messages through the pipe
                 it_ds = it_ds.mp_prefetch(
                     grain.MultiprocessingOptions(num_workers=self.workers, per_worker_buffer_size=2),
-                    worker_init_fn=_die_with_parent,
+                    worker_init_fn=_exit_with_parent,
                 )
             self._inner = iter(it_ds)
 
@@ -905,7 +913,16 @@ class ImageIterator(_IteratorBase):
         self._inner_next = self._pos
 
     def close(self) -> None:
+        """Stop the worker processes and free their shared memory (idempotent; ``set_state`` restarts)."""
         self._stop()
+
+    def __enter__(self) -> ImageIterator:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
 
     def __del__(self):  # pragma: no cover - best effort
         try:
@@ -914,18 +931,24 @@ class ImageIterator(_IteratorBase):
             pass
 
 
-def _die_with_parent(worker_index: int, worker_count: int) -> None:
-    """grain worker init: on Linux, have the kernel kill the worker when the training process dies
-    (e.g. SIGKILL), instead of leaving it orphaned."""
-    del worker_index, worker_count
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
+def _exit_with_parent(worker_index: int, worker_count: int) -> None:
+    """grain worker init: end the worker when the training process dies (e.g. SIGKILL), instead of leaving it
+    orphaned.
 
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # pragma: no cover - best effort
-            pass
+    A daemon thread polls the parent's pid twice a second and exits the worker once the parent is gone.
+    (Linux's ``PR_SET_PDEATHSIG`` is not used: it fires when the *thread* that started the worker ends, and
+    grain starts its workers from threads that end in ``close``; the workers were killed in the middle of
+    their shutdown and the batches they had in flight stayed in shared memory.)
+    """
+    del worker_index, worker_count
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="gmpjax-exit-with-parent", daemon=True).start()
 
 
 def _parse_absl_flags() -> None:

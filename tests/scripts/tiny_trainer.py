@@ -108,16 +108,28 @@ def make_model(seed: int):
 def kill_in_next_commit() -> None:
     """Make the next orbax commit (tmp dir -> final dir rename) SIGKILL this process instead.
 
-    Test-only hook on orbax internals (``AtomicRenameTemporaryPath.finalize``),
-    so a crash in the middle of a save is deterministic rather than a race.
+    Test-only hook on orbax internals (``AtomicRenameTemporaryPath.finalize``, a coroutine since about
+    orbax-checkpoint 0.11.2x, a plain method before), so a crash in the middle of a save is deterministic
+    rather than a race.
     """
+    import inspect
+
     from orbax.checkpoint._src.path import atomicity
 
-    async def finalize(self, *args, **kwargs):
+    def kill(self) -> None:
         print(f"killing during the commit of {self.get()}", flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    atomicity.AtomicRenameTemporaryPath.finalize = finalize
+    async def finalize_async(self, *args, **kwargs):
+        kill(self)
+
+    def finalize_sync(self, *args, **kwargs):
+        kill(self)
+
+    original = atomicity.AtomicRenameTemporaryPath.finalize
+    atomicity.AtomicRenameTemporaryPath.finalize = (
+        finalize_async if inspect.iscoroutinefunction(original) else finalize_sync
+    )
 
 
 def main(argv=None) -> dict[str, np.ndarray]:
