@@ -506,6 +506,7 @@ def sweep(
     chunk: int | None = None,
     segment: int | None = None,
     min_bucket: int | None = None,
+    on_segment: Callable[[int, LoopState], None] | None = None,
 ) -> FitResult:
     """``fit`` for ``R`` independent replicas (seeds x learning rates x data splits) in one compiled program.
 
@@ -531,15 +532,20 @@ def sweep(
         ``min_bucket``), so a stopped replica costs no further optimizer work. Each batch size is
         one more compiled program. Epochs and stopping decisions are those of one loop.
       min_bucket: smallest batch of replicas ``segment`` compiles (default ``ceil(R / 8)``).
+      on_segment: with ``segment``, ``on_segment(epoch, loops)`` after every segment (``loops``: the
+        ``LoopState`` of all replicas, e.g. to take snapshots of ``loops.train``).
 
     Returns:
       ``FitResult`` whose leaves have a leading axis ``R``.
     """
     R = int(jnp.shape(keys)[0])
     data_index = _check_sweep(R, data_axis, data_index, chunk, segment)
+    if on_segment is not None and segment is None:
+        raise ValueError("on_segment needs segment (the epochs between two calls).")
     p = _programs(train_step, eval_fn, track, config, data_axis, lrs is not None)
     if segment is not None:
-        return _sweep_segments(p, states, data, keys, lrs, data_index, data_axis, segment, min_bucket, config)
+        args = (data_index, data_axis, segment, min_bucket, on_segment)
+        return _sweep_segments(p, states, data, keys, lrs, config, *args)
     if chunk is None or chunk >= R:
         return p.whole(states, data, keys, lrs, data_index)
     rows = np.minimum(np.arange(-(-R // chunk) * chunk), R - 1).reshape(-1, chunk)
@@ -618,11 +624,12 @@ def _sweep_segments(
     data: Mapping[str, Any],
     keys: Array,
     lrs: Array | None,
+    config: LoopConfig,
     data_index: Array | None,
     data_axis: int | None,
     segment: int,
     min_bucket: int | None,
-    config: LoopConfig,
+    on_segment: Callable[[int, LoopState], None] | None,
 ) -> FitResult:
     """``sweep(segment=...)``: ``segment`` epochs at a time, the replicas still training gathered in between."""
     R = int(jnp.shape(keys)[0])
@@ -643,4 +650,6 @@ def _sweep_segments(
             loop = _put(loop, _take(part, jnp.arange(n)), active)
         going = jax.device_get(~loop.rules.stopping.stopped[active] & (loop.epoch[active] == epoch))
         active = active[jnp.asarray(going)]
+        if on_segment is not None:
+            on_segment(epoch, loop)
     return p.result(loop)
