@@ -18,8 +18,9 @@ Replica ``r`` uses ``keys[r]`` for its initialisation, ``shuffle_keys[r]`` (defa
 >>> from gmpjax.train.loop import LoopConfig
 >>> from gmpjax.train.rules import Rules
 >>> x = jax.random.normal(jax.random.key(0), (32, 2)); y = x @ jnp.ones((2, 1))
+>>> sgd = optax.inject_hyperparams(optax.sgd)   # several learning rates: each replica's is set in its state
 >>> out = train_replicas(
-...     lambda k: nnx.Linear(2, 1, rngs=nnx.Rngs(k)), optax.inject_hyperparams(optax.sgd), on_batch(mse), {"train": (x, y)},
+...     lambda k: nnx.Linear(2, 1, rngs=nnx.Rngs(k)), sgd, on_batch(mse), {"train": (x, y)},
 ...     LoopConfig(30, monitor_split=None, rules=Rules(monitor="loss")),
 ...     keys=jax.random.split(jax.random.key(1), 3), lrs=[0.01, 0.1, 0.3])
 >>> out.result.epochs.shape, bool(out.result.history["train_loss"][2, -1] < out.result.history["train_loss"][0, -1])
@@ -29,6 +30,7 @@ Replica ``r`` uses ``keys[r]`` for its initialisation, ``shuffle_keys[r]`` (defa
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -82,6 +84,22 @@ def replica_grid(splits: int, lrs: Sequence[float]) -> tuple[np.ndarray, np.ndar
     return np.repeat(np.arange(splits, dtype=np.int32), len(lrs)), np.tile(np.asarray(lrs, np.float64), splits)
 
 
+@functools.lru_cache(maxsize=16)
+def _steps(
+    graphdef: nnx.GraphDef,
+    optimizer: Callable[[Any], optax.GradientTransformation],
+    lr: float | None,
+    loss: Callable[[nnx.Module, Any], Any],
+    metrics: Callable[[nnx.Module, Any], Any] | None,
+    track: Callable[[nnx.GraphDef], TrackFn] | None,
+) -> tuple[Any, Any, TrackFn | None]:
+    """Train step, eval step and track hook of one setting, built once: a second ``train_replicas`` with the
+    same functions reuses ``sweep``'s compiled programs (e.g. to time a run without its compilation)."""
+    tx = optimizer(1.0 if lr is None else lr)  # several lrs: each replica's rate is set in its state
+    eval_fn = None if metrics is None else make_eval_step(graphdef, metrics)
+    return make_train_step(graphdef, tx, loss), eval_fn, None if track is None else track(graphdef)
+
+
 def train_replicas(
     model: Callable[[Array], nnx.Module] | tuple[nnx.GraphDef, TrainState],
     optimizer: Callable[[Any], optax.GradientTransformation],
@@ -133,7 +151,7 @@ def train_replicas(
     if rates.size not in (1, R):
         raise ValueError(f"lrs must be one learning rate or one per replica ({R}); got {rates.size}.")
     one = rates.size == 1 or bool(np.all(rates == rates[0]))
-    tx = optimizer(float(rates[0]) if one else rates[0])
+    tx = optimizer(float(rates[0]))
     if isinstance(model, tuple):
         graphdef, states = model
     else:
@@ -143,9 +161,9 @@ def train_replicas(
             "train_replicas: several learning rates need an optax.inject_hyperparams optimizer, e.g. "
             "optimizer=optax.inject_hyperparams(optax.adam) (each replica's rate is set in its state)."
         )
-    eval_fn = None if metrics is None else make_eval_step(graphdef, metrics)
+    train_step, eval_fn, track_fn = _steps(graphdef, optimizer, float(rates[0]) if one else None, loss, metrics, track)
     res = sweep(
-        make_train_step(graphdef, tx, loss),
+        train_step,
         eval_fn,
         states,
         data,
@@ -154,7 +172,7 @@ def train_replicas(
         lrs=None if one else jnp.asarray(rates.tolist()),
         data_axis=data_axis,
         data_index=None if data_index is None else jnp.asarray(data_index),
-        track=None if track is None else track(graphdef),
+        track=track_fn,
         chunk=chunk,
         segment=segment,
         on_segment=on_segment,
