@@ -193,6 +193,9 @@ def _help_of(cls: type) -> dict[str, str]:
     return dict(re.findall(r"^\s{6}(\w+): (.+)$", cls.__doc__ or "", flags=re.M))
 
 
+_NONE = ("none",)  # "given as none" (argparse's None means "not given")
+
+
 def _value_type(tp: Any) -> Callable[[str], Any]:
     """argparse ``type`` of a nested field: its scalar type, ``none`` -> None when the field is optional."""
     base, _ = _scalar(tp)
@@ -200,7 +203,7 @@ def _value_type(tp: Any) -> Callable[[str], Any]:
     conv = base if base in (int, float, str) else str
 
     def parse(text: str) -> Any:
-        return None if optional and text.lower() == "none" else conv(text)
+        return _NONE if optional and text.lower() == "none" else conv(text)
 
     parse.__name__ = getattr(conv, "__name__", "value")
     return parse
@@ -290,7 +293,7 @@ def parse(
     """Parse ``argv`` into a config: protocol's ``get_config()``, then ``quick`` (flags not given), then the flags."""
     args = parser.parse_args(argv)
     given = {k: v for k, v in vars(args).items() if k != "protocol" and v is not None}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in given.items()}
+    given = {k: tuple(v) if isinstance(v, list) else None if v is _NONE else v for k, v in given.items()}
     protocol = getattr(args, "protocol", None) or next(iter(configs))
     try:
         cfg = configs[protocol]()
@@ -324,3 +327,8 @@ def main(
         return run(cfg)
     except (ValueError, FileNotFoundError, DataError) as e:
         parser.error(str(e))
+
+
+# TEMPORARY, for image_train.py and transformer_lm.py only (another helper's files): their reporting names moved
+# to experiments.report; the integrator points their imports there and deletes these two lines.
+from experiments.report import run_jobs, save_figure, write_json  # noqa: E402, F401

@@ -30,6 +30,7 @@ from gmpjax import cab
 from gmpjax.data.levy import levy_data
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
+from gmpjax.train.engine import make_eval_step
 from gmpjax.train.losses import mae, on_batch
 from gmpjax.train.replicas import train_replicas
 from gmpjax.train.rules import PlateauConfig, Rules
@@ -103,8 +104,10 @@ def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, n
     x_test, y_test = jnp.asarray(data["x_test"]), jnp.asarray(data["y_test"][:, 0])
     cabs = cab.track_cab(out.graphdef)
 
+    evaluate = make_eval_step(out.graphdef, lambda m, x: m(x)[:, 0])  # eval mode: BN's moving statistics
+
     def finish(s0, s):
-        predict = lambda st: nnx.merge(out.graphdef, st.params, st.rest)(x_test)[:, 0]  # noqa: E731
+        predict = lambda st: evaluate(st, x_test)["metric"]  # noqa: E731
         pred = predict(s)
         rmse = jnp.sqrt(jnp.mean((pred - y_test) ** 2))
         return {"pred0": predict(s0), "pred": pred, "rmse": rmse, "phi0": cabs(s0).location[:, 0]}

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import cli
+from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.layers import ReLUMLP, TriangleDifference, TriangleNet
 from gmpjax.regions import plot_linear_regions
@@ -237,7 +237,7 @@ def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
 
 def run(cfg: Config) -> dict:
     t0, specs = time.time(), jobs(cfg)
-    done = cli.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
+    done = report.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
     results: dict = {"config": dataclasses.asdict(cfg), "dense": {}, "sparse": {}, "difference": {}}
     for job, (kind, target, _, _, key) in specs.items():
         results[kind].setdefault(target, {})[key] = done[job]
@@ -250,7 +250,7 @@ def run(cfg: Config) -> dict:
     print(table)
     with open(os.path.join(cfg.workdir, "tables.md"), "w") as f:
         f.write(table + "\n")
-    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), _strip(results))
+    report.write_json(os.path.join(cfg.workdir, "metrics.json"), _strip(results))
     return results
 
 
@@ -294,7 +294,7 @@ def _dense_table(dense: dict) -> list[str]:
             (mn, me), (pm, pme) = summary(block[k]), PAPER_DENSE[block[k]["method"]][t]
             cells += [f"{mn:.2e}", f"{pm:.2e}", f"{me:.2e}", f"{pme:.2e}"]
         rows.append([*cells, "/".join(_regions(block[k]) for block in dense.values())])
-    lines += [cli.markdown_table([*head, "final regions (median)"], rows), ""]
+    lines += [report.markdown_table([*head, "final regions (median)"], rows), ""]
     walls = ", ".join(f"{TARGET_LABEL[t]} {b['_wall_s']:.0f} s" for t, b in dense.items())
     lines.append(f"Wall time per target (all methods): {walls}")
     pre = [
@@ -316,7 +316,7 @@ def _sparse_table(sparse: dict) -> list[str]:
             cells += [f"{mn:.2e} ({me:.1e})", f"{PAPER_SPARSE.get(block[k]['method'], {}).get(t, float('nan')):.2e}"]
         rows.append(cells)
     head = ["method"] + [f"{TARGET_LABEL[t]} ({w})" for t in sparse for w in ("ours", "paper")]
-    return [*lines, cli.markdown_table(head, rows), ""]
+    return [*lines, report.markdown_table(head, rows), ""]
 
 
 def format_tables(results: dict) -> str:
@@ -329,7 +329,7 @@ def format_tables(results: dict) -> str:
             [_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
             for k in _methods(results["difference"])
         ]
-        lines += [cli.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
+        lines += [report.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
     lines.append(f"Total wall time: {results['wall_s']:.0f} s")
     return "\n".join(lines)
 
@@ -357,7 +357,7 @@ def make_figures(results: dict, cfg: Config) -> None:
                 axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {mn:.1e}", fontsize=8)
                 axes[i, j].legend().set_visible(False)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
         fig, axes = plt.subplots(2, len(targets), figsize=(4.2 * len(targets), 6.2), squeeze=False)
         for i, t in enumerate(targets):  # loss curves and region counts
             for m in methods:
@@ -374,7 +374,7 @@ def make_figures(results: dict, cfg: Config) -> None:
             axes[0, i].legend(fontsize=7)
             axes[1, i].legend(fontsize=7)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
     if results["difference"]:
         d = results["difference"]["x3-x"]
         models = _methods(results["difference"])
@@ -383,7 +383,7 @@ def make_figures(results: dict, cfg: Config) -> None:
             plot_linear_regions(_layers(d[k]), (0.0, 1.0), ax=ax, target=lambda z: z**3 - z)
             ax.set_title(f"x^3 - x, {k}: {summary(d[k])[0]:.1e}", fontsize=8)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
 
 
 def main(argv=None):
