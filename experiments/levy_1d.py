@@ -29,8 +29,8 @@ from experiments import cli, report
 from gmpjax import cab
 from gmpjax.data.levy import levy_data
 from gmpjax.models import MLP
-from gmpjax.train.loop import LoopConfig
 from gmpjax.train.engine import make_eval_step
+from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, on_batch
 from gmpjax.train.replicas import train_replicas
 from gmpjax.train.rules import PlateauConfig, Rules
