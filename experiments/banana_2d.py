@@ -60,9 +60,7 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "hidden", "batch_size", "grid"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "epochs", "hidden", "batch_size", "grid")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
 

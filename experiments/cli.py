@@ -5,20 +5,15 @@ An experiment is a frozen ``Config`` dataclass (subclass of ``Common``), one
 ``run(cfg) -> dict``. ``main`` turns the dataclass into flags, so every script
 has the same shared flags:
 
-* ``--methods sp gmp`` (space-separated), ``--lr`` (one or several values, or ``cv``:
-  0.1 for GmP, 0.01 for the others), ``--seeds N`` (replicas), ``--seed S`` (the first seed);
-* ``--workdir DIR`` (alias ``--out``), ``--resume`` (a workdir that does not exist is an error);
-* ``--quick``: the script's smoke settings, except where a flag was given;
-* ``--no-progress``;
-* ``--protocol`` when the experiment has several configs (``paper``, ``official``).
-
+``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others),
+``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR`` (alias ``--out``),
+``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except
+where a flag was given), ``--no-progress`` and ``--protocol`` (when there are several).
 A field ``max_epochs`` becomes ``--max-epochs``; a bad value prints one line
-(``prog: error: ...``) and exits with status 2.
-
-A field whose default is a frozen dataclass (the training rules ``rules:
-gmpjax.train.rules.Rules``) is set field by field with dotted flags, in the spirit
-of ml_collections' ``--config.x``: ``--rules.patience 10``, ``--rules.plateau.factor
-0.5``, ``--rules.restore always`` (``none`` for an optional value). Reporting lives in
+(``prog: error: ...``) and exits with status 2. A field holding a frozen dataclass
+(the training rules ``rules: gmpjax.train.rules.Rules``) is set field by field with
+dotted flags, as ml_collections' ``--config.x``: ``--rules.patience 10``,
+``--rules.plateau.factor 0.5`` (``none`` for an optional value). Reporting lives in
 ``experiments.report``.
 
 >>> @dataclasses.dataclass(frozen=True)
@@ -51,6 +46,7 @@ __all__ = [
     "Common",
     "field",
     "check_choice",
+    "positive",
     "build_parser",
     "parse",
     "main",
@@ -103,7 +99,11 @@ class Common:
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
         if self.method_names is None:
-            _check_methods(self.methods, check_parameterization)
+            for m in self.methods:
+                try:
+                    check_parameterization(m)
+                except ValueError as e:
+                    raise ValueError(f"--methods: {e}") from None
             # one spelling from here on ("GMP", "gmp+imn" -> "gmp", "gmp_imn"): lrs and paper numbers are keyed by it
             object.__setattr__(self, "methods", tuple(check_parameterization(m) for m in self.methods))
         else:
@@ -115,18 +115,22 @@ class Common:
         if not self.lr:
             raise ValueError("--lr needs a value: 'cv' or positive numbers")
         for v in self.lr:
-            if v != "cv":
-                try:
-                    ok = float(v) > 0 and math.isfinite(float(v))
-                except ValueError:
-                    ok = False
-                if not ok:
-                    raise ValueError(f"--lr values must be 'cv' or positive numbers (got {v!r})")
-        for name in ("seeds",):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+            try:
+                ok = v == "cv" or 0 < float(v) < math.inf
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"--lr values must be 'cv' or positive numbers (got {v!r})")
+        positive(self, "seeds")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0 (got {self.seed})")
+
+
+def positive(cfg: Any, *names: str) -> None:
+    """ValueError naming ``--name`` for the first of ``names`` whose value is below 1."""
+    for name in names:
+        if getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
 
 
 def check_choice(flag: str, values: Sequence[str], allowed: Sequence[str]) -> None:
@@ -137,18 +141,6 @@ def check_choice(flag: str, values: Sequence[str], allowed: Sequence[str]) -> No
     for v in values:
         if v not in allowed:
             raise ValueError(f"--{flag.replace('_', '-')}: unknown name {v!r}; choose from {' '.join(allowed)}")
-
-
-def _check_methods(methods: Sequence[str], check: Callable[[str], Any]) -> None:
-    """Run ``check`` on every method; its ValueError is re-raised prefixed with ``--methods``."""
-    bad = []
-    for m in methods:
-        try:
-            check(m)
-        except ValueError as e:  # noqa: PERF203 -- a handful of names
-            bad.append(str(e))
-    if bad:
-        raise ValueError(f"--methods: {bad[0]}")
 
 
 def lr_values(cfg: Common, method: str) -> tuple[float, ...]:

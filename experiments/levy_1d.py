@@ -60,9 +60,7 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("steps", "hidden", "num_train", "record_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "steps", "hidden", "num_train", "record_every")
 
 
 def get_config() -> Config:

@@ -10,8 +10,8 @@ plateau decay, no early stopping), lr 0.1 for GmP and 0.01 for the others (``--l
 cross-validated rates), the paper's GmP initialisation (u uniform, r = 1, lambda = 0), float64.
 ``experiments.levy_1d`` is the full reproduction of Fig. 2 with the released code's protocol.
 
-The ``--seeds`` replicas of a method train as one compiled ``gmpjax.train.loop.sweep`` (one full-batch
-step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
+The ``--seeds`` replicas of a method train as one ``gmpjax.train.replicas.train_replicas`` (one
+full-batch step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
 and ``fits.png`` under ``--workdir``.
 """
 
@@ -47,9 +47,7 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("steps", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "steps", "hidden")
 
 
 def get_config() -> Config:
@@ -69,15 +67,12 @@ def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, n
     def make(key):
         return MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(key))
 
+    # the default rules: no early stopping, no plateau decay, the last weights
     out = train_replicas(
-        make,
-        lambda lr: optax.adam(lr, eps=1e-7),
-        on_batch(mae),
-        {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))},
-        LoopConfig(cfg.steps, monitor_split=None),
-        keys=jax.random.split(jax.random.key(cfg.seed), cfg.seeds),
-        lrs=lr,
-    )  # fmt: skip  (the default rules: no early stopping, no plateau decay, the last weights)
+        make, lambda lr: optax.adam(lr, eps=1e-7), on_batch(mae),
+        {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))}, LoopConfig(cfg.steps, monitor_split=None),
+        keys=jax.random.split(jax.random.key(cfg.seed), cfg.seeds), lrs=lr,
+    )  # fmt: skip
     pred = out.evaluate(lambda m, x: m(x)[:, 0], jnp.asarray(data["x_test"]))["metric"]
     rmse = np.sqrt(np.mean((pred - data["y_test"][None, :, 0]) ** 2, axis=1))
     return {"rmse": rmse, "pred": pred, "final_loss": np.asarray(out.result.history["train_loss"][:, -1])}
@@ -102,12 +97,8 @@ def run(cfg: Config) -> dict:
     print(f"wall time {wall:.1f}s on {jax.default_backend()}")
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")
-    metrics = {
-        "config": dataclasses.asdict(cfg),
-        "results": results,
-        "wall_time_s": wall,
-        "backend": jax.default_backend(),
-    }
+    metrics = {"config": dataclasses.asdict(cfg), "results": results, "wall_time_s": wall,
+               "backend": jax.default_backend()}  # fmt: skip
     report.write_json(os.path.join(cfg.workdir, "metrics.json"), metrics)
 
     import matplotlib.pyplot as plt

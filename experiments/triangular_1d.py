@@ -111,9 +111,7 @@ class Config(cli.Common):
         cli.check_choice("dense_targets", self.dense_targets, TARGETS)
         cli.check_choice("sparse_targets", self.sparse_targets, TARGETS)
         cli.check_choice("dtype", (self.dtype,), ("float32", "float64"))
-        for name in ("depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps")
         if self.pretrain_steps < 0 or self.finetune_steps < 0:
             raise ValueError("--pretrain-steps and --finetune-steps must be >= 0")
 
@@ -127,14 +125,8 @@ CONFIGS = {"paper": get_config}
 
 
 def quick(cfg: Config) -> dict:
-    return dict(
-        seeds=3,
-        pretrain_steps=60,
-        finetune_steps=120,
-        chunk_steps=60,
-        n_dense=200,
-        workdir="results/triangular_1d_quick",
-    )
+    return dict(seeds=3, pretrain_steps=60, finetune_steps=120, chunk_steps=60, n_dense=200,
+                workdir="results/triangular_1d_quick")  # fmt: skip
 
 
 def _dtype(cfg: Config):
@@ -221,18 +213,12 @@ def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict
 
 def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
     """``job name -> (kind, target, method, lr, key in the results)``; the key carries the lr when there are several."""
-    out = {}
-    groups = [("dense", t, cfg.methods) for t in cfg.dense_targets] + [
-        ("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets
-    ]
+    groups = [("dense", t, cfg.methods) for t in cfg.dense_targets]
+    groups += [("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets]
     groups += [("difference", "x3-x", tuple(DIFFERENCE))] if cfg.difference else []
     lrs = cli.lr_values(cfg, "")
-    for kind, target, methods in groups:
-        for m in methods:
-            for lr in lrs:
-                key = m if len(lrs) == 1 else f"{m}@{lr:g}"
-                out[f"{kind}-{target}-{key}"] = (kind, target, m, lr, key)
-    return out
+    keys = [(kind, t, m, lr, m if len(lrs) == 1 else f"{m}@{lr:g}") for kind, t, ms in groups for m in ms for lr in lrs]
+    return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, m, lr, key in keys}
 
 
 def run(cfg: Config) -> dict:

@@ -65,9 +65,7 @@ class Config(cli.Common):
     def __post_init__(self) -> None:
         super().__post_init__()
         cli.check_choice("dataset", (self.dataset,), ("digits", "cifar10"))
-        for name in ("hidden", "depth", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "hidden", "depth", "epochs", "batch_size")
 
 
 def get_config() -> Config:

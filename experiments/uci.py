@@ -95,9 +95,7 @@ class Config(cli.Common):
         super().__post_init__()
         for d in self.datasets:
             check_dataset_name(d)
-        for k in ("hidden", "max_epochs", "large_max_epochs"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 1 (got {getattr(self, k)})")
+        cli.positive(self, "hidden", "max_epochs", "large_max_epochs")
         if min(self.batch_size, self.chunk, self.segment) < 0:
             raise ValueError("--batch-size, --chunk and --segment must be >= 0")
         if not 0 < self.val_fraction < 1:

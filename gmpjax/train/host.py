@@ -347,37 +347,52 @@ def train(
         it = iter(batches(start))
     else:
         it = iter(cast(Iterable[Any], batches))
-    callbacks = tuple(callbacks)
     bar = progress_bar(config.num_steps, initial=start, desc=desc, enabled=progress)
-    step = start
     try:
-        while step < config.num_steps and not run.stopped:
-            run.state, metrics = train_step(run.state, next(it))
-            step += 1
-            bar.update(1)
-            rec: dict = {"step": step}
-            if config.log_every and step % config.log_every == 0:
-                scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-                rec = sink.log(step, **{f"train_{k}": v for k, v in scalars.items()})
-                bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()})
-            halt = False
-            for cb in callbacks:
-                halt = bool(cb(step, run.state, rec)) or halt
-            evaluate = eval_fn is not None and (
-                step == config.num_steps or (config.eval_every is not None and step % config.eval_every == 0)
-            )
-            improved = run.evaluate(cast(HostEvalFn, eval_fn), sink, step) if evaluate else False
-            if checkpointer is not None and (evaluate or checkpointer.should_save(step)):
-                run.save(step, data_iterator, improved)
-            if halt:
-                break
-        if checkpointer is not None:
-            run.save(step, data_iterator, False)
-            checkpointer.wait()
+        step = _steps(run, train_step, eval_fn, it, start, sink, tuple(callbacks), bar, data_iterator)
     finally:
         bar.close()
         sink.flush()
     return run.result(step, resumed_from)
+
+
+def _steps(
+    run: _Run,
+    train_step: TrainStep,
+    eval_fn: HostEvalFn | None,
+    it: Iterator[Any],
+    step: int,
+    sink: _Sink,
+    callbacks: tuple[Callback, ...],
+    bar: Any,
+    data_iterator: Any,
+) -> int:
+    """The loop of ``train``: step, log, callbacks, evaluate (and apply the rules), checkpoint; returns the last step."""
+    config, checkpointer = run.config, run.checkpointer
+    while step < config.num_steps and not run.stopped:
+        run.state, metrics = train_step(run.state, next(it))
+        step += 1
+        bar.update(1)
+        rec: dict = {"step": step}
+        if config.log_every and step % config.log_every == 0:
+            scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+            rec = sink.log(step, **{f"train_{k}": v for k, v in scalars.items()})
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()})
+        halt = False
+        for cb in callbacks:
+            halt = bool(cb(step, run.state, rec)) or halt
+        evaluate = eval_fn is not None and (
+            step == config.num_steps or (config.eval_every is not None and step % config.eval_every == 0)
+        )
+        improved = run.evaluate(cast(HostEvalFn, eval_fn), sink, step) if evaluate else False
+        if checkpointer is not None and (evaluate or checkpointer.should_save(step)):
+            run.save(step, data_iterator, improved)
+        if halt:
+            break
+    if checkpointer is not None:
+        run.save(step, data_iterator, False)
+        checkpointer.wait()
+    return step
 
 
 def _fresh_rules(state: TrainState, rules: Rules | None) -> RuleState | None:
