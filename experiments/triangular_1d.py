@@ -43,20 +43,13 @@ from gmpjax.regions import plot_linear_regions
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
 TARGETS = {  # name: (f, sign, output_affine)   sign -1: convex on [0,1]; +1: concave (needs a gain/offset head)
-    "x3": (lambda x: x**3, -1, False),
-    "x11": (lambda x: x**11, -1, False),
-    "sin": (lambda x: jnp.sin(x), +1, True),
-    "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
-}
+    "x3": (lambda x: x**3, -1, False), "x11": (lambda x: x**11, -1, False),
+    "sin": (lambda x: jnp.sin(x), +1, True), "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
+}  # fmt: skip
 TARGET_LABEL = {"x3": "x^3", "x11": "x^11", "sin": "sin x", "tanh3": "tanh 3x"}
 METHODS = ("kaiming", "raai", "skip", "noreg", "thm31")
-METHOD_LABEL = {
-    "kaiming": "Kaiming (PyTorch default)",
-    "raai": "RAAI",
-    "skip": "skip pretraining",
-    "noreg": "pretraining, no reg.",
-    "thm31": "pretraining + Thm 3.1",
-}
+METHOD_LABEL = {"kaiming": "Kaiming (PyTorch default)", "raai": "RAAI", "skip": "skip pretraining",
+                "noreg": "pretraining, no reg.", "thm31": "pretraining + Thm 3.1"}  # fmt: skip
 DIFFERENCE = {  # model: (schedule of, label); the x^3 - x experiment
     "difference_of_subnets": ("thm31", "difference of two Thm-3.1 subnets (width 8 after switch)"),
     "kaiming_width8": ("kaiming", "Kaiming width-8 MLP"),
@@ -148,17 +141,14 @@ def make_model_fn(method: str, cfg: Config, target: str, dtype, width: int = 4):
     if method == "skip":
         return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k), **common)
     scales = "free" if method == "noreg" else "theorem31"
-    return lambda k: TriangleNet(
-        cfg.depth, sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, rngs=nnx.Rngs(k), **common
-    )
+    kw = dict(sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, **common)
+    return lambda k: TriangleNet(cfg.depth, rngs=nnx.Rngs(k), **kw)
 
 
 def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
     pre = cfg.pretrain_steps if method in ("noreg", "thm31") else 0
     fine = cfg.finetune_steps + (cfg.pretrain_steps - pre if cfg.equal_total_steps else 0)
-    return TwoPhaseConfig(
-        pretrain_steps=pre, finetune_steps=fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps
-    )
+    return TwoPhaseConfig(pre, fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps)
 
 
 def _tag(name: str) -> int:
@@ -283,12 +273,8 @@ def _dense_table(dense: dict) -> list[str]:
     lines += [report.markdown_table([*head, "final regions (median)"], rows), ""]
     walls = ", ".join(f"{TARGET_LABEL[t]} {b['_wall_s']:.0f} s" for t, b in dense.items())
     lines.append(f"Wall time per target (all methods): {walls}")
-    pre = [
-        "{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
-        for t, b in dense.items()
-        for k in _methods(dense)
-        if "pretrain_mse" in b[k]
-    ]
+    pre = ["{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
+           for t, b in dense.items() for k in _methods(dense) if "pretrain_mse" in b[k]]  # fmt: skip
     return lines + (["MSE at the end of pretraining (min / mean): " + "; ".join(pre)] if pre else []) + [""]
 
 
@@ -311,10 +297,8 @@ def format_tables(results: dict) -> str:
     if results["difference"]:
         lines.append("## x^3 - x as a difference of two convex subnets (no paper numbers)\n")
         d, labels = results["difference"]["x3-x"], {k: v[1] for k, v in DIFFERENCE.items()}
-        rows = [
-            [_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
-            for k in _methods(results["difference"])
-        ]
+        rows = [[_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
+                for k in _methods(results["difference"])]  # fmt: skip
         lines += [report.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
     lines.append(f"Total wall time: {results['wall_s']:.0f} s")
     return "\n".join(lines)

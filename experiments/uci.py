@@ -2,19 +2,15 @@
 
 Two protocols (``--protocol``), each one ``Config``:
 
-* ``paper`` (App. C.1, ``get_config``): full-batch Adam; per split the learning rate
-  is chosen from {0.001, 0.003, 0.01, 0.03, 0.1, 0.3} on a validation part carved
-  from the training part (20% of it); early stopping and plateau lr decay watch
-  that part only; MSE loss on standardised targets; the test part is touched once,
-  to report the selected model's RMSE.
-* ``official`` (released ``uci_regression.py``, ``get_official_config``): MAE loss on
-  raw targets, batch 1024, lr 0.1 for GmP / 0.01 otherwise, the released GmP init,
-  up to 5000 epochs, Keras ReduceLROnPlateau and EarlyStopping both watching the
-  **test** split (test data leaks into training decisions; a warning is printed).
+* ``paper`` (App. C.1, ``get_config``): full-batch Adam; per split the learning rate is chosen from
+  {0.001, ..., 0.3} on a validation part carved from the training part (20% of it); early stopping and
+  plateau lr decay watch that part only; MSE loss on standardised targets; the test part is touched once.
+* ``official`` (released ``uci_regression.py``, ``get_official_config``): MAE loss on raw targets, batch
+  1024, lr 0.1 for GmP / 0.01 otherwise, the released GmP init, up to 5000 epochs, Keras ReduceLROnPlateau
+  and EarlyStopping both watching the **test** split (test data leaks; a warning is printed).
 
-Every dataset x method trains its splits x learning rates with ``gmpjax.train.replicas.train_replicas``,
-``--chunk`` replicas per sweep (one compiled program, run once per batch of replicas). The training
-rules are ``--rules.*`` flags (``--rules.patience``, ``--rules.plateau.patience``, ``--rules.restore``, ...).
+Every dataset x method trains its splits x lrs with ``gmpjax.train.replicas.train_replicas``, ``--chunk``
+replicas per sweep. The training rules are ``--rules.*`` flags (``--rules.patience``, ``--rules.restore``, ...).
 
 Run ``python -m experiments.uci`` (full table) or ``--quick``.
 """
@@ -178,9 +174,6 @@ def train_dataset(cfg: Config, method: str, data: dict, lrs) -> tuple[dict[str, 
     return {k: np.asarray(v).reshape(S, len(lrs)) for k, v in cols.items()}, max_epochs
 
 
-# --------------------------------------------------------------------------- reporting
-
-
 def table(results: dict, datasets, methods) -> str:
     """Table 1 layout: one row per method, one column per dataset, "ours (paper m ± se)" in each cell."""
 
@@ -200,10 +193,8 @@ def target_check(results: dict, datasets) -> dict[str, dict[str, bool]]:
     for d in (d for d in datasets if "gmp" in results.get(d, {})):
         means = {m: v["test_rmse_mean"] for m, v in results[d].items()}
         pm, pse = PAPER_TABLE1["gmp"][d]
-        out[d] = {
-            "within_2se_or_better": bool(means["gmp"] <= pm + 2 * pse),
-            "gmp_first": bool(len(means) > 1 and min(means, key=means.get) == "gmp"),
-        }
+        first = bool(len(means) > 1 and min(means, key=means.get) == "gmp")
+        out[d] = {"within_2se_or_better": bool(means["gmp"] <= pm + 2 * pse), "gmp_first": first}
     return out
 
 
@@ -216,9 +207,8 @@ def plot_results(results: dict, datasets, methods, path: str) -> None:
         xs = np.arange(len(methods))
         ours = [results[d][m] for m in methods]
         paper = [PAPER_TABLE1.get(m, {}).get(d, (np.nan, np.nan)) for m in methods]
-        ax.errorbar(
-            xs - 0.1, [r["test_rmse_mean"] for r in ours], [r["test_rmse_se"] for r in ours], fmt="o", label="ours"
-        )
+        ax.errorbar(xs - 0.1, [r["test_rmse_mean"] for r in ours], [r["test_rmse_se"] for r in ours], fmt="o",
+                    label="ours")  # fmt: skip
         ax.errorbar(xs + 0.1, [p[0] for p in paper], [p[1] for p in paper], fmt="s", label="paper")
         ax.set_xticks(xs, [m.upper() for m in methods])
         ax.set_title(d)
@@ -275,17 +265,11 @@ def run(cfg: Config) -> dict:
     datasets = sorted(cfg.datasets, key=UCI_NAMES.index)  # the paper's column order
     checks, md = target_check(results, datasets), table(results, datasets, cfg.methods)
     summary = dict(
-        config=cfg,
-        wall_s=time.perf_counter() - t_all,
-        cpu_s=time.process_time() - c_all,
-        results=results,
-        target_check=checks,
-        num_datasets=len(checks),
+        config=cfg, wall_s=time.perf_counter() - t_all, cpu_s=time.process_time() - c_all, results=results,
+        target_check=checks, num_datasets=len(checks),
         gmp_within_2se_or_better=sum(c["within_2se_or_better"] for c in checks.values()),
-        gmp_first=sum(c["gmp_first"] for c in checks.values()),
-        device=str(jax.devices()[0]),
-        table_md=md,
-    )
+        gmp_first=sum(c["gmp_first"] for c in checks.values()), device=str(jax.devices()[0]), table_md=md,
+    )  # fmt: skip
     report.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     with open(os.path.join(cfg.workdir, "table.md"), "w") as f:
         f.write(md + "\n")
