@@ -1,22 +1,15 @@
 """1-D function fitting with the triangular-wave reparameterization (Milkert, Hyde & Laine, ICML 2025).
 
-Reproduces, in miniature and with the protocol choices of
-``../shared/research/triangular-wave.md`` section 6 (each a config value):
+In miniature, with the protocol of ``../shared/research/triangular-wave.md`` section 6 (each a config value):
 
-* **dense table**: 500 equispaced points on [0, 1], a 4-wide x 5-deep ReLU net (93
-  parameters), ``seeds`` random initialisations (30), min and mean final MSE, for
-  x^3 and x^11, rows: Kaiming (PyTorch default uniform init), RAAI (randomized
-  asymmetric init), skip pretraining (random-peak triangle weights, then raw
-  training), pretraining without Theorem 3.1 (free scales), pretraining + Theorem 3.1;
-* **sparse table**: 10 random training and 10 random test points per run, min (and
-  mean) test MSE for x^3, x^11, sin x and tanh 3x (Kaiming vs pretraining + Thm 3.1);
-* **difference**: x^3 - x fitted by ``gmpjax.layers.TriangleDifference`` (two convex
-  subnets; a width-8 block-diagonal net after the switch) vs a Kaiming width-8 MLP.
+* **dense table**: 500 points on [0, 1], a 4-wide x 5-deep ReLU net, 30 initialisations, min and mean final
+  MSE for x^3 and x^11; rows Kaiming, RAAI, skip pretraining, pretraining without / with Theorem 3.1;
+* **sparse table**: 10 random training and test points per run, min (mean) test MSE for x^3, x^11, sin x,
+  tanh 3x (Kaiming vs pretraining + Thm 3.1);
+* **difference**: x^3 - x by ``gmpjax.layers.TriangleDifference`` vs a Kaiming width-8 MLP.
 
-Every method runs its seeds as one vmapped program through
-``gmpjax.train.two_phase.train_two_phase`` (each phase a full-batch ``LoopConfig`` of
-``gmpjax.train.loop``). Methods without a pretraining phase get the same total number
-of updates (``pretrain_steps + finetune_steps``).
+Every method runs its seeds through ``gmpjax.train.two_phase.train_two_phase`` (the replica trainer, one
+full-batch phase after the other); methods without pretraining get as many updates in all.
 
     python -m experiments.triangular_1d            # full tables
     python -m experiments.triangular_1d --quick    # CI smoke run

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -377,15 +378,17 @@ def stacked_splits(
     """
     if monitor not in ("val", "test"):
         raise ValueError(f"monitor must be 'val' or 'test' (got {monitor!r}).")
-    parts = []
+    parts: list[tuple[Any, ...]] = []
     for s in range(splits):
         if monitor == "val":
             fit, val, test = train_val_test_indices(len(y), seed + s, 0.2, val_fraction, rule)
-            sp = make_split(x, y, fit, test, val_idx=val, standardize_target=standardize_target)
+            sp = make_split(
+                x, y, fit.tolist(), test.tolist(), val_idx=val.tolist(), standardize_target=standardize_target
+            )
             parts.append((sp.x_train, sp.y_train, sp.x_val, sp.y_val, sp.x_test, sp.y_test, sp.y_std))
         else:
             train, test = split_indices(len(y), seed + s, 0.2, rule)
-            sp = make_split(x, y, train, test, standardize_target=standardize_target)
+            sp = make_split(x, y, train.tolist(), test.tolist(), standardize_target=standardize_target)
             parts.append((sp.x_train, sp.y_train, sp.x_test, sp.y_test, sp.x_test, sp.y_test, sp.y_std))
     names = ("x_fit", "y_fit", "x_val", "y_val", "x_test", "y_test", "y_std")
     return {k: np.stack([p[i] for p in parts]).astype(np.float32) for i, k in enumerate(names)}
