@@ -286,11 +286,10 @@ def train(
 ) -> HostResult:
     """Train ``state`` to ``config.num_steps`` (or early stopping) with checkpoints, evaluation and logs.
 
-    Each step: ``state, metrics = train_step(state, next(batches))``; every ``log_every`` steps
-    the scalar metrics are logged as ``train_<name>``; then every callback; then, every
-    ``eval_every`` steps and at the last step, ``eval_fn(state)`` is logged with the learning
-    rate used since the previous evaluation, the monitored value updates early stopping and
-    plateau decay (which sets the next learning rate), and a checkpoint is saved.
+    Each step: ``state, metrics = train_step(state, next(batches))``; every ``log_every`` steps the
+    scalar metrics are logged as ``train_<name>``; then every callback; every ``eval_every`` steps and
+    at the last, ``eval_fn(state)`` is logged with the learning rate used since the last evaluation,
+    the rules see the monitored value (and set the next learning rate), and a checkpoint is saved.
 
     Args:
       train_step: jitted ``(state, batch) -> (state, metrics)`` (``make_train_step``, sharded or not).
@@ -302,7 +301,7 @@ def train(
         after a resume, with the step the run continues from: for streams that are a pure
         function of the step).
       config: ``HostConfig``.
-      checkpointer: where checkpoints go (``None``: none). It is waited for, not closed.
+      checkpointer: where checkpoints go (``None``: none); waited for, not closed.
       resume: restore the newest checkpoint of ``checkpointer`` (none there: a fresh run).
         A fresh run (``resume=False``) refuses a checkpointer that already holds checkpoints.
       data_iterator: a grain iterator (``get_state``/``set_state``: ``batches`` itself or the one
@@ -310,19 +309,15 @@ def train(
       config_json: the run's identity (JSON dict, e.g. model, seed, learning rate) saved in every
         checkpoint as ``extra["config"]``; resuming a checkpoint whose value of one of these
         keys differs raises ValueError.
-      extra: more JSON saved with every checkpoint: a dict, or ``step -> dict`` (e.g. an RNG
-        key through ``checkpoint.key_to_json``).
+      extra: more JSON for every checkpoint: a dict or ``step -> dict`` (``checkpoint.key_to_json``).
       on_resume: ``(step, extra) -> None`` called after a restore with the checkpoint's
         ``extra`` dict (to set back what ``extra`` saved), before ``batches`` is started.
-      logger: where the metrics go: a ``MetricsLogger`` (a fresh run empties its file; a
-        resumed one drops the records after the restored step, they are logged again) or any
-        ``ScalarWriter`` (clu's ``write_scalars(step, scalars)``: the scalar metrics of every
-        record; after a resume the steps since the checkpoint are written again). ``None``:
-        nothing written.
+      logger: a ``MetricsLogger`` (a fresh run empties its file; a resumed one drops the records
+        after the restored step) or any ``ScalarWriter`` (clu's ``write_scalars``; after a resume
+        the steps since the checkpoint are written again); ``None``: nothing written.
       callbacks: ``(step, state, record) -> stop?`` after every step (``record``: the train
         metrics logged at this step, or ``{"step": step}``); True ends the run.
-      progress: a tqdm bar: ``None`` when tqdm is installed, ``True`` always (needs tqdm, from the
-        ``train`` extra), ``False`` never.
+      progress: a tqdm bar: ``None`` when tqdm is installed, ``True`` always, ``False`` never.
       desc: the bar's label.
 
     Returns:
@@ -330,23 +325,20 @@ def train(
 
     Raises:
       ValueError: checkpoints exist but ``resume`` is False; the checkpoint's ``config_json``
-        differs; ``config.monitor`` is not a key of ``eval_fn``'s output.
+        differs; ``config.rules.monitor`` is not a key of ``eval_fn``'s output.
     """
-    rules = config.rules
-    if rules is not None and eval_fn is None:
-        raise ValueError(f"HostConfig.rules (monitor {rules.monitor!r}) needs an eval_fn.")
+    if config.rules is not None and eval_fn is None:
+        raise ValueError(f"HostConfig.rules (monitor {config.rules.monitor!r}) needs an eval_fn.")
     sink = _Sink(logger)
-    run = _Run(config, state, _fresh_rules(state, rules), checkpointer, dict(config_json or {}), extra)
+    run = _Run(config, state, _fresh_rules(state, config.rules), checkpointer, dict(config_json or {}), extra)
     # the best parameters: with a checkpointer, the best step on disk (orbax's best-step tracking); without, a copy
-    if rules is not None and rules.keeps_best and checkpointer is None:
+    if config.rules is not None and config.rules.keeps_best and checkpointer is None:
         run.best = _copy((state.params, state.rest))
     resumed_from = run.resume(resume, data_iterator, on_resume) if checkpointer is not None else None
     start = int(np.asarray(to_host(run.state.step)))
     sink.truncate(start if resumed_from is not None else None)
-    if callable(batches) and not hasattr(batches, "__next__"):
-        it = iter(batches(start))
-    else:
-        it = iter(cast(Iterable[Any], batches))
+    fresh = callable(batches) and not hasattr(batches, "__next__")
+    it = iter(cast(Callable, batches)(start)) if fresh else iter(cast(Iterable[Any], batches))
     bar = progress_bar(config.num_steps, initial=start, desc=desc, enabled=progress)
     try:
         step = _steps(run, train_step, eval_fn, it, start, sink, tuple(callbacks), bar, data_iterator)
@@ -367,7 +359,7 @@ def _steps(
     bar: Any,
     data_iterator: Any,
 ) -> int:
-    """The loop of ``train``: step, log, callbacks, evaluate (and apply the rules), checkpoint; returns the last step."""
+    """``train``'s loop: step, log, callbacks, evaluate (apply the rules), checkpoint; returns the last step."""
     config, checkpointer = run.config, run.checkpointer
     while step < config.num_steps and not run.stopped:
         run.state, metrics = train_step(run.state, next(it))
