@@ -127,22 +127,14 @@ def summarize(r: dict[str, np.ndarray], method: str, lr: float, steps_per_epoch:
     mean, se = report.mean_se(r["test_acc"])
     e = int(r["epochs_run"][0])
     return {
-        "lr": lr,
-        "test_acc_mean": mean,
-        "test_acc_se": se,
-        "test_acc_per_seed": r["test_acc"],
-        "val_acc_best_per_seed": r["val_acc_best"],
-        "epochs_run": r["epochs_run"],
-        "max_dtheta_deg_max": float(dth.max()),
-        "max_dtheta_deg_median": float(np.median(dth[mask])),
+        "lr": lr, "test_acc_mean": mean, "test_acc_se": se, "test_acc_per_seed": r["test_acc"],
+        "val_acc_best_per_seed": r["val_acc_best"], "epochs_run": r["epochs_run"],
+        "max_dtheta_deg_max": float(dth.max()), "max_dtheta_deg_median": float(np.median(dth[mask])),
         "frac_steps_dtheta_ge_30deg": float((dth >= 30).sum() / mask.sum()),
-        "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()),
-        "paper_test_acc_seed0": PAPER_ACC.get(method),
+        "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()), "paper_test_acc_seed0": PAPER_ACC.get(method),
         "traj0": np.concatenate([r["loc0"][0][None], r["loc"][0][:e]], 0),  # (epochs + 1, units, 2)
-        "dtheta0": dth[0, : steps[0]],
-        "probs0": r["probs"][0],
-        "loc_best0": r["loc_best"][0],
-    }
+        "dtheta0": dth[0, : steps[0]], "probs0": r["probs"][0], "loc_best0": r["loc_best"][0],
+    }  # fmt: skip
 
 
 def plot(res: dict, data, cfg: Config) -> None:

@@ -123,20 +123,14 @@ def summarize(r: dict[str, np.ndarray], method: str, lr: float, record_every: in
     active = np.where(mask, r["max_dphi"], 0.0)
     mean, se = report.mean_se(r["rmse"])
     return {
-        "lr": lr,
-        "rmse_mean": mean,
-        "rmse_se": se,
-        "rmse_per_seed": r["rmse"],
-        "max_dphi_max": float(active.max()),
+        "lr": lr, "rmse_mean": mean, "rmse_se": se, "rmse_per_seed": r["rmse"], "max_dphi_max": float(active.max()),
         "max_dphi_median_step": float(np.median(r["max_dphi"][mask])),
         "frac_steps_dphi_ge_1": float((active >= 1).sum() / mask.sum()),
-        "dphi_below_1_every_step_every_seed": bool((active < 1).all()),
-        "steps_run": r["steps_run"],
-        "early_stopped": r["stopped"],
-        "paper_rmse_seed0": PAPER_RMSE.get(method),
+        "dphi_below_1_every_step_every_seed": bool((active < 1).all()), "steps_run": r["steps_run"],
+        "early_stopped": r["stopped"], "paper_rmse_seed0": PAPER_RMSE.get(method),
         **dict(zip(PLOTS[:4], (active[0], active.max(0), r["pred0"][0], r["pred"][0]), strict=True)),
         "phi_rows": r["phi"][0, : r["steps_run"][0] + 1 : record_every],
-    }
+    }  # fmt: skip
 
 
 def plot(runs: dict, data: dict, cfg: Config) -> None:
