@@ -33,6 +33,8 @@ from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.layers import ReLUMLP, TriangleDifference, TriangleNet
 from gmpjax.regions import plot_linear_regions
+from gmpjax.train.losses import mse as mse_fn
+from gmpjax.train.losses import on_batch
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
 TARGETS = {  # name: (f, sign, output_affine)   sign -1: convex on [0,1]; +1: concave (needs a gain/offset head)
@@ -149,11 +151,6 @@ def _tag(name: str) -> int:
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
 
 
-def mse_loss(model, batch):
-    x, y = batch
-    return jnp.mean((model(x) - y) ** 2)
-
-
 def make_data(kind: str, target: str, cfg: Config, dtype):
     """``(train, test)``: dense/difference: ``n_dense`` points on [0, 1], no test set; sparse: per-run uniform draws."""
     f = (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target][0]
@@ -174,7 +171,7 @@ def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict
     keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), _tag(f"{method}/{target}")), cfg.seeds)
     t0 = time.time()
     res = train_two_phase(
-        make_model_fn(method, cfg, target, dtype), keys, mse_loss, train, schedule(method, cfg, lr),
+        make_model_fn(method, cfg, target, dtype), keys, on_batch(mse_fn), train, schedule(method, cfg, lr),
         batch_axis=0 if kind == "sparse" else None, snapshot=region_snapshot(cfg.region_min_width),
         progress=cfg.progress, desc=f"{target}/{model}",
     )  # fmt: skip
