@@ -175,6 +175,7 @@ def run_ours(args) -> dict:
     from gmpjax.train.engine import init_train_state, make_eval_step, make_train_step
     from gmpjax.train.loop import LoopConfig, fit
     from gmpjax.train.plateau import PlateauConfig
+    from gmpjax.train.rules import Rules
 
     dt = jnp.float64 if args.x64 else jnp.float32
     x, y = load_uci("energy")
@@ -182,11 +183,13 @@ def run_ours(args) -> dict:
         max_epochs=args.max_epochs,
         batching="drop",
         batch_size=1024,
-        monitor="metric",
         monitor_split="val",
-        patience=100,
-        restore=args.restore,
-        plateau=PlateauConfig(patience=50, factor=0.1, min_delta=1e-4),
+        rules=Rules(
+            monitor="metric",
+            patience=100,
+            restore=args.restore,
+            plateau=PlateauConfig(patience=50, factor=0.1, min_delta=1e-4),
+        ),
     )
 
     def loss_mae(model, batch):

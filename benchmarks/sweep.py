@@ -50,21 +50,21 @@ def main(argv: list[str] | None = None) -> dict:
     )
     a = p.parse_args(argv)
 
+    import dataclasses
+
     import jax
 
     from experiments import uci
-    from gmpjax.data.uci import load_uci
+    from gmpjax.data.uci import load_uci, stacked_splits
 
     cfg = uci.get_config()
-    data = uci.build_split_arrays(
-        *load_uci(a.dataset), splits=cfg.seeds, seed=0, monitor="val", val_fraction=0.2, standardize_target=True
-    )
-    loop = uci.loop_config(cfg, data["x_fit"].shape[1])
+    data = stacked_splits(*load_uci(a.dataset), splits=cfg.seeds, seed=0, monitor="val", val_fraction=0.2)
     lrs = [float(v) for v in cfg.lr]
     rows = []
     for name, kw in _layouts():
         t0, c0 = time.perf_counter(), time.process_time()
-        out = uci.run_sweep(a.method, data, lrs, loop, chunk=kw.get("chunk", 0), segment=kw.get("segment"))
+        layout = dataclasses.replace(cfg, chunk=kw.get("chunk", 0), segment=kw.get("segment") or 0)
+        out, _ = uci.train_dataset(layout, a.method, data, lrs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         epochs = out["epochs"].reshape(-1)
         c = kw.get("chunk", len(epochs))
@@ -78,7 +78,11 @@ def main(argv: list[str] | None = None) -> dict:
                 "replica_epochs": int(epochs.sum()),
                 "stepped_replica_epochs": stepped,
                 "test_rmse_selected": float(
-                    np.mean(out["test_rmse"][np.arange(cfg.seeds), uci.select_by_validation(out["val_mse"])])
+                    np.mean(
+                        out["test_rmse"][
+                            np.arange(cfg.seeds), np.argmin(np.nan_to_num(out["val_mse"], nan=np.inf), axis=1)
+                        ]
+                    )
                 ),
             }
         )

@@ -27,21 +27,17 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import cli
-from experiments.common import COLORS, mean_se
+from experiments import cli, report
 from gmpjax import cab
 from gmpjax.data.banana import banana_splits
 from gmpjax.models import MLP
-from gmpjax.train import init_replicas, make_eval_step, make_train_step
-from gmpjax.train.loop import LoopConfig, num_batches, sweep
-from gmpjax.train.plateau import PlateauConfig
+from gmpjax.train.loop import LoopConfig, num_batches
+from gmpjax.train.losses import accuracy, bce, on_batch
+from gmpjax.train.replicas import train_replicas
+from gmpjax.train.rules import PlateauConfig, Rules
 
 PAPER_ACC = {"gmp": 0.885, "sp": 0.80, "bn": 0.875, "wn": 0.81}  # released notebook, seed 0, lr "cv"
 PLOTS = ("traj0", "dtheta0", "probs0", "loc_best0")  # seed-0 arrays kept for the figures only
-
-
-def color(name: str) -> str:
-    return COLORS.get(name.split("@")[0].split("_")[0], "tab:gray")  # "gmp_imn@0.1" drawn as gmp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,19 +50,17 @@ class Config(cli.Common):
     batch_size: int = cli.field(128, "minibatch size")
     val_fraction: float = cli.field(0.2, "validation part of the 800 training points; 0: monitor the test set")
     init: str = cli.field("uniform", "GmP init: uniform (paper) or official", choices=("uniform", "official"))
-    plateau_factor: float = cli.field(0.1, "plateau decay factor")
-    plateau_patience: int = cli.field(50, "epochs without a val-accuracy gain before the lr decays")
-    plateau_min_delta: float = cli.field(1e-4, "plateau improvement threshold")
-    es_patience: int = cli.field(100, "early-stopping patience (epochs)")
+    rules: Rules = cli.field(
+        Rules("acc", "max", patience=100, restore="if_stopped", plateau=PlateauConfig(50, 0.1, 1e-4)),
+        "early stopping and lr decay on the validation accuracy (Keras 2.8: best weights only when stopping fires)",
+    )
     adam_eps: float = cli.field(1e-7, "Adam epsilon (Keras default)")
     grid: int = cli.field(150, "decision-boundary grid points per axis")
     data_dir: str = cli.field("", "sets $GMPJAX_DATA_DIR (the folder holding banana/2d_banana.csv)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("epochs", "hidden", "batch_size", "plateau_patience", "es_patience", "grid"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "epochs", "hidden", "batch_size", "grid")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"--val-fraction must be in [0, 1) (got {self.val_fraction})")
 
@@ -83,67 +77,46 @@ CONFIGS = {"paper": get_config, "official": get_official_config}
 
 
 def quick(cfg: Config) -> dict:
-    return {"seeds": 2, "epochs": 10, "plateau_patience": 5, "es_patience": 10, "grid": 40}
+    return {"seeds": 2, "epochs": 10, "rules.plateau.patience": 5, "rules.patience": 10, "grid": 40}
 
 
-def bce_loss(model, batch):
-    x, y = batch
-    return jnp.mean(optax.sigmoid_binary_cross_entropy(model(x)[:, 0], y))
-
-
-def accuracy(model, batch):
-    x, y = batch
-    logit = model(x)[:, 0]
-    return {"acc": jnp.mean((logit > 0) == (y.astype(logit.dtype) > 0.5), dtype=logit.dtype), "logit": logit}
-
-
-def loop_config(cfg: Config) -> LoopConfig:
-    plateau = PlateauConfig(cfg.plateau_patience, cfg.plateau_factor, cfg.plateau_min_delta)
-    return LoopConfig(cfg.epochs, batching="wrap", batch_size=cfg.batch_size, monitor="acc", mode="max",
-                      patience=cfg.es_patience, restore="if_stopped", plateau=plateau)  # fmt: skip
+METRICS = on_batch({"acc": accuracy, "logit": lambda logit, y: logit}, squeeze=True)
 
 
 def train_method(method: str, lr: float, cfg: Config, data) -> dict[str, np.ndarray]:
     """``cfg.seeds`` replicas of one method in one sweep (call under ``jax.enable_x64``); arrays ``(seeds, ...)``."""
-    tx = optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=cfg.adam_eps)
 
     def make(key):
         return MLP(
             2, (cfg.hidden,), 1, parameterization=method, init=cfg.init, param_dtype=jnp.float64, rngs=nnx.Rngs(key)
         )
 
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds))
-    graphdef, states = init_replicas(make, keys, tx)
-    cabs, evaluate = cab.track_cab(graphdef), make_eval_step(graphdef, accuracy)
-
-    def track(prev, new):  # per step: the largest |delta phi_i|, |delta theta_i| and every phi_i
-        return {**cab.step_change(cabs(prev), cabs(new)), "loc": cabs(new).location}
+    def track(graphdef):  # per step: the largest |delta phi_i|, |delta theta_i| and every phi_i
+        cabs = cab.track_cab(graphdef)
+        return lambda prev, new: {**cab.step_change(cabs(prev), cabs(new)), "loc": cabs(new).location}
 
     x, xt, xv = (jnp.asarray(a) for a in (data.x_train, data.x_test, data.x_val))
     splits = {"train": (x, jnp.asarray(data.y_train).astype(x.dtype)), "val": (xv, jnp.asarray(data.y_val))}
-    shuffle = jax.random.split(jax.random.key(cfg.seed + 1), cfg.seeds)
-    step = make_train_step(graphdef, tx, bce_loss)
-    res = sweep(step, evaluate, states, splits, loop_config(cfg), keys=shuffle, data_axis=None, track=track)
+    adam = lambda lr: optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=cfg.adam_eps)  # noqa: E731
+    out = train_replicas(
+        make, adam, on_batch(bce, squeeze=True), splits,
+        LoopConfig(cfg.epochs, "wrap", cfg.batch_size, rules=cfg.rules), lrs=lr, metrics=METRICS, track=track,
+        keys=jax.vmap(lambda i: jax.random.fold_in(jax.random.key(cfg.seed), i))(jnp.arange(cfg.seeds)),
+        shuffle_keys=jax.random.split(jax.random.key(cfg.seed + 1), cfg.seeds),
+    )  # fmt: skip
     g = np.linspace(-3.0, 3.0, cfg.grid)
     grid = jnp.asarray(np.stack([a.ravel() for a in np.meshgrid(g, g)], 1))
-
-    def finish(s0, s):
-        return {
-            "test_acc": evaluate(s, (xt, jnp.asarray(data.y_test)))["acc"],
-            "probs": jax.nn.sigmoid(evaluate(s, (grid, jnp.zeros(grid.shape[0])))["logit"]),
-            "loc0": cabs(s0).location,
-            "loc_best": cabs(s).location,
-        }
-
-    out = jax.tree.map(np.asarray, jax.jit(jax.vmap(finish))(states, res.state))
+    cabs = cab.track_cab(out.graphdef)
+    locs = jax.jit(jax.vmap(lambda s0, s: (cabs(s0).location, cabs(s).location)))(out.init, out.result.state)
+    res = out.result
     tr = jax.tree.map(np.asarray, res.history["track"])  # (seeds, epochs, steps per epoch, ...)
-    out |= {k: tr[k].reshape(cfg.seeds, -1) for k in ("max_dphi", "max_dtheta")}  # (seeds, epochs * steps)
     return {
-        **out,
-        "val_acc_best": np.asarray(res.best_value),
-        "epochs_run": np.asarray(res.epochs),
-        "loc": tr["loc"][:, :, -1],
-    }
+        "test_acc": out.evaluate(METRICS, (xt, jnp.asarray(data.y_test)))["acc"],
+        "probs": np.asarray(jax.nn.sigmoid(out.evaluate(METRICS, (grid, jnp.zeros(grid.shape[0])))["logit"])),
+        "loc0": np.asarray(locs[0]), "loc_best": np.asarray(locs[1]),
+        **{k: tr[k].reshape(cfg.seeds, -1) for k in ("max_dphi", "max_dtheta")},  # (seeds, epochs * steps)
+        "val_acc_best": np.asarray(res.best_value), "epochs_run": np.asarray(res.epochs), "loc": tr["loc"][:, :, -1],
+    }  # fmt: skip
 
 
 def summarize(r: dict[str, np.ndarray], method: str, lr: float, steps_per_epoch: int) -> dict:
@@ -151,25 +124,17 @@ def summarize(r: dict[str, np.ndarray], method: str, lr: float, steps_per_epoch:
     steps = r["epochs_run"] * steps_per_epoch
     mask = np.arange(r["max_dtheta"].shape[1])[None, :] < steps[:, None]
     dth = np.degrees(np.where(mask, r["max_dtheta"], 0.0))
-    mean, se = mean_se(r["test_acc"])
+    mean, se = report.mean_se(r["test_acc"])
     e = int(r["epochs_run"][0])
     return {
-        "lr": lr,
-        "test_acc_mean": mean,
-        "test_acc_se": se,
-        "test_acc_per_seed": r["test_acc"],
-        "val_acc_best_per_seed": r["val_acc_best"],
-        "epochs_run": r["epochs_run"],
-        "max_dtheta_deg_max": float(dth.max()),
-        "max_dtheta_deg_median": float(np.median(dth[mask])),
+        "lr": lr, "test_acc_mean": mean, "test_acc_se": se, "test_acc_per_seed": r["test_acc"],
+        "val_acc_best_per_seed": r["val_acc_best"], "epochs_run": r["epochs_run"],
+        "max_dtheta_deg_max": float(dth.max()), "max_dtheta_deg_median": float(np.median(dth[mask])),
         "frac_steps_dtheta_ge_30deg": float((dth >= 30).sum() / mask.sum()),
-        "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()),
-        "paper_test_acc_seed0": PAPER_ACC.get(method),
+        "max_dphi_max": float(np.where(mask, r["max_dphi"], 0).max()), "paper_test_acc_seed0": PAPER_ACC.get(method),
         "traj0": np.concatenate([r["loc0"][0][None], r["loc"][0][:e]], 0),  # (epochs + 1, units, 2)
-        "dtheta0": dth[0, : steps[0]],
-        "probs0": r["probs"][0],
-        "loc_best0": r["loc_best"][0],
-    }
+        "dtheta0": dth[0, : steps[0]], "probs0": r["probs"][0], "loc_best0": r["loc_best"][0],
+    }  # fmt: skip
 
 
 def plot(res: dict, data, cfg: Config) -> None:
@@ -188,16 +153,16 @@ def plot(res: dict, data, cfg: Config) -> None:
                 ax.set(xlim=(-lim, lim), ylim=(-lim, lim))
     fig.suptitle("Trajectories of the 10 spatial locations (Fig. 3 a-h); star = end")
     fig.tight_layout()
-    cli.save_figure(fig, os.path.join(cfg.workdir, "banana_trajectories.png"), dpi=100)
+    report.save_figure(fig, os.path.join(cfg.workdir, "banana_trajectories.png"), dpi=100)
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, s in res.items():
         d = np.asarray(s["dtheta0"], float)
-        ax.plot(np.arange(1, len(d) + 1), np.maximum(d, 1e-6), color=color(name), lw=0.5, label=name)
+        ax.plot(np.arange(1, len(d) + 1), np.maximum(d, 1e-6), color=report.color(name), lw=0.5, label=name)
     ax.set_yscale("log")
     ax.set(xlabel="step", ylabel="max_i |delta theta_i,t| (degrees)", title="Fig. 3i (seed 0)", ylim=(1e-4, 200))
     ax.legend()
     fig.tight_layout()
-    cli.save_figure(fig, os.path.join(cfg.workdir, "banana_max_dtheta.png"), dpi=110)
+    report.save_figure(fig, os.path.join(cfg.workdir, "banana_max_dtheta.png"), dpi=110)
     fig, axes = plt.subplots(1, len(res), figsize=(4 * len(res), 4), squeeze=False)
     g = np.linspace(-3.0, 3.0, cfg.grid)
     gx, gy = np.meshgrid(g, g)
@@ -211,7 +176,7 @@ def plot(res: dict, data, cfg: Config) -> None:
         title = f"{name.upper()} test acc {s['test_acc_per_seed'][0]:.3f} (seed 0)"
         ax.set(xlim=(-3, 3), ylim=(-3, 3), aspect="equal", title=title)
     fig.tight_layout()
-    cli.save_figure(fig, os.path.join(cfg.workdir, "banana_boundaries.png"), dpi=100)
+    report.save_figure(fig, os.path.join(cfg.workdir, "banana_boundaries.png"), dpi=100)
 
 
 def run(cfg: Config) -> dict:
@@ -219,7 +184,7 @@ def run(cfg: Config) -> dict:
         os.environ["GMPJAX_DATA_DIR"] = cfg.data_dir
     t_all = time.time()
     data = banana_splits(val_fraction=cfg.val_fraction)
-    steps_per_epoch = num_batches(loop_config(cfg), len(data.x_train))[0]
+    steps_per_epoch = num_batches(LoopConfig(cfg.epochs, "wrap", cfg.batch_size), len(data.x_train))[0]
     many = any(len(cli.lr_values(cfg, m)) > 1 for m in cfg.methods)  # then a result is named "method@lr"
     jobs = {f"{m}@{lr:g}" if many else m: (m, lr) for m in cfg.methods for lr in cli.lr_values(cfg, m)}
 
@@ -229,7 +194,7 @@ def run(cfg: Config) -> dict:
             s = summarize(train_method(m, lr, cfg, data), m, lr, steps_per_epoch)
         return {**s, "wall_s_incl_compile": time.time() - t0}
 
-    res = cli.run_jobs(cfg, list(jobs), job, desc="banana")
+    res = report.run_jobs(cfg, list(jobs), job, desc="banana")
     plot(res, data, cfg)
     out = {
         "config": dataclasses.asdict(cfg),
@@ -238,17 +203,17 @@ def run(cfg: Config) -> dict:
         "methods": {name: {k: v for k, v in s.items() if k not in PLOTS} for name, s in res.items()},
         "wall_s": time.time() - t_all,
     }
-    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), out)
+    report.write_json(os.path.join(cfg.workdir, "metrics.json"), out)
     print(f"2-D banana, {cfg.seeds} seeds, <= {cfg.epochs} epochs, split {out['sizes']}, GmP init {cfg.init!r}; "
           f"total wall {out['wall_s']:.1f} s")  # fmt: skip
     head = "method;lr;test acc mean ± s.e.;paper (seed 0);max_t max_i dtheta deg;median deg;epochs run;wall s"
     rows = [
-        [name.upper(), f"{s['lr']:g}", cli.fmt_mean_se(s["test_acc_mean"], s["test_acc_se"]),
+        [name.upper(), f"{s['lr']:g}", report.fmt_mean_se(s["test_acc_mean"], s["test_acc_se"]),
          s["paper_test_acc_seed0"], f"{s['max_dtheta_deg_max']:.2f}", f"{s['max_dtheta_deg_median']:.3g}",
          s["epochs_run"], f"{s['wall_s_incl_compile']:.1f}"]
         for name, s in out["methods"].items()
     ]  # fmt: skip
-    print(cli.markdown_table(head.split(";"), rows))
+    print(report.markdown_table(head.split(";"), rows))
     print("Paper (Fig. 3i): GmP's max|dtheta| stays low; other parameterizations reach up to 180 deg.")
     return out
 

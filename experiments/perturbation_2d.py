@@ -32,8 +32,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments import cli
-from experiments.common import COLORS
+from experiments import cli, report
 from gmpjax import cab
 from gmpjax import hyperspherical as hs
 
@@ -151,13 +150,13 @@ def plot_panels(w, b, cfg: Config, path: str) -> None:
         cabs = _perturbed_cabs_jit(w, b, delta, bn_epsilon=cfg.bn_epsilon)
         _line(ax, cabs["original"], "saddlebrown", lw=4, label="original")
         for m in cfg.methods:
-            _line(ax, cabs[m], COLORS[m], label=f"{m.upper()} perturbed")
+            _line(ax, cabs[m], report.COLORS[m], label=f"{m.upper()} perturbed")
         ax.scatter([0], [0], color="k", s=20)
         ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title=f"delta = {delta:g}", xlabel="$x_1$", ylabel="$x_2$")
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
     fig.suptitle("CAB of one ReLU unit under epsilon = delta * 1 (Fig. 1 b-e)")
     fig.tight_layout()
-    cli.save_figure(fig, path, dpi=110)
+    report.save_figure(fig, path, dpi=110)
 
 
 def plot_worst_case(w, b, cfg: Config, path: str) -> None:
@@ -173,7 +172,7 @@ def plot_worst_case(w, b, cfg: Config, path: str) -> None:
     ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title="Worst case (Prop. 2.3): normal turns 180 deg")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
-    cli.save_figure(fig, path, dpi=110)
+    report.save_figure(fig, path, dpi=110)
 
 
 def run(cfg: Config) -> dict:
@@ -196,7 +195,7 @@ def run(cfg: Config) -> dict:
         plot_worst_case(w, b, cfg, os.path.join(cfg.workdir, "worst_case_180.png"))
     res = {"config": dataclasses.asdict(cfg), "w": w, "b": b, "per_delta": table, "worst_case": wc}
     res["wall_s"] = time.time() - t0
-    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), res)
+    report.write_json(os.path.join(cfg.workdir, "metrics.json"), res)
     print(f"unit: w = {w.tolist()}, b = {b:.3g}")
     print(f"{'delta':>8} | " + " | ".join(f"{m.upper():>22}" for m in cfg.methods))
     print(f"{'':>8} | " + " | ".join(f"{'angle deg / |dphi|':>22}" for _ in cfg.methods))

@@ -10,8 +10,8 @@ plateau decay, no early stopping), lr 0.1 for GmP and 0.01 for the others (``--l
 cross-validated rates), the paper's GmP initialisation (u uniform, r = 1, lambda = 0), float64.
 ``experiments.levy_1d`` is the full reproduction of Fig. 2 with the released code's protocol.
 
-The ``--seeds`` replicas of a method train as one compiled ``gmpjax.train.loop.sweep`` (one full-batch
-step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
+The ``--seeds`` replicas of a method train as one ``gmpjax.train.replicas.train_replicas`` (one
+full-batch step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
 and ``fits.png`` under ``--workdir``.
 """
 
@@ -27,12 +27,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import cli
-from experiments.common import mean_se
+from experiments import cli, report
 from gmpjax.data.levy import levy_data
 from gmpjax.models import MLP
-from gmpjax.train import init_replicas, make_eval_step, make_train_step
-from gmpjax.train.loop import LoopConfig, sweep
+from gmpjax.train.loop import LoopConfig
+from gmpjax.train.losses import mae, on_batch
+from gmpjax.train.replicas import train_replicas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,9 +47,7 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for name in ("steps", "hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "steps", "hidden")
 
 
 def get_config() -> Config:
@@ -63,27 +61,21 @@ def quick(cfg: Config) -> dict:
     return {"steps": 500, "seeds": 2}
 
 
-def mae_loss(model, batch):
-    x, y = batch
-    return jnp.mean(jnp.abs(model(x) - y))
-
-
 def train_method(method: str, lr: float, cfg: Config, data: dict) -> dict[str, np.ndarray]:
     """``cfg.seeds`` replicas, ``cfg.steps`` steps: ``rmse (seeds,)``, ``pred (seeds, 201)``, ``final_loss``."""
-    tx = optax.adam(lr, eps=1e-7)
 
     def make(key):
         return MLP(1, (cfg.hidden,), 1, parameterization=method, param_dtype=jnp.float64, rngs=nnx.Rngs(key))
 
-    keys = jax.random.split(jax.random.key(cfg.seed), cfg.seeds)
-    graphdef, states = init_replicas(make, keys, tx)
-    train = {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))}
-    loop = LoopConfig(cfg.steps, monitor_split=None, restore="never")  # no early stopping, no plateau decay
-    res = sweep(make_train_step(graphdef, tx, mae_loss), None, states, train, loop, keys=keys, data_axis=None)
-    predict = make_eval_step(graphdef, lambda m, x: m(x)[:, 0])
-    pred = np.asarray(jax.jit(jax.vmap(lambda s: predict(s, jnp.asarray(data["x_test"]))["metric"]))(res.state))
+    # the default rules: no early stopping, no plateau decay, the last weights
+    out = train_replicas(
+        make, lambda lr: optax.adam(lr, eps=1e-7), on_batch(mae),
+        {"train": (jnp.asarray(data["x"]), jnp.asarray(data["y"]))}, LoopConfig(cfg.steps, monitor_split=None),
+        keys=jax.random.split(jax.random.key(cfg.seed), cfg.seeds), lrs=lr,
+    )  # fmt: skip
+    pred = out.evaluate(lambda m, x: m(x)[:, 0], jnp.asarray(data["x_test"]))["metric"]
     rmse = np.sqrt(np.mean((pred - data["y_test"][None, :, 0]) ** 2, axis=1))
-    return {"rmse": rmse, "pred": pred, "final_loss": np.asarray(res.history["train_loss"][:, -1])}
+    return {"rmse": rmse, "pred": pred, "final_loss": np.asarray(out.result.history["train_loss"][:, -1])}
 
 
 def run(cfg: Config) -> dict:
@@ -96,7 +88,7 @@ def run(cfg: Config) -> dict:
             for lr in cli.lr_values(cfg, m):
                 name = m if len(cfg.lr) == 1 else f"{m}@{lr:g}"
                 r = train_method(m, lr, cfg, data)
-                mean, se = mean_se(r["rmse"])
+                mean, se = report.mean_se(r["rmse"])
                 results[name] = {"lr": lr, "rmse": r["rmse"], "rmse_mean": mean, "rmse_se": se}
                 results[name]["final_train_mae"] = r["final_loss"]
                 fits[name] = r["pred"][0]
@@ -105,13 +97,9 @@ def run(cfg: Config) -> dict:
     print(f"wall time {wall:.1f}s on {jax.default_backend()}")
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")
-    metrics = {
-        "config": dataclasses.asdict(cfg),
-        "results": results,
-        "wall_time_s": wall,
-        "backend": jax.default_backend(),
-    }
-    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), metrics)
+    metrics = {"config": dataclasses.asdict(cfg), "results": results, "wall_time_s": wall,
+               "backend": jax.default_backend()}  # fmt: skip
+    report.write_json(os.path.join(cfg.workdir, "metrics.json"), metrics)
 
     import matplotlib.pyplot as plt
 
@@ -123,7 +111,7 @@ def run(cfg: Config) -> dict:
     ax.legend(fontsize=8)
     ax.set_title("quickstart: 1-D Levy, one hidden layer of 100 ReLU units (seed 0)")
     fig.tight_layout()
-    cli.save_figure(fig, os.path.join(cfg.workdir, "fits.png"))
+    report.save_figure(fig, os.path.join(cfg.workdir, "fits.png"))
     return metrics
 
 

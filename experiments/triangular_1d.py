@@ -1,22 +1,15 @@
 """1-D function fitting with the triangular-wave reparameterization (Milkert, Hyde & Laine, ICML 2025).
 
-Reproduces, in miniature and with the protocol choices of
-``../shared/research/triangular-wave.md`` section 6 (each a config value):
+In miniature, with the protocol of ``../shared/research/triangular-wave.md`` section 6 (each a config value):
 
-* **dense table**: 500 equispaced points on [0, 1], a 4-wide x 5-deep ReLU net (93
-  parameters), ``seeds`` random initialisations (30), min and mean final MSE, for
-  x^3 and x^11, rows: Kaiming (PyTorch default uniform init), RAAI (randomized
-  asymmetric init), skip pretraining (random-peak triangle weights, then raw
-  training), pretraining without Theorem 3.1 (free scales), pretraining + Theorem 3.1;
-* **sparse table**: 10 random training and 10 random test points per run, min (and
-  mean) test MSE for x^3, x^11, sin x and tanh 3x (Kaiming vs pretraining + Thm 3.1);
-* **difference**: x^3 - x fitted by ``gmpjax.layers.TriangleDifference`` (two convex
-  subnets; a width-8 block-diagonal net after the switch) vs a Kaiming width-8 MLP.
+* **dense table**: 500 points on [0, 1], a 4-wide x 5-deep ReLU net, 30 initialisations, min and mean final
+  MSE for x^3 and x^11; rows Kaiming, RAAI, skip pretraining, pretraining without / with Theorem 3.1;
+* **sparse table**: 10 random training and test points per run, min (mean) test MSE for x^3, x^11, sin x,
+  tanh 3x (Kaiming vs pretraining + Thm 3.1);
+* **difference**: x^3 - x by ``gmpjax.layers.TriangleDifference`` vs a Kaiming width-8 MLP.
 
-Every method runs its seeds as one vmapped program through
-``gmpjax.train.two_phase.train_two_phase`` (each phase a full-batch ``LoopConfig`` of
-``gmpjax.train.loop``). Methods without a pretraining phase get the same total number
-of updates (``pretrain_steps + finetune_steps``).
+Every method runs its seeds through ``gmpjax.train.two_phase.train_two_phase`` (the replica trainer, one
+full-batch phase after the other); methods without pretraining get as many updates in all.
 
     python -m experiments.triangular_1d            # full tables
     python -m experiments.triangular_1d --quick    # CI smoke run
@@ -36,27 +29,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import cli
+from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.layers import ReLUMLP, TriangleDifference, TriangleNet
 from gmpjax.regions import plot_linear_regions
+from gmpjax.train.losses import mse as mse_fn
+from gmpjax.train.losses import on_batch
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
 TARGETS = {  # name: (f, sign, output_affine)   sign -1: convex on [0,1]; +1: concave (needs a gain/offset head)
-    "x3": (lambda x: x**3, -1, False),
-    "x11": (lambda x: x**11, -1, False),
-    "sin": (lambda x: jnp.sin(x), +1, True),
-    "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
-}
+    "x3": (lambda x: x**3, -1, False), "x11": (lambda x: x**11, -1, False),
+    "sin": (lambda x: jnp.sin(x), +1, True), "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
+}  # fmt: skip
 TARGET_LABEL = {"x3": "x^3", "x11": "x^11", "sin": "sin x", "tanh3": "tanh 3x"}
 METHODS = ("kaiming", "raai", "skip", "noreg", "thm31")
-METHOD_LABEL = {
-    "kaiming": "Kaiming (PyTorch default)",
-    "raai": "RAAI",
-    "skip": "skip pretraining",
-    "noreg": "pretraining, no reg.",
-    "thm31": "pretraining + Thm 3.1",
-}
+METHOD_LABEL = {"kaiming": "Kaiming (PyTorch default)", "raai": "RAAI", "skip": "skip pretraining",
+                "noreg": "pretraining, no reg.", "thm31": "pretraining + Thm 3.1"}  # fmt: skip
 DIFFERENCE = {  # model: (schedule of, label); the x^3 - x experiment
     "difference_of_subnets": ("thm31", "difference of two Thm-3.1 subnets (width 8 after switch)"),
     "kaiming_width8": ("kaiming", "Kaiming width-8 MLP"),
@@ -111,9 +99,7 @@ class Config(cli.Common):
         cli.check_choice("dense_targets", self.dense_targets, TARGETS)
         cli.check_choice("sparse_targets", self.sparse_targets, TARGETS)
         cli.check_choice("dtype", (self.dtype,), ("float32", "float64"))
-        for name in ("depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        cli.positive(self, "depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps")
         if self.pretrain_steps < 0 or self.finetune_steps < 0:
             raise ValueError("--pretrain-steps and --finetune-steps must be >= 0")
 
@@ -127,14 +113,8 @@ CONFIGS = {"paper": get_config}
 
 
 def quick(cfg: Config) -> dict:
-    return dict(
-        seeds=3,
-        pretrain_steps=60,
-        finetune_steps=120,
-        chunk_steps=60,
-        n_dense=200,
-        workdir="results/triangular_1d_quick",
-    )
+    return dict(seeds=3, pretrain_steps=60, finetune_steps=120, chunk_steps=60, n_dense=200,
+                workdir="results/triangular_1d_quick")  # fmt: skip
 
 
 def _dtype(cfg: Config):
@@ -156,27 +136,19 @@ def make_model_fn(method: str, cfg: Config, target: str, dtype, width: int = 4):
     if method == "skip":
         return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k), **common)
     scales = "free" if method == "noreg" else "theorem31"
-    return lambda k: TriangleNet(
-        cfg.depth, sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, rngs=nnx.Rngs(k), **common
-    )
+    kw = dict(sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, **common)
+    return lambda k: TriangleNet(cfg.depth, rngs=nnx.Rngs(k), **kw)
 
 
 def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
     pre = cfg.pretrain_steps if method in ("noreg", "thm31") else 0
     fine = cfg.finetune_steps + (cfg.pretrain_steps - pre if cfg.equal_total_steps else 0)
-    return TwoPhaseConfig(
-        pretrain_steps=pre, finetune_steps=fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps
-    )
+    return TwoPhaseConfig(pre, fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps)
 
 
 def _tag(name: str) -> int:
     """A stable 31-bit integer for a name (Python's ``hash`` is salted per process)."""
     return zlib.crc32(name.encode()) & 0x7FFFFFFF
-
-
-def mse_loss(model, batch):
-    x, y = batch
-    return jnp.mean((model(x) - y) ** 2)
 
 
 def make_data(kind: str, target: str, cfg: Config, dtype):
@@ -199,7 +171,7 @@ def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict
     keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), _tag(f"{method}/{target}")), cfg.seeds)
     t0 = time.time()
     res = train_two_phase(
-        make_model_fn(method, cfg, target, dtype), keys, mse_loss, train, schedule(method, cfg, lr),
+        make_model_fn(method, cfg, target, dtype), keys, on_batch(mse_fn), train, schedule(method, cfg, lr),
         batch_axis=0 if kind == "sparse" else None, snapshot=region_snapshot(cfg.region_min_width),
         progress=cfg.progress, desc=f"{target}/{model}",
     )  # fmt: skip
@@ -221,23 +193,17 @@ def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict
 
 def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
     """``job name -> (kind, target, method, lr, key in the results)``; the key carries the lr when there are several."""
-    out = {}
-    groups = [("dense", t, cfg.methods) for t in cfg.dense_targets] + [
-        ("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets
-    ]
+    groups = [("dense", t, cfg.methods) for t in cfg.dense_targets]
+    groups += [("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets]
     groups += [("difference", "x3-x", tuple(DIFFERENCE))] if cfg.difference else []
     lrs = cli.lr_values(cfg, "")
-    for kind, target, methods in groups:
-        for m in methods:
-            for lr in lrs:
-                key = m if len(lrs) == 1 else f"{m}@{lr:g}"
-                out[f"{kind}-{target}-{key}"] = (kind, target, m, lr, key)
-    return out
+    keys = [(kind, t, m, lr, m if len(lrs) == 1 else f"{m}@{lr:g}") for kind, t, ms in groups for m in ms for lr in lrs]
+    return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, m, lr, key in keys}
 
 
 def run(cfg: Config) -> dict:
     t0, specs = time.time(), jobs(cfg)
-    done = cli.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
+    done = report.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
     results: dict = {"config": dataclasses.asdict(cfg), "dense": {}, "sparse": {}, "difference": {}}
     for job, (kind, target, _, _, key) in specs.items():
         results[kind].setdefault(target, {})[key] = done[job]
@@ -250,7 +216,7 @@ def run(cfg: Config) -> dict:
     print(table)
     with open(os.path.join(cfg.workdir, "tables.md"), "w") as f:
         f.write(table + "\n")
-    cli.write_json(os.path.join(cfg.workdir, "metrics.json"), _strip(results))
+    report.write_json(os.path.join(cfg.workdir, "metrics.json"), _strip(results))
     return results
 
 
@@ -294,15 +260,11 @@ def _dense_table(dense: dict) -> list[str]:
             (mn, me), (pm, pme) = summary(block[k]), PAPER_DENSE[block[k]["method"]][t]
             cells += [f"{mn:.2e}", f"{pm:.2e}", f"{me:.2e}", f"{pme:.2e}"]
         rows.append([*cells, "/".join(_regions(block[k]) for block in dense.values())])
-    lines += [cli.markdown_table([*head, "final regions (median)"], rows), ""]
+    lines += [report.markdown_table([*head, "final regions (median)"], rows), ""]
     walls = ", ".join(f"{TARGET_LABEL[t]} {b['_wall_s']:.0f} s" for t, b in dense.items())
     lines.append(f"Wall time per target (all methods): {walls}")
-    pre = [
-        "{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
-        for t, b in dense.items()
-        for k in _methods(dense)
-        if "pretrain_mse" in b[k]
-    ]
+    pre = ["{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
+           for t, b in dense.items() for k in _methods(dense) if "pretrain_mse" in b[k]]  # fmt: skip
     return lines + (["MSE at the end of pretraining (min / mean): " + "; ".join(pre)] if pre else []) + [""]
 
 
@@ -316,7 +278,7 @@ def _sparse_table(sparse: dict) -> list[str]:
             cells += [f"{mn:.2e} ({me:.1e})", f"{PAPER_SPARSE.get(block[k]['method'], {}).get(t, float('nan')):.2e}"]
         rows.append(cells)
     head = ["method"] + [f"{TARGET_LABEL[t]} ({w})" for t in sparse for w in ("ours", "paper")]
-    return [*lines, cli.markdown_table(head, rows), ""]
+    return [*lines, report.markdown_table(head, rows), ""]
 
 
 def format_tables(results: dict) -> str:
@@ -325,11 +287,9 @@ def format_tables(results: dict) -> str:
     if results["difference"]:
         lines.append("## x^3 - x as a difference of two convex subnets (no paper numbers)\n")
         d, labels = results["difference"]["x3-x"], {k: v[1] for k, v in DIFFERENCE.items()}
-        rows = [
-            [_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
-            for k in _methods(results["difference"])
-        ]
-        lines += [cli.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
+        rows = [[_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
+                for k in _methods(results["difference"])]  # fmt: skip
+        lines += [report.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
     lines.append(f"Total wall time: {results['wall_s']:.0f} s")
     return "\n".join(lines)
 
@@ -357,7 +317,7 @@ def make_figures(results: dict, cfg: Config) -> None:
                 axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {mn:.1e}", fontsize=8)
                 axes[i, j].legend().set_visible(False)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
         fig, axes = plt.subplots(2, len(targets), figsize=(4.2 * len(targets), 6.2), squeeze=False)
         for i, t in enumerate(targets):  # loss curves and region counts
             for m in methods:
@@ -374,7 +334,7 @@ def make_figures(results: dict, cfg: Config) -> None:
             axes[0, i].legend(fontsize=7)
             axes[1, i].legend(fontsize=7)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
     if results["difference"]:
         d = results["difference"]["x3-x"]
         models = _methods(results["difference"])
@@ -383,7 +343,7 @@ def make_figures(results: dict, cfg: Config) -> None:
             plot_linear_regions(_layers(d[k]), (0.0, 1.0), ax=ax, target=lambda z: z**3 - z)
             ax.set_title(f"x^3 - x, {k}: {summary(d[k])[0]:.1e}", fontsize=8)
         fig.tight_layout()
-        cli.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
+        report.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
 
 
 def main(argv=None):

@@ -2,18 +2,15 @@
 
 Two protocols (``--protocol``), each one ``Config``:
 
-* ``paper`` (App. C.1, ``get_config``): full-batch Adam; per split the learning rate
-  is chosen from {0.001, 0.003, 0.01, 0.03, 0.1, 0.3} on a validation part carved
-  from the training part (20% of it); early stopping and plateau lr decay watch
-  that part only; MSE loss on standardised targets; the test part is touched once,
-  to report the selected model's RMSE.
-* ``official`` (released ``uci_regression.py``, ``get_official_config``): MAE loss on
-  raw targets, batch 1024, lr 0.1 for GmP / 0.01 otherwise, the released GmP init,
-  up to 5000 epochs, Keras ReduceLROnPlateau and EarlyStopping both watching the
-  **test** split (test data leaks into training decisions; a warning is printed).
+* ``paper`` (App. C.1, ``get_config``): full-batch Adam; per split the learning rate is chosen from
+  {0.001, ..., 0.3} on a validation part carved from the training part (20% of it); early stopping and
+  plateau lr decay watch that part only; MSE loss on standardised targets; the test part is touched once.
+* ``official`` (released ``uci_regression.py``, ``get_official_config``): MAE loss on raw targets, batch
+  1024, lr 0.1 for GmP / 0.01 otherwise, the released GmP init, up to 5000 epochs, Keras ReduceLROnPlateau
+  and EarlyStopping both watching the **test** split (test data leaks; a warning is printed).
 
-Every dataset x method trains its splits x learning rates with ``gmpjax.train.loop.sweep``,
-``--chunk`` replicas per sweep (one compiled program, run once per batch of replicas).
+Every dataset x method trains its splits x lrs with ``gmpjax.train.replicas.train_replicas``, ``--chunk``
+replicas per sweep. The training rules are ``--rules.*`` flags (``--rules.patience``, ``--rules.restore``, ...).
 
 Run ``python -m experiments.uci`` (full table) or ``--quick``.
 """
@@ -31,21 +28,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import cli
-from experiments.common import mean_se
-from gmpjax.data.uci import (
-    SPLIT_RULES,
-    UCI_NAMES,
-    check_dataset_name,
-    load_uci,
-    make_split,
-    split_indices,
-    train_val_test_indices,
-)
+from experiments import cli, report
+from gmpjax.data.uci import SPLIT_RULES, UCI_NAMES, check_dataset_name, load_uci, stacked_splits
 from gmpjax.models import MLP
-from gmpjax.train.engine import init_replicas, make_eval_step, make_train_step
-from gmpjax.train.loop import LoopConfig, sweep
-from gmpjax.train.plateau import PlateauConfig
+from gmpjax.train.loop import LoopConfig
+from gmpjax.train.losses import mae, mse, on_batch
+from gmpjax.train.replicas import replica_grid, train_replicas
+from gmpjax.train.rules import PlateauConfig, Rules
 
 LR_GRID = ("0.001", "0.003", "0.01", "0.03", "0.1", "0.3")
 # Paper Table 1: test RMSE mean +- standard error over 10 random 80/20 splits.
@@ -91,14 +80,9 @@ class Config(cli.Common):
     large_max_epochs: int = cli.field(300, "epoch cap for datasets with more than --large-rows fit rows")
     large_rows: int = cli.field(2000, "fit rows above which --large-max-epochs applies (power, naval)")
     batch_size: int = cli.field(0, "minibatch rows, ceil(N/B) equal batches per epoch (0: full batch)")
-    es_patience: int = cli.field(100, "early-stopping patience (epochs)")
-    plateau_patience: int = cli.field(50, "epochs without improvement before lr x --plateau-factor")
-    plateau_factor: float = cli.field(0.1, "plateau lr factor")
-    plateau_min_delta: float = cli.field(0.0, "plateau improvement threshold")
-    restore: str = cli.field(
-        "always",
-        "return the best epoch's weights: always, only if early stopping fired (Keras), never",
-        choices=("always", "if_stopped", "never"),
+    rules: Rules = cli.field(
+        Rules(monitor="mse", patience=100, restore="always", plateau=PlateauConfig(50, 0.1, 0.0)),
+        "early stopping and lr decay on the monitored split's MSE",
     )
     chunk: int = cli.field(2, "replicas per sweep, one sweep after the other (0: all splits x lrs at once)")
     segment: int = cli.field(0, "with --chunk 0: compact stopped replicas away every k epochs (0: never)")
@@ -107,9 +91,7 @@ class Config(cli.Common):
         super().__post_init__()
         for d in self.datasets:
             check_dataset_name(d)
-        for k in ("hidden", "max_epochs", "large_max_epochs", "es_patience", "plateau_patience"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 1 (got {getattr(self, k)})")
+        cli.positive(self, "hidden", "max_epochs", "large_max_epochs")
         if min(self.batch_size, self.chunk, self.segment) < 0:
             raise ValueError("--batch-size, --chunk and --segment must be >= 0")
         if not 0 < self.val_fraction < 1:
@@ -123,28 +105,17 @@ def get_config() -> Config:
 
 def get_official_config() -> Config:
     """The released code's protocol (``uci_regression/uci_regression.py`` of the GmP repository)."""
-    # Each setting, and the line of the released script it follows:
-    #   lr ("cv": 0.1 GmP, 0.01 others)  lr_gmp = 0.1; lr_others = 0.01 (fixed: no grid, no CV)
-    #   max_epochs = large_max_epochs = 5000   n_epochs = 5000 (every dataset)
-    #   init "official"               DenseReparam's GlorotUniformHyperSpherical init (r = ||w||, half-sphere angles)
-    #   batch_size 1024               batch_size = 1024; Keras' short last batch -> ceil(N/B) equal batches
-    #                                 ("even" batching; <= 1024 rows, i.e. all but power/naval: full batch)
-    #   loss "mae"                    loss='mean_absolute_error' (metric MSE; reported sqrt(test MSE))
-    #   standardize_target False      only the features pass through the Normalization layer
-    #   monitor "test"                validation_data=(test_features, test_labels); callbacks watch
-    #                                 'val_mean_squared_error'
-    #   es_patience 100               EarlyStopping(patience=early_stop_patience=100, min_delta=0 (default))
-    #   restore "if_stopped"          restore_best_weights=True: Keras restores the best weights only in the
-    #                                 epoch at which stopping fires (a run reaching n_epochs keeps the last)
-    #   plateau_patience 50, factor 0.1   ReduceLROnPlateau(factor=0.1, patience=early_stop_patience // 2)
-    #   plateau_min_delta 1e-4        ReduceLROnPlateau's default min_delta (cooldown 0, min_lr 0)
-    #   Adam eps 1e-7                 Keras Adam default (make_tx, shared with the paper protocol)
-    #   split "released"              train_test_split(test_size=0.2, random_state=seed): the same 80/20 sets
-    #                                 (docs/uci_official.md: which splits fail decides the bimodal spread)
+    # Each setting and the released script's line (docs/uci_official.md has the details):
+    #   lr "cv" (0.1 GmP, 0.01 others; no grid)   max_epochs 5000 for every dataset
+    #   init "official" (Glorot-derived r, half-sphere angles)   batch 1024, Keras' short last batch -> "even"
+    #   loss MAE on raw targets (reported sqrt(test MSE))   monitor "test": validation_data = the test split
+    #   EarlyStopping(patience 100, restore_best_weights: only when it fires -> restore "if_stopped")
+    #   ReduceLROnPlateau(factor 0.1, patience 50, min_delta 1e-4)   Adam eps 1e-7 (Keras' default)
+    #   split "released": train_test_split(test_size=0.2, random_state=seed)
+    rules = Rules(monitor="mse", patience=100, restore="if_stopped", plateau=PlateauConfig(50, 0.1, 1e-4))
     return Config(
         lr=("cv",), split="released", max_epochs=5000, large_max_epochs=5000, init="official", batch_size=1024,
-        loss="mae", standardize_target=False, monitor="test", es_patience=100, restore="if_stopped",
-        plateau_patience=50, plateau_factor=0.1, plateau_min_delta=1e-4,
+        loss="mae", standardize_target=False, monitor="test", rules=rules,
     )  # fmt: skip
 
 
@@ -153,156 +124,54 @@ CONFIGS = {"paper": get_config, "official": get_official_config}
 
 def quick(cfg: Config) -> dict:
     """Smoke run: boston + yacht, 2 splits, <= 60 epochs, shorter patience, lrs {0.01, 0.1} for the grid."""
-    return dict(
-        datasets=("boston", "yacht"),
-        seeds=min(cfg.seeds, 2),
-        max_epochs=min(cfg.max_epochs, 60),
-        large_max_epochs=min(cfg.large_max_epochs, 60),
-        es_patience=min(cfg.es_patience, 20),
-        plateau_patience=min(cfg.plateau_patience, 10),
-        lr=cfg.lr if "cv" in cfg.lr else ("0.01", "0.1"),
-    )
+    r = cfg.rules
+    return {
+        "datasets": ("boston", "yacht"),
+        "seeds": min(cfg.seeds, 2),
+        "max_epochs": min(cfg.max_epochs, 60),
+        "large_max_epochs": min(cfg.large_max_epochs, 60),
+        "rules.patience": min(r.patience or 20, 20),
+        "rules.plateau.patience": min(r.plateau.patience if r.plateau else 10, 10),
+        "lr": cfg.lr if "cv" in cfg.lr else ("0.01", "0.1"),
+    }
 
 
-def loop_config(cfg: Config, num_fit: int) -> LoopConfig:
-    """The fit loop's rules for a dataset with ``num_fit`` training rows."""
-    return LoopConfig(
-        max_epochs=cfg.max_epochs if num_fit <= cfg.large_rows else cfg.large_max_epochs,
-        batching="even" if cfg.batch_size else "full",
-        batch_size=cfg.batch_size or None,
-        monitor="mse",
-        monitor_split="val",
-        patience=cfg.es_patience,
-        restore=cfg.restore,  # type: ignore[arg-type]
-        plateau=PlateauConfig(cfg.plateau_patience, cfg.plateau_factor, cfg.plateau_min_delta),
-    )
-
-
-# --------------------------------------------------------------------------- data and training
-
-
-def build_split_arrays(
-    x, y, *, splits: int, seed: int, monitor: str, val_fraction: float, standardize_target: bool, rule: str = "gmpjax"
-):
-    """Stack ``splits`` standardised splits into float32 arrays with a leading split axis ``S``.
-
-    Split ``s`` uses seed ``seed + s`` and ``gmpjax.data.uci.split_indices``'s ``rule``.
-    ``monitor="val"``: fit = the training part minus a
-    ``val_fraction`` carve-out, val = that carve-out, statistics from the fit rows.
-    ``monitor="test"``: fit = the whole training part and val = the test part.
-
-    Returns:
-      dict of ``x_fit (S, Nf, D)``, ``y_fit (S, Nf)``, ``x_val``, ``y_val``, ``x_test``, ``y_test``, ``y_std (S,)``.
-    """
-    parts = []
-    for s in range(splits):
-        if monitor == "val":
-            fit, val, test = train_val_test_indices(len(y), seed + s, 0.2, val_fraction, rule)
-            sp = make_split(x, y, fit, test, val_idx=val, standardize_target=standardize_target)
-            parts.append((sp.x_train, sp.y_train, sp.x_val, sp.y_val, sp.x_test, sp.y_test, sp.y_std))
-        else:
-            train, test = split_indices(len(y), seed + s, 0.2, rule)
-            sp = make_split(x, y, train, test, standardize_target=standardize_target)
-            parts.append((sp.x_train, sp.y_train, sp.x_test, sp.y_test, sp.x_test, sp.y_test, sp.y_std))
-    names = ("x_fit", "y_fit", "x_val", "y_val", "x_test", "y_test", "y_std")
-    return {k: np.stack([p[i] for p in parts]).astype(np.float32) for i, k in enumerate(names)}
-
-
-def make_tx():
+def optimizer(lr: float) -> optax.GradientTransformation:
     """Adam with Keras' epsilon (1e-7); the learning rate is a per-replica hyper-parameter."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=1e-3, eps=1e-7)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
 
 
-def init_states(method: str, init: str, num_features: int, hidden: int, keys: jax.Array):
-    """``(graphdef, states)``: one MLP per key (leading axis = keys)."""
-    make = lambda k: MLP(num_features, (hidden,), 1, parameterization=method, init=init, rngs=nnx.Rngs(k))  # noqa: E731
-    return init_replicas(make, keys, make_tx())
+def train_dataset(cfg: Config, method: str, data: dict, lrs) -> tuple[dict[str, np.ndarray], int]:
+    """Every split x learning rate of one dataset x method (``replica_grid``: replica ``s * L + l``).
 
-
-def make_steps(graphdef, loss: str):
-    """``(train_step, eval_fn)``: Adam on the mean squared / absolute error of ``model(x)[:, 0]``; eval ``{"mse"}``."""
-
-    def err(model, batch):
-        return model(batch[0])[:, 0] - batch[1]
-
-    def loss_fn(model, batch):
-        e = err(model, batch)
-        return jnp.mean(e**2) if loss == "mse" else jnp.mean(jnp.abs(e))
-
-    def mse(model, batch):
-        return {"mse": jnp.mean(err(model, batch) ** 2)}
-
-    return make_train_step(graphdef, make_tx(), loss_fn), make_eval_step(graphdef, mse)
-
-
-def run_sweep(
-    method: str,
-    data: dict,
-    lrs,
-    loop: LoopConfig,
-    *,
-    init: str = "uniform",
-    hidden: int = 100,
-    seed: int = 0,
-    loss: str = "mse",
-    chunk: int = 0,
-    segment: int | None = None,
-) -> dict[str, np.ndarray]:
-    """Train every split x learning rate of one dataset x method with ``sweep``.
-
-    Replica ``r = s * L + l`` is split ``s`` with ``lrs[l]``; its model is initialised from
-    ``fold_in(key(seed), s)`` (the same for every lr) and shuffled with ``fold_in(that, 1)``.
-    ``chunk = 0``: one batch of all ``S * L`` replicas (compacting stopped ones every ``segment``
-    epochs, if given); ``chunk = c``: ``sweep(..., chunk=c)``, batches of ``c`` replicas one after
-    the other with one compiled program: a small batch keeps its activations ``(c, N, hidden)`` in
-    cache and stops with its own slowest replica.
-
-    Returns:
-      numpy arrays ``(S, L)``: ``val_mse`` (best monitored MSE), ``best_epoch`` (1-based),
-      ``epochs``, ``stopped``, ``lr_scale`` and ``test_rmse`` of the returned weights (target scale).
+    Split ``s``'s model is initialised from ``fold_in(key(seed), s)`` (the same for every lr) and
+    shuffled with ``fold_in(that, 1)``. Returns numpy arrays ``(S, L)`` -- ``val_mse`` (best
+    monitored MSE), ``best_epoch``, ``epochs``, ``stopped``, ``lr_scale`` and ``test_rmse`` of the
+    returned weights (target scale) -- and the epoch cap.
     """
-    S, _, D = data["x_fit"].shape
-    L = len(lrs)
-    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(seed), s))(jnp.arange(S))
-    graphdef, states = init_states(method, init, D, hidden, keys)
-    train_step, eval_fn = make_steps(graphdef, loss)
-    shuffle = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+    S, n_fit, D = data["x_fit"].shape
+    split_of, lr_of = replica_grid(S, lrs)
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(cfg.seed), s))(jnp.asarray(split_of))
+    max_epochs = cfg.max_epochs if n_fit <= cfg.large_rows else cfg.large_max_epochs
+    batching = "even" if cfg.batch_size else "full"
+    loop = LoopConfig(max_epochs, batching, cfg.batch_size or None, monitor_split="val", rules=cfg.rules)
+    make = lambda k: MLP(D, (cfg.hidden,), 1, parameterization=method, init=cfg.init, rngs=nnx.Rngs(k))  # noqa: E731
     split = {k: (jnp.asarray(data[f"x_{k}"]), jnp.asarray(data[f"y_{k}"])) for k in ("fit", "val", "test")}
-    split_of, lr_of = np.repeat(np.arange(S, dtype=np.int32), L), np.tile(np.asarray(lrs, np.float32), S)
-    take = lambda tree: jax.tree.map(lambda a: a[split_of], tree)  # noqa: E731  -- per replica, from its split
-    res = sweep(
-        train_step,
-        eval_fn,
-        take(states),
-        {"train": split["fit"], "val": split["val"]},
-        loop,
-        keys=take(shuffle),
-        lrs=jnp.asarray(lr_of),
-        data_index=split_of,
-        chunk=chunk or None,
-        segment=segment,
-    )
-    test = take(split["test"])
-    rmse = jax.jit(jax.vmap(lambda st, t, s: jnp.sqrt(eval_fn(st, t)["mse"]) * s))
-    out = jax.device_get(
-        dict(
-            val_mse=res.best_value,
-            best_epoch=res.best_epoch,
-            epochs=res.epochs,
-            stopped=res.stopped,
-            lr_scale=res.lr_scale,
-            test_rmse=rmse(res.state, test, take(jnp.asarray(data["y_std"]))),
-        )
-    )
-    return {k: np.asarray(v).reshape(S, L) for k, v in out.items()}
-
-
-def select_by_validation(val_mse: np.ndarray) -> np.ndarray:
-    """Index of the learning rate with the lowest validation MSE per split: ``(S, L) -> (S,)``."""
-    return np.argmin(np.where(np.isfinite(val_mse), val_mse, np.inf), axis=1)
-
-
-# --------------------------------------------------------------------------- reporting
+    out = train_replicas(
+        make, optimizer, on_batch(mse if cfg.loss == "mse" else mae, squeeze=True),
+        {"train": split["fit"], "val": split["val"]}, loop, keys=keys, lrs=lr_of,
+        metrics=on_batch({"mse": mse}, squeeze=True), data_axis=0, data_index=split_of,
+        shuffle_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), chunk=cfg.chunk or None,
+        segment=cfg.segment or None,
+    )  # fmt: skip
+    test = jax.tree.map(lambda a: a[split_of], split["test"])
+    test_mse = out.evaluate(on_batch({"mse": mse}, squeeze=True), test, axis=0)["mse"]
+    res = jax.device_get(out.result)
+    cols = {
+        "val_mse": res.best_value, "best_epoch": res.best_epoch, "epochs": res.epochs, "stopped": res.stopped,
+        "lr_scale": res.lr_scale, "test_rmse": np.sqrt(test_mse) * data["y_std"][split_of],
+    }  # fmt: skip
+    return {k: np.asarray(v).reshape(S, len(lrs)) for k, v in cols.items()}, max_epochs
 
 
 def table(results: dict, datasets, methods) -> str:
@@ -310,10 +179,10 @@ def table(results: dict, datasets, methods) -> str:
 
     def cell(d, m):
         r, p = results.get(d, {}).get(m), PAPER_TABLE1.get(m, {}).get(d)
-        ours = cli.fmt_mean_se(r["test_rmse_mean"], r["test_rmse_se"]) if r else "—"
+        ours = report.fmt_mean_se(r["test_rmse_mean"], r["test_rmse_se"]) if r else "—"
         return f"{ours} (paper {p[0]:.3f} ± {p[1]:.3f})" if p else ours
 
-    return cli.markdown_table(
+    return report.markdown_table(
         ["Method", *(d.capitalize() for d in datasets)], [[m.upper(), *(cell(d, m) for d in datasets)] for m in methods]
     )
 
@@ -324,10 +193,8 @@ def target_check(results: dict, datasets) -> dict[str, dict[str, bool]]:
     for d in (d for d in datasets if "gmp" in results.get(d, {})):
         means = {m: v["test_rmse_mean"] for m, v in results[d].items()}
         pm, pse = PAPER_TABLE1["gmp"][d]
-        out[d] = {
-            "within_2se_or_better": bool(means["gmp"] <= pm + 2 * pse),
-            "gmp_first": bool(len(means) > 1 and min(means, key=means.get) == "gmp"),
-        }
+        first = bool(len(means) > 1 and min(means, key=means.get) == "gmp")
+        out[d] = {"within_2se_or_better": bool(means["gmp"] <= pm + 2 * pse), "gmp_first": first}
     return out
 
 
@@ -340,16 +207,15 @@ def plot_results(results: dict, datasets, methods, path: str) -> None:
         xs = np.arange(len(methods))
         ours = [results[d][m] for m in methods]
         paper = [PAPER_TABLE1.get(m, {}).get(d, (np.nan, np.nan)) for m in methods]
-        ax.errorbar(
-            xs - 0.1, [r["test_rmse_mean"] for r in ours], [r["test_rmse_se"] for r in ours], fmt="o", label="ours"
-        )
+        ax.errorbar(xs - 0.1, [r["test_rmse_mean"] for r in ours], [r["test_rmse_se"] for r in ours], fmt="o",
+                    label="ours")  # fmt: skip
         ax.errorbar(xs + 0.1, [p[0] for p in paper], [p[1] for p in paper], fmt="s", label="paper")
         ax.set_xticks(xs, [m.upper() for m in methods])
         ax.set_title(d)
     axes[0][0].set_ylabel("test RMSE")
     axes[0][0].legend()
     fig.tight_layout()
-    cli.save_figure(fig, path)
+    report.save_figure(fig, path)
 
 
 def run(cfg: Config) -> dict:
@@ -367,58 +233,31 @@ def run(cfg: Config) -> dict:
         d, m = name.split("_", 1)
         if d not in cache:
             cache.clear()
-            cache[d] = build_split_arrays(
-                *load_uci(d),
-                splits=cfg.seeds,
-                seed=cfg.seed,
-                monitor=cfg.monitor,
-                val_fraction=cfg.val_fraction,
-                standardize_target=cfg.standardize_target,
-                rule=cfg.split,
-            )
-        data, lrs = cache[d], cli.lr_values(cfg, m)
-        loop = loop_config(cfg, data["x_fit"].shape[1])
+            cache[d] = stacked_splits(
+                *load_uci(d), splits=cfg.seeds, seed=cfg.seed, monitor=cfg.monitor, val_fraction=cfg.val_fraction,
+                standardize_target=cfg.standardize_target, rule=cfg.split,
+            )  # fmt: skip
+        lrs = cli.lr_values(cfg, m)
         t0, c0 = time.perf_counter(), time.process_time()
-        out = run_sweep(
-            m,
-            data,
-            lrs,
-            loop,
-            init=cfg.init,
-            hidden=cfg.hidden,
-            seed=cfg.seed,
-            loss=cfg.loss,
-            chunk=cfg.chunk,
-            segment=cfg.segment or None,
-        )
+        out, max_epochs = train_dataset(cfg, m, cache[d], lrs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        pick = select_by_validation(out["val_mse"])
+        pick = np.argmin(np.where(np.isfinite(out["val_mse"]), out["val_mse"], np.inf), axis=1)  # lowest val MSE
         at = lambda k: out[k][np.arange(len(pick)), pick]  # noqa: E731
-        mean, se = mean_se(at("test_rmse"))
+        mean, se = report.mean_se(at("test_rmse"))
         r = dict(
-            test_rmse_mean=mean,
-            test_rmse_se=se,
-            test_rmse=at("test_rmse"),
-            selected_lr=[lrs[i] for i in pick],
-            best_epoch=at("best_epoch"),
-            epochs_run=at("epochs"),
-            val_mse_grid=out["val_mse"],
-            test_rmse_grid=out["test_rmse"],
-            epochs_grid=out["epochs"],
-            max_epochs=loop.max_epochs,
-            max_epochs_run=int(out["epochs"].max()),
-            lrs=list(lrs),
-            wall_s=wall,
-            cpu_s=cpu,
-        )
+            test_rmse_mean=mean, test_rmse_se=se, test_rmse=at("test_rmse"), selected_lr=[lrs[i] for i in pick],
+            best_epoch=at("best_epoch"), epochs_run=at("epochs"), val_mse_grid=out["val_mse"],
+            test_rmse_grid=out["test_rmse"], epochs_grid=out["epochs"], max_epochs=max_epochs,
+            max_epochs_run=int(out["epochs"].max()), lrs=list(lrs), wall_s=wall, cpu_s=cpu,
+        )  # fmt: skip
         print(
-            f"{d:9s} {m:4s} test RMSE {cli.fmt_mean_se(mean, se)}  lrs {r['selected_lr']}  epochs<= "
-            f"{r['max_epochs_run']}/{loop.max_epochs}  wall {wall:.1f}s cpu {cpu:.1f}s",
+            f"{d:9s} {m:4s} test RMSE {report.fmt_mean_se(mean, se)}  lrs {r['selected_lr']}  epochs<= "
+            f"{r['max_epochs_run']}/{max_epochs}  wall {wall:.1f}s cpu {cpu:.1f}s",
             flush=True,
         )
         return r
 
-    jobs = cli.run_jobs(cfg, [f"{d}_{m}" for d in cfg.datasets for m in cfg.methods], job, desc="uci")
+    jobs = report.run_jobs(cfg, [f"{d}_{m}" for d in cfg.datasets for m in cfg.methods], job, desc="uci")
     results: dict[str, dict] = {}
     for name, r in jobs.items():
         d, m = name.split("_", 1)
@@ -426,18 +265,12 @@ def run(cfg: Config) -> dict:
     datasets = sorted(cfg.datasets, key=UCI_NAMES.index)  # the paper's column order
     checks, md = target_check(results, datasets), table(results, datasets, cfg.methods)
     summary = dict(
-        config=cfg,
-        wall_s=time.perf_counter() - t_all,
-        cpu_s=time.process_time() - c_all,
-        results=results,
-        target_check=checks,
-        num_datasets=len(checks),
+        config=cfg, wall_s=time.perf_counter() - t_all, cpu_s=time.process_time() - c_all, results=results,
+        target_check=checks, num_datasets=len(checks),
         gmp_within_2se_or_better=sum(c["within_2se_or_better"] for c in checks.values()),
-        gmp_first=sum(c["gmp_first"] for c in checks.values()),
-        device=str(jax.devices()[0]),
-        table_md=md,
-    )
-    cli.write_json(os.path.join(cfg.workdir, "results.json"), summary)
+        gmp_first=sum(c["gmp_first"] for c in checks.values()), device=str(jax.devices()[0]), table_md=md,
+    )  # fmt: skip
+    report.write_json(os.path.join(cfg.workdir, "results.json"), summary)
     with open(os.path.join(cfg.workdir, "table.md"), "w") as f:
         f.write(md + "\n")
     plot_results(results, datasets, cfg.methods, os.path.join(cfg.workdir, "uci_rmse.png"))

@@ -18,6 +18,7 @@ from gmpjax.layers import make_dense
 from gmpjax.models import MLP
 from gmpjax.train import init_replicas, init_train_state, make_train_step
 from gmpjax.train.loop import LoopConfig, fit
+from gmpjax.train.rules import Rules
 
 
 # ----------------------------------------------------------------------------- hand-computed 2-D units
@@ -240,7 +241,7 @@ def test_track_cab_vmaps_over_replicas_and_runs_as_the_loops_track_hook():
     loss = lambda m, b: jnp.mean((m(b[0]) - b[1]) ** 2)  # noqa: E731
     step = make_train_step(graphdef, tx, loss)
     batch = (jax.random.normal(jax.random.key(1), (16, 2)), jnp.ones((16, 1)))
-    cfg = LoopConfig(7, monitor="loss", monitor_split=None, restore="never")
+    cfg = LoopConfig(7, monitor_split=None, rules=Rules(monitor="loss", restore="never"))
     hook = lambda prev, new: track(new)  # noqa: E731
     run = jax.jit(jax.vmap(lambda s: fit(step, None, s, {"train": batch}, cfg, key=jax.random.key(0), track=hook)))
     out = run(state)

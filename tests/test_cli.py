@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import pkgutil
 
@@ -110,12 +111,13 @@ def test_quick_never_overrides_a_given_flag(name):
     if not changes:
         pytest.skip(f"{name}: the full run is already quick")
     quick = _parse(mod, ["--quick"])
+    get = lambda obj, key: functools.reduce(getattr, key.split("."), obj)  # noqa: E731  ("rules.patience")
     for k, v in changes.items():
-        assert getattr(quick, k) == v
-        if getattr(base, k) in (v, (), None) or isinstance(v, bool):
+        assert get(quick, k) == v
+        if get(base, k) in (v, (), None) or isinstance(v, bool):
             continue  # nothing to give explicitly (a bool flag can only be given one way)
-        explicit = _parse(mod, ["--quick", *_argv(k, getattr(base, k))])
-        assert getattr(explicit, k) == getattr(base, k), f"{name}: --quick overrode --{k}"
+        explicit = _parse(mod, ["--quick", *_argv(k, get(base, k))])
+        assert get(explicit, k) == get(base, k), f"{name}: --quick overrode --{k}"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -147,28 +149,18 @@ def test_resume_on_a_missing_workdir_is_an_error(name, tmp_path, capsys):
     assert "does not exist" in err and str(missing) in err
 
 
-def test_run_jobs_resumes_finished_jobs_and_refuses_other_settings(tmp_path):
-    calls = []
-
-    def job(name):
-        calls.append(name)
-        return {"value": len(name)}
-
-    cfg = cli.Common(workdir=str(tmp_path), progress=False)
-    assert cli.run_jobs(cfg, ["a", "bb"], job) == {"a": {"value": 1}, "bb": {"value": 2}}
-    again = dataclasses.replace(cfg, resume=True)
-    assert cli.run_jobs(again, ["a", "bb", "ccc"], job)["ccc"] == {"value": 3}
-    assert calls == ["a", "bb", "ccc"]
-    with pytest.raises(ValueError, match="other settings"):
-        cli.run_jobs(dataclasses.replace(again, seed=1), ["a"], job)
-
-
-def test_write_json_is_atomic_and_handles_numpy(tmp_path):
-    import json
-
-    import numpy as np
-
-    path = tmp_path / "r.json"
-    cli.write_json(str(path), {"a": np.arange(3), "b": float("nan")})
-    assert json.loads(path.read_text()) == {"a": [0, 1, 2], "b": None}
-    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+def test_dotted_rules_flags_and_renamed_flags(capsys):
+    """``--rules.x`` sets one field of the nested training rules; an old flag names its successor."""
+    uci = SCRIPTS["uci"]
+    cfg = _parse(uci, ["--rules.patience", "7", "--rules.restore", "never", "--rules.plateau.min-delta", "0.01"])
+    assert (cfg.rules.patience, cfg.rules.restore, cfg.rules.plateau.min_delta) == (7, "never", 0.01)
+    assert cfg.rules.plateau.patience == 50 and _parse(uci, ["--rules.patience", "none"]).rules.patience is None
+    for argv, msg in [
+        (["--es-patience", "5"], "--es-patience was renamed --rules.patience"),
+        (["--plateau-factor", "0.5"], "--plateau-factor was renamed --rules.plateau.factor"),
+        (["--rules.restore", "best"], "invalid choice: 'best'"),
+        (["--rules.patience", "0"], "Rules.patience must be an int >= 1"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            _parse(uci, argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err

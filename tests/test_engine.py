@@ -12,6 +12,7 @@ from gmpjax.layers import GmPDense
 from gmpjax.models import MLP
 from gmpjax.train import engine as E
 from gmpjax.train.loop import LoopConfig, fit
+from gmpjax.train.rules import Rules
 
 _ADAM = "optax.adam's bias correction mixes a Python float with the int32 step count (an optax limitation)"
 
@@ -58,7 +59,7 @@ def test_vmapped_replicas_equal_individual_runs():
     graphdef, states = E.init_replicas(make, keys, tx)
     step = E.make_train_step(graphdef, tx, _mse)
     batch = _data()
-    cfg = LoopConfig(20, monitor="loss", monitor_split=None, restore="never")
+    cfg = LoopConfig(20, monitor_split=None, rules=Rules(monitor="loss", restore="never"))
     run = jax.jit(jax.vmap(lambda s: fit(step, None, s, {"train": batch}, cfg, key=jax.random.key(0))))
     out = run(states)
     chex.assert_shape(out.history["train_loss"], (3, 20))

@@ -3,6 +3,7 @@ rules on host values, and kill-and-resume exactness through orbax checkpoints.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -17,6 +18,7 @@ from gmpjax.train.engine import MetricsLogger, init_train_state, make_eval_step,
 from gmpjax.train.host import HostConfig, train
 from gmpjax.train.loop import LoopConfig, fit
 from gmpjax.train.plateau import PlateauConfig
+from gmpjax.train.rules import Rules
 
 # a scripted validation curve (one value per evaluation): it improves, stalls, improves a little, stalls
 CURVE = np.array([1.0, 0.8, 0.8, 0.79, 0.8, 0.7, 0.71, 0.72, 0.73, 0.74, 0.75, 0.76, 0.77, 0.78, 0.79], np.float32)
@@ -85,7 +87,7 @@ def test_early_stopping_and_plateau_match_the_compiled_loop(setup):
     """Same rules, same objects: host values through ``train`` == the compiled ``fit`` on the same curve."""
     graphdef, tx, state, data, step = setup
     n = len(CURVE)
-    loop_cfg = LoopConfig(max_epochs=n, monitor="val", restore="always", **RULES)
+    loop_cfg = LoopConfig(max_epochs=n, rules=Rules(monitor="val", restore="always", **RULES))
 
     def eval_on_device(s, _):
         return {"val": jnp.asarray(CURVE)[s.step - 1]}
@@ -100,7 +102,7 @@ def test_early_stopping_and_plateau_match_the_compiled_loop(setup):
             key=jax.random.key(0),
         )
     )(state)
-    host_cfg = HostConfig(num_steps=n, eval_every=1, log_every=0, monitor="val", restore="always", **RULES)
+    host_cfg = HostConfig(num_steps=n, eval_every=1, log_every=0, rules=Rules(monitor="val", restore="always", **RULES))
     out = train(step, _scripted, state, iter(lambda: data, None), host_cfg, progress=False)
 
     epochs = int(ref.epochs)
@@ -118,20 +120,16 @@ def test_early_stopping_and_plateau_match_the_compiled_loop(setup):
 def test_mode_max_and_if_stopped(setup):
     _, _, state, data, step = setup
     ev = lambda s: {"acc": -_scripted(s)["val"]}  # noqa: E731  (same curve, maximised)
-    base = dict(num_steps=len(CURVE), eval_every=1, log_every=0, monitor="acc", mode="max", **RULES)
-    out = train(step, ev, state, iter(lambda: data, None), HostConfig(**base, restore="if_stopped"), progress=False)
-    mn = train(
-        step,
-        _scripted,
-        state,
-        iter(lambda: data, None),
-        HostConfig(**{**base, "monitor": "val", "mode": "min"}),
-        progress=False,
-    )
+    base = dict(num_steps=len(CURVE), eval_every=1, log_every=0)
+    rules = Rules(monitor="acc", mode="max", **RULES)
+    cfg = HostConfig(**base, rules=dataclasses.replace(rules, restore="if_stopped"))
+    out = train(step, ev, state, iter(lambda: data, None), cfg, progress=False)
+    cfg = HostConfig(**base, rules=dataclasses.replace(rules, monitor="val", mode="min"))
+    mn = train(step, _scripted, state, iter(lambda: data, None), cfg, progress=False)
     assert out.stopped and (out.step, out.best_step, out.lr_scale) == (mn.step, mn.best_step, mn.lr_scale)
     assert out.best_value == pytest.approx(-mn.best_value) and out.state is not out.last
     with pytest.raises(ValueError, match="not a metric of eval_fn"):
-        train(step, _scripted, state, iter(lambda: data, None), HostConfig(**base), progress=False)
+        train(step, _scripted, state, iter(lambda: data, None), HostConfig(**base, rules=rules), progress=False)
 
 
 class _Killed(Exception):
@@ -157,7 +155,9 @@ def _run(setup, workdir, *, resume=False, kill_at=None, num_steps=12, restore="n
     def evaluate(s):
         return {"val": float(CURVE[int(s.step) - 1]), "loss": float(_mse(nnx.merge(setup[0], s.params, s.rest), data))}
 
-    cfg = HostConfig(num_steps=num_steps, eval_every=3, log_every=2, monitor="val", restore=restore, **RULES)
+    cfg = HostConfig(
+        num_steps=num_steps, eval_every=3, log_every=2, rules=Rules(monitor="val", restore=restore, **RULES)
+    )
     ckpt = Checkpointer(workdir / "ckpt", save_every=4, max_to_keep=2)
     try:
         return train(
@@ -197,7 +197,7 @@ def test_clu_style_writer_and_gmpjax_log(setup, tmp_path, caplog):
     """Any ``write_scalars(step, dict)`` writer takes the metrics; the ``gmpjax`` logger reports the events."""
     _, _, state, data, step = setup
     writer = _CluStyleWriter()
-    cfg = HostConfig(num_steps=12, eval_every=3, log_every=2, monitor="val", **RULES)
+    cfg = HostConfig(num_steps=12, eval_every=3, log_every=2, rules=Rules(monitor="val", **RULES))
     with caplog.at_level("INFO", logger="gmpjax"), Checkpointer(tmp_path / "ck", save_every=4) as ckpt:
         out = train(step, _scripted, state, iter(lambda: data, None), cfg, logger=writer, checkpointer=ckpt)
     assert writer.flushed == 1 and [t for t, _ in writer.scalars if "train_loss" in _] == [2, 4, 6, 8, 10, 12]
@@ -255,15 +255,28 @@ def test_refuses_to_overwrite_and_checks_the_config(setup, tmp_path):
     [
         ({"num_steps": -1}, "num_steps"),
         ({"num_steps": 5, "eval_every": 0}, "eval_every"),
-        ({"num_steps": 5, "patience": 3}, "need a monitor"),
-        ({"num_steps": 5, "monitor": "v", "mode": "up"}, "mode"),
-        ({"num_steps": 5, "monitor": "v", "restore": "best"}, "restore"),
-        ({"num_steps": 5, "monitor": "v", "min_delta": -1.0}, "min_delta"),
+        ({"num_steps": 5, "rules": {"patience": 3}}, "must be a Rules"),
     ],
 )
 def test_bad_config(kw, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         HostConfig(**kw)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"monitor": ""}, "monitor"),
+        ({"mode": "up"}, "mode"),
+        ({"restore": "best"}, "restore"),
+        ({"min_delta": -1.0}, "min_delta"),
+        ({"patience": 0}, "patience"),
+        ({"plateau": 3}, "PlateauConfig"),
+    ],
+)
+def test_bad_rules(kw, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Rules(**kw)
 
 
 def test_plateau_needs_inject_hyperparams(setup):
@@ -272,6 +285,6 @@ def test_plateau_needs_inject_hyperparams(setup):
     _, state = init_train_state(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), tx)
     step = jax.jit(make_train_step(graphdef, tx, _mse))
     evaluate = jax.jit(make_eval_step(graphdef, _mse))
-    cfg = HostConfig(num_steps=3, eval_every=1, monitor="metric", plateau=PlateauConfig(patience=1))
+    cfg = HostConfig(num_steps=3, eval_every=1, rules=Rules(monitor="metric", plateau=PlateauConfig(patience=1)))
     with pytest.raises(TypeError, match="inject_hyperparams"):
         train(step, lambda s: evaluate(s, data), state, iter(lambda: data, None), cfg, progress=False)

@@ -13,6 +13,7 @@ from gmpjax.layers import GmPDense
 from gmpjax.train.engine import init_replicas, init_train_state, make_eval_step, make_train_step
 from gmpjax.train.loop import LoopConfig, fit, num_batches, sweep
 from gmpjax.train.plateau import PlateauConfig, plateau_init, plateau_update
+from gmpjax.train.rules import Rules
 
 # --------------------------------------------------------------------------- Keras references (host floats)
 
@@ -106,7 +107,7 @@ def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="max_epochs"):
         LoopConfig(0)
     with pytest.raises(ValueError, match="restore"):
-        LoopConfig(5, restore="sometimes")  # type: ignore[arg-type]
+        LoopConfig(5, rules=Rules(restore="sometimes"))  # type: ignore[arg-type]
 
 
 def test_missing_split_and_metric_are_clear_errors():
@@ -114,9 +115,16 @@ def test_missing_split_and_metric_are_clear_errors():
     step, ev = _fns(graphdef, tx)
     data = _problem()
     with pytest.raises(ValueError, match="monitor_split='test'"):
-        fit(step, ev, state, data, LoopConfig(3, monitor="mse", monitor_split="test"), key=jax.random.key(0))
+        fit(
+            step,
+            ev,
+            state,
+            data,
+            LoopConfig(3, monitor_split="test", rules=Rules(monitor="mse", restore="always")),
+            key=jax.random.key(0),
+        )
     with pytest.raises(ValueError, match="monitor='acc'"):
-        fit(step, ev, state, data, LoopConfig(3, monitor="acc"), key=jax.random.key(0))
+        fit(step, ev, state, data, LoopConfig(3, rules=Rules(monitor="acc", restore="always")), key=jax.random.key(0))
 
 
 def test_full_batch_loop_equals_hand_written_steps():
@@ -124,7 +132,9 @@ def test_full_batch_loop_equals_hand_written_steps():
     step, ev = _fns(graphdef, tx)
     data = _problem()
     out = jax.jit(
-        lambda s: fit(step, ev, s, data, LoopConfig(7, monitor="mse", restore="never"), key=jax.random.key(0))
+        lambda s: fit(
+            step, ev, s, data, LoopConfig(7, rules=Rules(monitor="mse", restore="never")), key=jax.random.key(0)
+        )
     )(state)
     ref, vals = state, []
     jstep, jev = jax.jit(step), jax.jit(ev)
@@ -151,7 +161,7 @@ def test_each_epoch_is_a_permutation_of_the_rows(batching):
     def track(prev, new):
         return {"step": new.step}
 
-    cfg = LoopConfig(3, batching, bs, monitor="loss", monitor_split=None)
+    cfg = LoopConfig(3, batching, bs, monitor_split=None, rules=Rules(monitor="loss", restore="always"))
     from gmpjax.train.loop import _epoch_indices
 
     for ep in range(3):
@@ -175,7 +185,7 @@ def test_early_stopping_matches_keras_and_restore_rules():
     data = _problem()
     runs = {}
     for restore in ("always", "if_stopped", "never"):
-        cfg = LoopConfig(200, "drop", 5, monitor="mse", patience=4, restore=restore)
+        cfg = LoopConfig(200, "drop", 5, rules=Rules(monitor="mse", patience=4, restore=restore))
         runs[restore] = jax.jit(lambda s, c=cfg: fit(step, ev, s, data, c, key=jax.random.key(3)))(state)
     out = runs["always"]
     hist = np.asarray(out.history["monitor"])
@@ -197,7 +207,12 @@ def test_if_stopped_keeps_last_params_when_patience_never_ran_out():
     step, ev = _fns(graphdef, tx)
     data = _problem()
     out = fit(
-        step, ev, state, data, LoopConfig(5, monitor="mse", patience=50, restore="if_stopped"), key=jax.random.key(0)
+        step,
+        ev,
+        state,
+        data,
+        LoopConfig(5, rules=Rules(monitor="mse", patience=50, restore="if_stopped")),
+        key=jax.random.key(0),
     )
     assert not bool(out.stopped) and int(out.epochs) == 5
     jax.tree.map(np.testing.assert_array_equal, out.state.params, out.last.params)
@@ -207,7 +222,7 @@ def test_plateau_in_the_loop_scales_the_learning_rate():
     graphdef, tx, state = _setup(lr=0.2)
     step, ev = _fns(graphdef, tx)
     data = _problem()
-    cfg = LoopConfig(60, monitor="mse", plateau=PlateauConfig(patience=2, factor=0.5))
+    cfg = LoopConfig(60, rules=Rules(monitor="mse", plateau=PlateauConfig(patience=2, factor=0.5), restore="always"))
     out = jax.jit(lambda s: fit(step, ev, s, data, cfg, key=jax.random.key(0), lr=0.2))(state)
     hist = np.asarray(out.history["monitor"]).tolist()
     ref = keras_reduce_on_plateau(hist, patience=2, factor=0.5, min_delta=0.0, lr=0.2)
@@ -221,11 +236,32 @@ def test_mode_max_and_train_metric_monitor():
     step, ev = _fns(graphdef, tx)
     data = _problem()
     neg = make_eval_step(graphdef, lambda m, b: {"score": -_mse(m, b)})
-    a = fit(step, ev, state, data, LoopConfig(20, monitor="mse", patience=3), key=jax.random.key(0))
-    b = fit(step, neg, state, data, LoopConfig(20, monitor="score", mode="max", patience=3), key=jax.random.key(0))
+    a = fit(
+        step,
+        ev,
+        state,
+        data,
+        LoopConfig(20, rules=Rules(monitor="mse", patience=3, restore="always")),
+        key=jax.random.key(0),
+    )
+    b = fit(
+        step,
+        neg,
+        state,
+        data,
+        LoopConfig(20, rules=Rules(monitor="score", mode="max", patience=3, restore="always")),
+        key=jax.random.key(0),
+    )
     assert int(a.epochs) == int(b.epochs) and int(a.best_epoch) == int(b.best_epoch)
     np.testing.assert_allclose(float(b.best_value), -float(a.best_value), rtol=1e-6)
-    c = fit(step, None, state, data, LoopConfig(20, monitor="loss", monitor_split=None), key=jax.random.key(0))
+    c = fit(
+        step,
+        None,
+        state,
+        data,
+        LoopConfig(20, monitor_split=None, rules=Rules(monitor="loss", restore="always")),
+        key=jax.random.key(0),
+    )
     np.testing.assert_allclose(np.asarray(c.history["monitor"]), np.asarray(c.history["train_loss"]))
 
 
@@ -248,7 +284,9 @@ def test_sweep_equals_fit_per_replica_and_segments_change_nothing():
         step, ev = _fns(graphdef, tx)
         data = _problem(60)
         lrs = jnp.array([0.003, 0.01, 0.03, 0.1, 0.3, 1.0])
-        cfg = LoopConfig(24, "even", 8, monitor="mse", patience=3, plateau=PlateauConfig(2, 0.5))
+        cfg = LoopConfig(
+            24, "even", 8, rules=Rules(monitor="mse", patience=3, plateau=PlateauConfig(2, 0.5), restore="always")
+        )
         whole = sweep(step, ev, states, data, cfg, keys=keys, lrs=lrs, data_axis=None)
         seg = sweep(step, ev, states, data, cfg, keys=keys, lrs=lrs, data_axis=None, segment=5, min_bucket=3)
         epochs = np.asarray(whole.epochs)
@@ -273,7 +311,7 @@ def test_sweep_with_per_replica_data():
         step, ev = _fns(graphdef, tx)
         splits = [_problem(40, seed=s) for s in range(3)]
         data = jax.tree.map(lambda *a: jnp.stack(a), *splits)
-        cfg = LoopConfig(4, monitor="mse")
+        cfg = LoopConfig(4, rules=Rules(monitor="mse", restore="always"))
         out = sweep(step, ev, states, data, cfg, keys=keys)
         one = jax.tree.map(lambda a: a[2], states)
         alone = fit(step, ev, one, splits[2], cfg, key=keys[2])
@@ -289,7 +327,7 @@ def test_stopped_replicas_are_not_changed_by_later_epochs():
         step, ev = _fns(graphdef, tx)
         data = _problem(60)
         lrs = jnp.array([1.0, 0.003, 0.003, 0.003])
-        short = LoopConfig(30, monitor="mse", patience=2, restore="never")
+        short = LoopConfig(30, rules=Rules(monitor="mse", patience=2, restore="never"))
         out = sweep(step, ev, states, data, short, keys=keys, lrs=lrs, data_axis=None)
         e = np.asarray(out.epochs)
         assert e[0] < e[1:].max()
@@ -309,7 +347,7 @@ def test_sweep_chunks_and_data_index_give_each_replica_its_own_fit():
         splits = [_problem(40, seed=s) for s in range(2)]
         data = jax.tree.map(lambda *a: jnp.stack(a), *splits)  # (S=2, ...)
         idx = jnp.array([1, 0, 1])
-        cfg = LoopConfig(12, "even", 6, monitor="mse", patience=2)
+        cfg = LoopConfig(12, "even", 6, rules=Rules(monitor="mse", patience=2, restore="always"))
         out = sweep(step, ev, states, data, cfg, keys=keys, data_index=idx, chunk=2)  # batches [0, 1], [2, 2]
         assert out.epochs.shape == (3,)
         for r in range(3):

@@ -102,7 +102,7 @@ def test_quick_keeps_explicit_flags_and_protocols_are_configs():
         )
 
     cfg = parse(L, ["--quick", "--steps", "7", "--lr", "cv", "0.1"])
-    assert (cfg.steps, cfg.lr, cfg.seeds, cfg.es_patience) == (7, ("cv", "0.1"), 2, 100)
+    assert (cfg.steps, cfg.lr, cfg.seeds, cfg.rules.patience) == (7, ("cv", "0.1"), 2, 100)
     assert parse(L, []).init == "uniform" and parse(L, ["--protocol", "official"]).init == "official"
     cfg = parse(B, ["--quick", "--seeds", "3", "--epochs", "4"])
     assert (cfg.seeds, cfg.epochs, cfg.grid) == (3, 4, 40)

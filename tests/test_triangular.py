@@ -378,7 +378,7 @@ def test_two_phase_chunks_do_not_change_the_result_and_baselines_skip_phase1():
     )
     assert base.switch_step == 0 and base.losses.shape == (2, 9)
     cfg = phase_loop_config(7)
-    assert (cfg.max_epochs, cfg.batching, cfg.patience, cfg.restore, cfg.monitor_split) == (
+    assert (cfg.max_epochs, cfg.batching, cfg.rules.patience, cfg.rules.restore, cfg.monitor_split) == (
         7,
         "full",
         None,

@@ -193,27 +193,18 @@ _ADAM = "optax.adam's bias correction mixes a Python float with the int32 step c
 
 
 def _yacht_data(monitor, splits=2):
-    from experiments import uci as exp
-
     x, y = uci.load_uci("yacht")
-    return exp.build_split_arrays(
+    return uci.stacked_splits(
         x, y, splits=splits, seed=0, monitor=monitor, val_fraction=0.2, standardize_target=monitor == "val"
     )
 
 
 def _loop(max_epochs=25, batch_size=None, patience=8, plateau=4, restore="always"):
     from gmpjax.train.loop import LoopConfig
-    from gmpjax.train.plateau import PlateauConfig
+    from gmpjax.train.rules import PlateauConfig, Rules
 
-    return LoopConfig(
-        max_epochs=max_epochs,
-        batching="full" if batch_size is None else "even",
-        batch_size=batch_size,
-        monitor="mse",
-        patience=patience,
-        restore=restore,
-        plateau=PlateauConfig(plateau),
-    )
+    rules = Rules(monitor="mse", patience=patience, restore=restore, plateau=PlateauConfig(plateau))
+    return LoopConfig(max_epochs, "full" if batch_size is None else "even", batch_size, rules=rules)
 
 
 @needs_data
@@ -222,38 +213,44 @@ def _loop(max_epochs=25, batch_size=None, patience=8, plateau=4, restore="always
 # so its float gradient is rounding noise that Adam's first steps turn into +-lr moves; vmapped and single
 # runs then differ by float reassociation alone (measured: 0.3% after one step).
 # chunk 3 of R = 4 replicas: two compiled sweeps, the second padded with a copy of the last replica.
-@pytest.mark.parametrize("method,monitor,batch_size,chunk", [("gmp", "val", None, 0), ("wn", "test", 64, 3)])
-def test_vmapped_sweep_equals_training_one_split_alone(shared_data, method, monitor, batch_size, chunk):
-    from experiments import uci as exp
+@pytest.mark.parametrize("method,monitor,batch_size,chunk", [("gmp", "val", None, None), ("wn", "test", 64, 3)])
+def test_replica_trainer_equals_training_one_split_alone(shared_data, method, monitor, batch_size, chunk):
+    """``train_replicas`` over splits x lrs (``replica_grid``, ``data_index``) == ``loop.fit`` of one replica."""
+    import optax
+    from flax import nnx
+
+    from gmpjax.models import MLP
+    from gmpjax.train.engine import init_replicas, make_eval_step, make_train_step
     from gmpjax.train.loop import fit
+    from gmpjax.train.losses import mae, mse, on_batch
+    from gmpjax.train.replicas import replica_grid, train_replicas
 
     data = _yacht_data(monitor)
-    loss = "mse" if monitor == "val" else "mae"
+    loss = on_batch(mse if monitor == "val" else mae, squeeze=True)
+    metrics = on_batch({"mse": mse}, squeeze=True)
     loop = _loop(batch_size=batch_size, restore="always" if monitor == "val" else "if_stopped")
-    swept = exp.run_sweep(method, data, (0.01, 0.1), loop, seed=5, loss=loss, chunk=chunk)
-    assert swept["test_rmse"].shape == (2, 2) and np.all(np.isfinite(swept["test_rmse"]))
+    adam = lambda lr: optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)  # noqa: E731
+    make = lambda k: MLP(data["x_fit"].shape[2], (100,), 1, parameterization=method, rngs=nnx.Rngs(k))  # noqa: E731
+    split_of, lr_of = replica_grid(2, (0.01, 0.1))
+    keys = jax.vmap(lambda s: jax.random.fold_in(jax.random.key(5), s))(jnp.asarray(split_of))
+    split = {k: (jnp.asarray(data[f"x_{k}"]), jnp.asarray(data[f"y_{k}"])) for k in ("fit", "val")}
+    swept = train_replicas(
+        make, adam, loss, {"train": split["fit"], "val": split["val"]}, loop, keys=keys, lrs=lr_of, metrics=metrics,
+        shuffle_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), data_axis=0, data_index=split_of, chunk=chunk,
+    ).result  # fmt: skip
+    assert swept.epochs.shape == (4,) and np.all(np.isfinite(np.asarray(swept.best_value)))
 
-    # Split 1, lr 0.1, trained alone with loop.fit: same init (fold_in(key(5), 1)), same shuffling key.
-    key = jax.random.fold_in(jax.random.key(5), 1)
-    graphdef, states = exp.init_states(method, "uniform", data["x_fit"].shape[2], 100, key[None])
-    train_step, eval_fn = exp.make_steps(graphdef, loss)
+    # Replica 3 = split 1, lr 0.1, trained alone with loop.fit: same init (fold_in(key(5), 1)), same shuffling key.
+    graphdef, states = init_replicas(make, keys[3:], adam(0.1))
     one = {k: jnp.asarray(v[1]) for k, v in data.items()}
-    split = {"train": (one["x_fit"], one["y_fit"]), "val": (one["x_val"], one["y_val"])}
-    run_one = lambda st: fit(train_step, eval_fn, st, split, loop, key=jax.random.fold_in(key, 1), lr=0.1)  # noqa: E731
+    alone_split = {"train": (one["x_fit"], one["y_fit"]), "val": (one["x_val"], one["y_val"])}
+    step, ev = make_train_step(graphdef, adam(0.1), loss), make_eval_step(graphdef, metrics)
+    run_one = lambda st: fit(step, ev, st, alone_split, loop, key=jax.random.fold_in(keys[3], 1), lr=0.1)  # noqa: E731
     alone = jax.jit(run_one)(jax.tree.map(lambda a: a[0], states))
-    test_rmse = jnp.sqrt(eval_fn(alone.state, (one["x_test"], one["y_test"]))["mse"]) * one["y_std"]
-    assert int(alone.epochs) == int(swept["epochs"][1, 1])
-    np.testing.assert_allclose(float(test_rmse), swept["test_rmse"][1, 1], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(float(alone.best_value), swept["val_mse"][1, 1], rtol=1e-5, atol=1e-6)
-
-
-def test_select_by_validation_and_mean_se():
-    from experiments import uci as exp
-
-    val = np.array([[3.0, 1.0, np.nan], [np.inf, 2.0, 0.5]])
-    np.testing.assert_array_equal(exp.select_by_validation(val), [1, 2])
-    m, se = exp.mean_se(np.array([1.0, 3.0]))
-    assert m == 2.0 and se == pytest.approx(np.std([1.0, 3.0], ddof=1) / np.sqrt(2))
+    assert int(alone.epochs) == int(swept.epochs[3])
+    np.testing.assert_allclose(float(alone.best_value), float(swept.best_value[3]), rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(alone.state.params), jax.tree.leaves(swept.state.params), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b[3]), rtol=1e-4, atol=1e-6)
 
 
 def _parse(argv):
@@ -266,14 +263,14 @@ def _parse(argv):
 
 def test_protocols_resolve_to_paper_and_released_settings():
     paper = _parse([])
-    assert (paper.max_epochs, paper.large_max_epochs, paper.init, paper.monitor, paper.restore) == (
+    assert (paper.max_epochs, paper.large_max_epochs, paper.init, paper.monitor, paper.rules.restore) == (
         1000, 300, "uniform", "val", "always"
     )  # fmt: skip
     assert paper.lr == ("0.001", "0.003", "0.01", "0.03", "0.1", "0.3") and paper.seeds == 10
     off = _parse(["--protocol", "official"])
     assert (off.max_epochs, off.large_max_epochs, off.init, off.batch_size) == (5000, 5000, "official", 1024)
     assert off.split == "released" and _parse([]).split == "gmpjax"
-    assert (off.loss, off.standardize_target, off.monitor, off.restore, off.plateau_min_delta) == (
+    assert (off.loss, off.standardize_target, off.monitor, off.rules.restore, off.rules.plateau.min_delta) == (
         "mae", False, "test", "if_stopped", 1e-4
     )  # fmt: skip
     assert off.lr == ("cv",)
@@ -281,6 +278,8 @@ def test_protocols_resolve_to_paper_and_released_settings():
     q = _parse(["--protocol", "official", "--quick", "--max-epochs", "7", "--init", "uniform"])
     assert (q.max_epochs, q.init, q.seeds, q.datasets, q.lr) == (7, "uniform", 2, ("boston", "yacht"), ("cv",))
     assert _parse(["--quick"]).lr == ("0.01", "0.1")
+    q = _parse(["--quick", "--rules.patience", "7", "--rules.plateau.factor", "0.5"])
+    assert (q.rules.patience, q.rules.plateau.factor, q.rules.plateau.patience) == (7, 0.5, 10)
 
 
 def test_config_rejects_bad_values(capsys):

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -43,6 +44,7 @@ __all__ = [
     "fit_standardizer",
     "standardize",
     "make_split",
+    "stacked_splits",
 ]
 
 _UPSTREAM = (
@@ -354,3 +356,42 @@ def make_split(
         x_val=None if val_idx is None else standardize(x[np.asarray(val_idx)], x_mean, x_std),
         y_val=None if val_idx is None else standardize(y[np.asarray(val_idx)], y_mean, y_std),
     )
+
+
+def stacked_splits(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    splits: int,
+    seed: int,
+    monitor: str = "val",
+    val_fraction: float = 0.2,
+    standardize_target: bool = True,
+    rule: str = "gmpjax",
+) -> dict[str, np.ndarray]:
+    """``splits`` standardised 80/20 splits stacked into float32 arrays with a leading split axis ``S``.
+
+    Split ``s`` uses seed ``seed + s`` and ``split_indices``' ``rule``. ``monitor="val"``: fit =
+    the training part minus a ``val_fraction`` carve-out, val = that carve-out, statistics from
+    the fit rows; ``monitor="test"``: fit = the whole training part and val = the test part
+    (the released code's protocol).
+
+    Returns:
+      dict of ``x_fit (S, Nf, D)``, ``y_fit (S, Nf)``, ``x_val``, ``y_val``, ``x_test``, ``y_test``, ``y_std (S,)``.
+    """
+    if monitor not in ("val", "test"):
+        raise ValueError(f"monitor must be 'val' or 'test' (got {monitor!r}).")
+    parts: list[tuple[Any, ...]] = []
+    for s in range(splits):
+        if monitor == "val":
+            fit, val, test = train_val_test_indices(len(y), seed + s, 0.2, val_fraction, rule)
+            sp = make_split(
+                x, y, fit.tolist(), test.tolist(), val_idx=val.tolist(), standardize_target=standardize_target
+            )
+            parts.append((sp.x_train, sp.y_train, sp.x_val, sp.y_val, sp.x_test, sp.y_test, sp.y_std))
+        else:
+            train, test = split_indices(len(y), seed + s, 0.2, rule)
+            sp = make_split(x, y, train.tolist(), test.tolist(), standardize_target=standardize_target)
+            parts.append((sp.x_train, sp.y_train, sp.x_test, sp.y_test, sp.x_test, sp.y_test, sp.y_std))
+    names = ("x_fit", "y_fit", "x_val", "y_val", "x_test", "y_test", "y_std")
+    return {k: np.stack([p[i] for p in parts]).astype(np.float32) for i, k in enumerate(names)}

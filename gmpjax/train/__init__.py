@@ -3,7 +3,10 @@
 Submodules extend the same ``TrainState``:
 
 * ``gmpjax.train.engine``: ``TrainState``, train/eval step factories, gradient accumulation, early stopping.
+* ``gmpjax.train.rules``: early stopping, plateau decay and restore (``Rules``), shared by both loops.
 * ``gmpjax.train.loop``: the compiled fit loop (``LoopConfig``, ``fit``, ``sweep`` over replicas).
+* ``gmpjax.train.replicas``: ``train_replicas``, R replicas (seeds x lrs x splits) of a model factory.
+* ``gmpjax.train.losses``: losses and metrics (mse, mae, bce, xent, accuracy, top-k).
 * ``gmpjax.train.host``: the host-side loop for long runs (``train``, ``HostConfig``): checkpoints, evaluation, logs.
 * ``gmpjax.train.sharding``: data- and tensor-parallel meshes, state/batch sharding, multi-host initialisation.
 * ``gmpjax.train.optim``: parameter labels and the GmP-safe weight-decay mask for optax.
@@ -27,6 +30,7 @@ from gmpjax.train.engine import (
 from gmpjax.train.host import HostConfig, HostResult
 from gmpjax.train.loop import FitResult, LoopConfig, fit, fit_epochs, fit_init, fit_result, sweep
 from gmpjax.train.optim import LABELS, masked_weight_decay, param_labels, weight_decay_mask
+from gmpjax.train.rules import Rules
 
 __all__ = [
     "EarlyStopping",
@@ -41,6 +45,7 @@ __all__ = [
     "merge_model",
     "FitResult",
     "LoopConfig",
+    "Rules",
     "fit",
     "HostConfig",
     "HostResult",

@@ -12,9 +12,8 @@ adds what a run of hours needs:
   early-stopping and plateau state and any ``extra`` JSON -- and the run continues
   exactly as if it had not been interrupted;
 * evaluation every ``eval_every`` steps and at the end, on the host;
-* early stopping and plateau decay with the compiled loop's objects and rules
-  (``engine.early_stopping_update``, ``plateau.plateau_update``; Keras semantics,
-  see ``HostConfig``);
+* early stopping, plateau decay and restore with the compiled loop's rules
+  (``gmpjax.train.rules``: one ``Rules``, one ``rules_update``; Keras semantics);
 * metrics to ``engine.MetricsLogger`` (JSON lines) or to any writer with clu's
   ``write_scalars(step, scalars)`` (clu, TensorBoard, W&B adapters), and a tqdm
   progress bar when tqdm is installed;
@@ -32,7 +31,7 @@ One evaluation is one "epoch" of those rules: patience counts evaluations.
 >>> x = jax.random.normal(jax.random.key(1), (16, 2)); data = (x, x @ jnp.ones((2, 1)))
 >>> step = jax.jit(make_train_step(graphdef, tx, mse))
 >>> evaluate = lambda s: {"loss": float(step(s, data)[1]["loss"])}   # (illustration: loss before a step)
->>> cfg = HostConfig(num_steps=40, eval_every=5, log_every=0, monitor="loss", patience=2, min_delta=1e-3)
+>>> cfg = HostConfig(num_steps=40, eval_every=5, log_every=0, rules=Rules(monitor="loss", patience=2, min_delta=1e-3))
 >>> out = train(step, evaluate, state, iter(lambda: data, None), cfg, progress=False)
 >>> out.step <= 40, out.best_value < 1e-2, out.stopped == (out.step < 40)
 (True, True, True)
@@ -44,7 +43,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -52,9 +51,22 @@ import numpy as np
 
 from gmpjax._optional import progress_bar
 from gmpjax.train.checkpoint import Checkpointer, abstract_state
-from gmpjax.train.engine import EarlyStopping, MetricsLogger, TrainState, early_stopping_init, early_stopping_update
-from gmpjax.train.plateau import Plateau, PlateauConfig, get_learning_rate, plateau_init, plateau_update
+from gmpjax.train.engine import MetricsLogger, TrainState
+from gmpjax.train.plateau import get_learning_rate
 from gmpjax.train.plateau import set_learning_rate as _set_lr
+
+# TEMPORARY: experiments/image_train.py (another helper's file) imports RESTORE from here; it now lives in
+# gmpjax.train.rules. The integrator points that import there and deletes this line.
+from gmpjax.train.rules import (
+    RESTORE,  # noqa: E402, F401, I001
+    Rules,
+    RuleState,
+    best_value,
+    decayed_lr,
+    rules_init,
+    rules_update,
+    use_best,
+)
 from gmpjax.train.sharding import to_host
 
 PyTree = Any
@@ -66,13 +78,10 @@ __all__ = ["HostConfig", "HostResult", "ScalarWriter", "train", "sum_batches"]
 
 log = logging.getLogger("gmpjax")
 
-RESTORE = ("always", "if_stopped", "never")
-_NEVER = 2**31 - 1  # "no patience": early stopping never fires
-
 
 @dataclasses.dataclass(frozen=True)
 class HostConfig:
-    """The rules of the host loop (the compiled loop's ``LoopConfig`` counterpart, counted in steps).
+    """The host loop's settings (the compiled loop's ``LoopConfig`` counterpart, counted in steps).
 
     Attributes:
       num_steps: train until ``state.step == num_steps`` (a resumed run continues from its step).
@@ -81,31 +90,19 @@ class HostConfig:
       log_every: the train step's scalar metrics are logged as ``train_<name>`` every this many
         steps (0: never).
       steps_per_epoch: when given, evaluation records carry ``epoch = step / steps_per_epoch``.
-      monitor: the key of ``eval_fn``'s output that early stopping and plateau decay watch
-        (``None``: neither runs).
-      mode: ``"min"`` or ``"max"`` (the value is negated for ``"max"``, as in the compiled loop).
-      patience: evaluations without an improvement (``value < best - min_delta``) before
-        early stopping fires; ``None``: never.
-      min_delta: early stopping's improvement threshold (>= 0).
-      restore: the state ``HostResult.state`` holds: the best (``"always"``), the best only when
-        early stopping fired (``"if_stopped"``, Keras ``restore_best_weights``) or the last
-        (``"never"``, the default here: keeping a copy of the best parameters costs device
-        memory and checkpoint space, which long runs rarely want).
-      plateau: plateau decay (``PlateauConfig``): after each evaluation the learning rate of
-        the ``optax.inject_hyperparams`` optimizer becomes ``base_lr * scale``, ``base_lr`` the
-        rate it had at step 0. Needs a constant learning rate (a schedule would overwrite it).
+      rules: the monitored key of ``eval_fn``'s output, early stopping, plateau decay and restore
+        (``gmpjax.train.rules.Rules``; one check per evaluation, patience counts evaluations).
+        ``None``: none of them runs. Plateau decay sets the learning rate of the
+        ``optax.inject_hyperparams`` optimizer to ``base_lr * scale``, ``base_lr`` the rate it had
+        at step 0: it needs a constant learning rate (a schedule would overwrite it). With a
+        ``checkpointer``, ``restore`` reads the best step's checkpoint back instead of keeping a copy.
     """
 
     num_steps: int
     eval_every: int | None = None
     log_every: int = 100
     steps_per_epoch: int | None = None
-    monitor: str | None = None
-    mode: Literal["min", "max"] = "min"
-    patience: int | None = None
-    min_delta: float = 0.0
-    restore: Literal["always", "if_stopped", "never"] = "never"
-    plateau: PlateauConfig | None = None
+    rules: Rules | None = None
 
     def __post_init__(self) -> None:
         def check_int(name: str, v: Any, low: int, optional: bool = False) -> None:
@@ -118,17 +115,8 @@ class HostConfig:
         check_int("eval_every", self.eval_every, 1, optional=True)
         check_int("log_every", self.log_every, 0)
         check_int("steps_per_epoch", self.steps_per_epoch, 1, optional=True)
-        check_int("patience", self.patience, 1, optional=True)
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"HostConfig.mode must be 'min' or 'max' (got {self.mode!r}).")
-        if self.restore not in RESTORE:
-            raise ValueError(f"HostConfig.restore must be one of {RESTORE} (got {self.restore!r}).")
-        if not self.min_delta >= 0:
-            raise ValueError(f"HostConfig.min_delta must be >= 0 (got {self.min_delta!r}).")
-        if self.plateau is not None and not isinstance(self.plateau, PlateauConfig):
-            raise TypeError(f"HostConfig.plateau must be a PlateauConfig or None (got {type(self.plateau).__name__}).")
-        if self.monitor is None and (self.patience is not None or self.plateau is not None or self.restore != "never"):
-            raise ValueError("HostConfig: early stopping, plateau decay and restore need a monitor (an eval_fn key).")
+        if self.rules is not None and not isinstance(self.rules, Rules):
+            raise TypeError(f"HostConfig.rules must be a Rules or None (got {type(self.rules).__name__}).")
 
 
 @dataclasses.dataclass
@@ -136,11 +124,11 @@ class HostResult:
     """What ``train`` returns.
 
     Attributes:
-      state: the ``TrainState`` chosen by ``HostConfig.restore``.
+      state: the ``TrainState`` chosen by ``Rules.restore``.
       last: the ``TrainState`` after the last step.
       step: the last step (``int(last.step)``).
       stopped: whether early stopping fired (in this session or before the resume).
-      best_value: best monitored value in its own sign (``inf``/``-inf`` if never finite; NaN without a monitor).
+      best_value: best monitored value in its own sign (``inf``/``-inf`` if never finite; NaN without rules).
       best_step: the step of ``best_value`` (0: none).
       lr_scale: the plateau scale at the end (1 without plateau decay).
       evals: this session's evaluation records (``{"step", ["epoch"], ["lr"], **eval_fn(state)}``).
@@ -229,37 +217,6 @@ def _tree_from_json(template: PyTree, values: Sequence) -> PyTree:
     return jax.tree.unflatten(treedef, conv)
 
 
-@dataclasses.dataclass
-class _Rules:
-    """The loop's early-stopping and plateau state between evaluations (host-side, tiny arrays)."""
-
-    stopping: EarlyStopping
-    plateau: Plateau
-    base_lr: np.float32 | None
-
-    @classmethod
-    def fresh(cls, state: TrainState, config: HostConfig) -> _Rules:
-        base = None
-        if config.plateau is not None:
-            base = np.float32(np.asarray(to_host(get_learning_rate(state.opt_state))))
-        return cls(early_stopping_init((), jnp.float32), plateau_init(jnp.float32), base)
-
-    def to_json(self) -> dict:
-        return {
-            "stopping": _tree_to_json(self.stopping),
-            "plateau": _tree_to_json(self.plateau),
-            "base_lr": None if self.base_lr is None else _json_number(self.base_lr),
-        }
-
-    def load(self, d: Mapping[str, Any]) -> _Rules:
-        base = d.get("base_lr")
-        return _Rules(
-            stopping=_tree_from_json(self.stopping, d["stopping"]),
-            plateau=_tree_from_json(self.plateau, d["plateau"]),
-            base_lr=None if base is None else np.float32(float(base)),
-        )
-
-
 # ------------------------------------------------------------------------------------------------ helpers
 
 
@@ -276,7 +233,7 @@ def _learning_rate(opt_state: Any) -> float | None:
         return None
 
 
-def _with_learning_rate(opt_state: Any, lr: np.float32) -> Any:
+def _with_learning_rate(opt_state: Any, lr: Any) -> Any:
     old = get_learning_rate(opt_state)
     return _set_lr(opt_state, _like(lr, old) if isinstance(old, jax.Array) else lr)
 
@@ -329,11 +286,10 @@ def train(
 ) -> HostResult:
     """Train ``state`` to ``config.num_steps`` (or early stopping) with checkpoints, evaluation and logs.
 
-    Each step: ``state, metrics = train_step(state, next(batches))``; every ``log_every`` steps
-    the scalar metrics are logged as ``train_<name>``; then every callback; then, every
-    ``eval_every`` steps and at the last step, ``eval_fn(state)`` is logged with the learning
-    rate used since the previous evaluation, the monitored value updates early stopping and
-    plateau decay (which sets the next learning rate), and a checkpoint is saved.
+    Each step: ``state, metrics = train_step(state, next(batches))``; every ``log_every`` steps the
+    scalar metrics are logged as ``train_<name>``; then every callback; every ``eval_every`` steps and
+    at the last, ``eval_fn(state)`` is logged with the learning rate used since the last evaluation,
+    the rules see the monitored value (and set the next learning rate), and a checkpoint is saved.
 
     Args:
       train_step: jitted ``(state, batch) -> (state, metrics)`` (``make_train_step``, sharded or not).
@@ -345,7 +301,7 @@ def train(
         after a resume, with the step the run continues from: for streams that are a pure
         function of the step).
       config: ``HostConfig``.
-      checkpointer: where checkpoints go (``None``: none). It is waited for, not closed.
+      checkpointer: where checkpoints go (``None``: none); waited for, not closed.
       resume: restore the newest checkpoint of ``checkpointer`` (none there: a fresh run).
         A fresh run (``resume=False``) refuses a checkpointer that already holds checkpoints.
       data_iterator: a grain iterator (``get_state``/``set_state``: ``batches`` itself or the one
@@ -353,19 +309,15 @@ def train(
       config_json: the run's identity (JSON dict, e.g. model, seed, learning rate) saved in every
         checkpoint as ``extra["config"]``; resuming a checkpoint whose value of one of these
         keys differs raises ValueError.
-      extra: more JSON saved with every checkpoint: a dict, or ``step -> dict`` (e.g. an RNG
-        key through ``checkpoint.key_to_json``).
+      extra: more JSON for every checkpoint: a dict or ``step -> dict`` (``checkpoint.key_to_json``).
       on_resume: ``(step, extra) -> None`` called after a restore with the checkpoint's
         ``extra`` dict (to set back what ``extra`` saved), before ``batches`` is started.
-      logger: where the metrics go: a ``MetricsLogger`` (a fresh run empties its file; a
-        resumed one drops the records after the restored step, they are logged again) or any
-        ``ScalarWriter`` (clu's ``write_scalars(step, scalars)``: the scalar metrics of every
-        record; after a resume the steps since the checkpoint are written again). ``None``:
-        nothing written.
+      logger: a ``MetricsLogger`` (a fresh run empties its file; a resumed one drops the records
+        after the restored step) or any ``ScalarWriter`` (clu's ``write_scalars``; after a resume
+        the steps since the checkpoint are written again); ``None``: nothing written.
       callbacks: ``(step, state, record) -> stop?`` after every step (``record``: the train
         metrics logged at this step, or ``{"step": step}``); True ends the run.
-      progress: a tqdm bar: ``None`` when tqdm is installed, ``True`` always (needs tqdm, from the
-        ``train`` extra), ``False`` never.
+      progress: a tqdm bar: ``None`` when tqdm is installed, ``True`` always, ``False`` never.
       desc: the bar's label.
 
     Returns:
@@ -373,162 +325,191 @@ def train(
 
     Raises:
       ValueError: checkpoints exist but ``resume`` is False; the checkpoint's ``config_json``
-        differs; ``config.monitor`` is not a key of ``eval_fn``'s output.
+        differs; ``config.rules.monitor`` is not a key of ``eval_fn``'s output.
     """
-    if config.monitor is not None and eval_fn is None:
-        raise ValueError(f"HostConfig.monitor={config.monitor!r} needs an eval_fn.")
+    if config.rules is not None and eval_fn is None:
+        raise ValueError(f"HostConfig.rules (monitor {config.rules.monitor!r}) needs an eval_fn.")
     sink = _Sink(logger)
-    keep_best = config.restore != "never"
-    rules = _Rules.fresh(state, config)
+    run = _Run(config, state, _fresh_rules(state, config.rules), checkpointer, dict(config_json or {}), extra)
     # the best parameters: with a checkpointer, the best step on disk (orbax's best-step tracking); without, a copy
-    best = _copy((state.params, state.rest)) if keep_best and checkpointer is None else None
-    saved_json = dict(config_json or {})
-    resumed_from = None
+    if config.rules is not None and config.rules.keeps_best and checkpointer is None:
+        run.best = _copy((state.params, state.rest))
+    resumed_from = run.resume(resume, data_iterator, on_resume) if checkpointer is not None else None
+    start = int(np.asarray(to_host(run.state.step)))
+    sink.truncate(start if resumed_from is not None else None)
+    fresh = callable(batches) and not hasattr(batches, "__next__")
+    it = iter(cast(Callable, batches)(start)) if fresh else iter(cast(Iterable[Any], batches))
+    bar = progress_bar(config.num_steps, initial=start, desc=desc, enabled=progress)
+    try:
+        step = _steps(run, train_step, eval_fn, it, start, sink, tuple(callbacks), bar, data_iterator)
+    finally:
+        bar.close()
+        sink.flush()
+    return run.result(step, resumed_from)
 
-    def extra_json(step: int) -> dict:
+
+def _steps(
+    run: _Run,
+    train_step: TrainStep,
+    eval_fn: HostEvalFn | None,
+    it: Iterator[Any],
+    step: int,
+    sink: _Sink,
+    callbacks: tuple[Callback, ...],
+    bar: Any,
+    data_iterator: Any,
+) -> int:
+    """``train``'s loop: step, log, callbacks, evaluate (apply the rules), checkpoint; returns the last step."""
+    config, checkpointer = run.config, run.checkpointer
+    while step < config.num_steps and not run.stopped:
+        run.state, metrics = train_step(run.state, next(it))
+        step += 1
+        bar.update(1)
+        rec: dict = {"step": step}
+        if config.log_every and step % config.log_every == 0:
+            scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+            rec = sink.log(step, **{f"train_{k}": v for k, v in scalars.items()})
+            bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()})
+        halt = False
+        for cb in callbacks:
+            halt = bool(cb(step, run.state, rec)) or halt
+        evaluate = eval_fn is not None and (
+            step == config.num_steps or (config.eval_every is not None and step % config.eval_every == 0)
+        )
+        improved = run.evaluate(cast(HostEvalFn, eval_fn), sink, step) if evaluate else False
+        if checkpointer is not None and (evaluate or checkpointer.should_save(step)):
+            run.save(step, data_iterator, improved)
+        if halt:
+            break
+    if checkpointer is not None:
+        run.save(step, data_iterator, False)
+        checkpointer.wait()
+    return step
+
+
+def _fresh_rules(state: TrainState, rules: Rules | None) -> RuleState | None:
+    if rules is None:
+        return None
+    base = None
+    if rules.plateau is not None:
+        base = np.float32(np.asarray(to_host(get_learning_rate(state.opt_state))))
+    return rules_init(rules, (), jnp.float32, base)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one ``train`` call carries between steps: the state, the rules' state, the best copy, the evaluations."""
+
+    config: HostConfig
+    state: TrainState
+    rules: RuleState | None
+    checkpointer: Checkpointer | None
+    config_json: dict
+    extra: Mapping[str, Any] | Callable[[int], Mapping[str, Any]] | None
+    best: PyTree = None
+    evals: list[dict] = dataclasses.field(default_factory=list)
+
+    @property
+    def stopped(self) -> bool:
+        return self.rules is not None and bool(self.rules.stopping.stopped)
+
+    def extra_json(self, step: int) -> dict:
+        extra = self.extra
         mine = dict(extra(step) if callable(extra) else (extra or {}))
         clash = {"config", "host_loop"} & set(mine)
         if clash:
             raise ValueError(f"train: extra must not use the keys {sorted(clash)} (the loop writes them).")
-        return {**mine, "config": saved_json, "host_loop": rules.to_json()}
+        loop = None if self.rules is None else _tree_to_json(self.rules)
+        return {**mine, "config": self.config_json, "host_loop": loop}
 
-    if checkpointer is not None:
-        latest = checkpointer.latest_step()
+    def resume(self, resume: bool, data_iterator: Any, on_resume: Callable[[int, dict], None] | None) -> int | None:
+        """Restore the newest checkpoint (a fresh run refuses existing ones); returns its step or None."""
+        ckpt = cast(Checkpointer, self.checkpointer)
+        latest = ckpt.latest_step()
         if latest is not None and not resume:
             raise ValueError(
-                f"{checkpointer.directory} already holds checkpoints (latest step {latest}); pass --resume to "
+                f"{ckpt.directory} already holds checkpoints (latest step {latest}); pass --resume to "
                 "continue that run, or choose another --workdir (nothing is overwritten)."
             )
-        if latest is not None:
-            state, saved = checkpointer.restore(latest, abstract_state(state), data_iterator=data_iterator)
-            _check_config(saved.get("config"), saved_json, checkpointer.directory)
-            if "host_loop" in saved:
-                rules = rules.load(saved["host_loop"])
-            resumed_from = latest
-            log.info("resumed from step %d of %s", latest, checkpointer.directory)
-            if on_resume is not None:
-                on_resume(latest, saved)
+        if latest is None:
+            return None
+        self.state, saved = ckpt.restore(latest, abstract_state(self.state), data_iterator=data_iterator)
+        _check_config(saved.get("config"), self.config_json, ckpt.directory)
+        if self.rules is not None and saved.get("host_loop") is not None:
+            if isinstance(saved["host_loop"], Mapping):
+                raise ValueError(f"the checkpoint in {ckpt.directory} was written by an older gmpjax; start afresh.")
+            self.rules = cast(RuleState, _tree_from_json(self.rules, saved["host_loop"]))
+        log.info("resumed from step %d of %s", latest, ckpt.directory)
+        if on_resume is not None:
+            on_resume(latest, saved)
+        return latest
 
-    start = int(np.asarray(to_host(state.step)))
-    sink.truncate(start if resumed_from is not None else None)
-    if callable(batches) and not hasattr(batches, "__next__"):
-        it = iter(batches(start))
-    else:
-        it = iter(cast(Iterable[Any], batches))
-    callbacks = tuple(callbacks)
-    evals: list[dict] = []
-    patience = _NEVER if config.patience is None else config.patience
-    step = start
-    stopped = bool(rules.stopping.stopped)
-    bar = progress_bar(config.num_steps, initial=start, desc=desc, enabled=progress)
-    try:
-        while step < config.num_steps and not stopped:
-            state, metrics = train_step(state, next(it))
-            step += 1
-            bar.update(1)
-            rec: dict = {"step": step}
-            if config.log_every and step % config.log_every == 0:
-                scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
-                rec = sink.log(step, **{f"train_{k}": v for k, v in scalars.items()})
-                bar.set_postfix({k: f"{float(v):.4g}" for k, v in scalars.items()})
-            halt = False
-            for cb in callbacks:
-                halt = bool(cb(step, state, rec)) or halt
-            evaluate = eval_fn is not None and (
-                step == config.num_steps or (config.eval_every is not None and step % config.eval_every == 0)
-            )
-            if evaluate:
-                assert eval_fn is not None
-                ev = _host_metrics(eval_fn(state))
-                head: dict[str, Any] = {}
-                if config.steps_per_epoch:
-                    head["epoch"] = step / config.steps_per_epoch
-                lr = _learning_rate(state.opt_state)
-                if lr is not None:
-                    head["lr"] = lr
-                improved = False
-                if config.monitor is not None:
-                    state, improved = _apply_rules(rules, state, ev, step, config, patience)
-                    if improved and best is not None:
-                        best = _copy((state.params, state.rest))
-                    stopped = bool(rules.stopping.stopped)
-                evals.append(sink.log(step, **head, **ev))
-            if checkpointer is not None and (evaluate or checkpointer.should_save(step)):
-                rank = float(rules.stopping.best) if keep_best and evaluate and improved else None
-                checkpointer.save(step, state, extra_json(step), force=True, data_iterator=data_iterator, best=rank)
-            if halt:
-                break
-        if checkpointer is not None:
-            checkpointer.save(step, state, extra_json(step), force=True, data_iterator=data_iterator)
-            checkpointer.wait()
-    finally:
-        bar.close()
-        sink.flush()
+    def evaluate(self, eval_fn: HostEvalFn, sink: _Sink, step: int) -> bool:
+        """Evaluate, log and apply the rules; returns whether the monitored value improved."""
+        ev = _host_metrics(eval_fn(self.state))
+        head: dict[str, Any] = {}
+        if self.config.steps_per_epoch:
+            head["epoch"] = step / self.config.steps_per_epoch
+        lr = _learning_rate(self.state.opt_state)
+        if lr is not None:
+            head["lr"] = lr
+        improved = False
+        if self.config.rules is not None:
+            improved = self.apply_rules(self.config.rules, ev, step)
+            if improved and self.best is not None:
+                self.best = _copy((self.state.params, self.state.rest))
+        self.evals.append(sink.log(step, **head, **ev))
+        return improved
 
-    es = rules.stopping
-    sign = -1.0 if config.mode == "max" else 1.0
-    found = int(es.best_step) > 0
-    use_best = keep_best and found and (config.restore == "always" or bool(es.stopped))
-    chosen = state
-    if use_best:
-        if best is None:  # the best step's checkpoint (kept by orbax's best-step tracking)
-            assert checkpointer is not None
-            best_state, _ = checkpointer.restore(int(es.best_step), abstract_state(state))
-            best = (best_state.params, best_state.rest)
-        chosen = state.replace(params=best[0], rest=best[1])  # type: ignore[attr-defined]
-    return HostResult(
-        state=chosen,
-        last=state,
-        step=step,
-        stopped=bool(es.stopped),
-        best_value=sign * float(es.best) if config.monitor is not None else math.nan,
-        best_step=int(es.best_step),
-        lr_scale=float(rules.plateau.scale),
-        evals=evals,
-        resumed_from=resumed_from,
-    )
+    def apply_rules(self, rules: Rules, ev: Mapping[str, Any], step: int) -> bool:
+        """``rules_update`` on ``ev[rules.monitor]``, the decayed learning rate set; returns whether it improved."""
+        if rules.monitor not in ev:
+            raise ValueError(f"Rules.monitor={rules.monitor!r} is not a metric of eval_fn (it returns {sorted(ev)}).")
+        old = cast(RuleState, self.rules)
+        new = rules_update(rules, old, jnp.asarray(float(ev[rules.monitor]), jnp.float32), (), step)
+        self.rules = new
+        es = new.stopping
+        if bool(es.stopped):
+            log.info(
+                "early stopping at step %d: %s did not improve for %s evaluations (best %g at step %d)",
+                step, rules.monitor, rules.patience, float(best_value(rules, new)), int(es.best_step),
+            )  # fmt: skip
+        if rules.plateau is not None:
+            lr = decayed_lr(new)
+            self.state = self.state.replace(opt_state=_with_learning_rate(self.state.opt_state, lr))  # type: ignore[attr-defined]
+            if float(new.plateau.scale) < float(old.plateau.scale):
+                log.info("plateau at step %d: learning rate lowered to %g", step, float(lr))
+        return int(es.best_step) != int(old.stopping.best_step)
 
+    def save(self, step: int, data_iterator: Any, improved: bool) -> None:
+        rules = self.config.rules
+        rank = float(cast(RuleState, self.rules).stopping.best) if improved and rules and rules.keeps_best else None
+        ckpt = cast(Checkpointer, self.checkpointer)
+        ckpt.save(step, self.state, self.extra_json(step), force=True, data_iterator=data_iterator, best=rank)
 
-def _apply_rules(
-    rules: _Rules, state: TrainState, ev: Mapping[str, Any], step: int, config: HostConfig, patience: int
-) -> tuple[TrainState, bool]:
-    """Early stopping and plateau decay on ``ev[config.monitor]`` (in place on ``rules``); returns (state, improved)."""
-    if config.monitor is None or config.monitor not in ev:
-        raise ValueError(f"HostConfig.monitor={config.monitor!r} is not a metric of eval_fn (it returns {sorted(ev)}).")
-    value = float(ev[config.monitor])
-    signed = -value if config.mode == "max" else value
-    signed_arr = jnp.asarray(signed if math.isfinite(signed) else math.inf, jnp.float32)
-    before = int(rules.stopping.best_step)
-    rules.stopping = early_stopping_update(
-        rules.stopping, signed_arr, (), jnp.asarray(step, jnp.int32), patience=patience, min_delta=config.min_delta
-    )
-    improved = int(rules.stopping.best_step) != before
-    if bool(rules.stopping.stopped):
-        log.info(
-            "early stopping at step %d: %s did not improve for %d evaluations (best %g at step %d)",
-            step,
-            config.monitor,
-            patience,
-            (-1.0 if config.mode == "max" else 1.0) * float(rules.stopping.best),
-            int(rules.stopping.best_step),
+    def result(self, step: int, resumed_from: int | None) -> HostResult:
+        """The ``HostResult``, with the parameters ``Rules.restore`` picks (the best read back from disk if needed)."""
+        rules, rs, chosen = self.config.rules, self.rules, self.state
+        if rules is None or rs is None:
+            return HostResult(chosen, self.state, step, False, math.nan, 0, 1.0, self.evals, resumed_from)
+        if bool(use_best(rules, rs)):
+            best = self.best
+            if best is None:  # the best step's checkpoint (kept by orbax's best-step tracking)
+                ckpt = cast(Checkpointer, self.checkpointer)
+                best_state, _ = ckpt.restore(int(rs.stopping.best_step), abstract_state(self.state))
+                best = (best_state.params, best_state.rest)
+            chosen = self.state.replace(params=best[0], rest=best[1])  # type: ignore[attr-defined]
+        return HostResult(
+            state=chosen,
+            last=self.state,
+            step=step,
+            stopped=bool(rs.stopping.stopped),
+            best_value=float(best_value(rules, rs)),
+            best_step=int(rs.stopping.best_step),
+            lr_scale=float(rs.plateau.scale),
+            evals=self.evals,
+            resumed_from=resumed_from,
         )
-    if config.plateau is not None:
-        scale_before = float(np.asarray(rules.plateau.scale))
-        p = config.plateau
-        rules.plateau = plateau_update(
-            rules.plateau,
-            signed_arr,
-            patience=p.patience,
-            factor=p.factor,
-            min_delta=p.min_delta,
-            min_scale=p.min_scale,
-        )
-        assert rules.base_lr is not None
-        lr = np.float32(rules.base_lr) * np.float32(np.asarray(rules.plateau.scale))
-        state = state.replace(opt_state=_with_learning_rate(state.opt_state, lr))  # type: ignore[attr-defined]
-        if float(np.asarray(rules.plateau.scale)) < scale_before:
-            log.info("plateau at step %d: learning rate lowered to %g", step, float(lr))
-    return state, improved
 
 
 def sum_batches(

@@ -4,11 +4,10 @@ One ``LoopConfig`` holds every rule the loop applies:
 
 * batching (``"full"``, or shuffled minibatches of ``batch_size`` with the
   remainder ``"drop"``-ped, ``"wrap"``-ped or spread ``"even"``-ly);
-* the monitored metric and the split it is measured on;
-* early stopping (patience, ``min_delta``, restore the best state always,
-  only when stopping fired, or never) -- Keras ``EarlyStopping`` semantics;
-* plateau decay (``PlateauConfig``: Keras ``ReduceLROnPlateau``, via optax);
-* ``max_epochs``.
+* the split the monitored metric is measured on;
+* ``max_epochs``;
+* the rules (``gmpjax.train.rules.Rules``, shared with the host loop): the monitored
+  metric, early stopping, plateau decay and which parameters are returned.
 
 ``fit(train_step, eval_fn, state, data, config, key=...)`` trains one replica.
 It is a pure function of arrays, so ``jax.vmap`` over seeds, learning rates
@@ -25,7 +24,7 @@ for replicas that have stopped). It is built from three pure pieces,
 >>> graphdef, state = init_train_state(nnx.Linear(2, 1, rngs=nnx.Rngs(0)), tx)
 >>> x = jax.random.normal(jax.random.key(1), (32, 2)); y = x @ jnp.ones((2, 1))
 >>> data = {"train": (x, y), "val": (x, y)}
->>> cfg = LoopConfig(max_epochs=50, batching="drop", batch_size=8, monitor="metric", patience=5)
+>>> cfg = LoopConfig(max_epochs=50, batching="drop", batch_size=8, rules=Rules(monitor="metric", patience=5))
 >>> out = jax.jit(lambda s: fit(make_train_step(graphdef, tx, mse), make_eval_step(graphdef, mse),
 ...                             s, data, cfg, key=jax.random.key(2)))(state)
 >>> bool(out.epochs <= 50), bool(out.best_value < 1e-3)
@@ -35,6 +34,7 @@ for replicas that have stopped). It is built from three pure pieces,
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, cast
 
@@ -43,9 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from gmpjax.train.engine import EarlyStopping, TrainState, early_stopping_init, early_stopping_update
-from gmpjax.train.plateau import Plateau, PlateauConfig, get_learning_rate, plateau_init, plateau_update
+from gmpjax.train.engine import TrainState
+from gmpjax.train.plateau import get_learning_rate
 from gmpjax.train.plateau import set_learning_rate as _set_lr
+from gmpjax.train.rules import Rules, RuleState, best_value, decayed_lr, rules_init, rules_update, use_best
 
 Array = jax.Array
 PyTree = Any
@@ -66,12 +67,11 @@ __all__ = [
 ]
 
 BATCHING = ("full", "drop", "wrap", "even")
-RESTORE = ("always", "if_stopped", "never")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
-    """Every rule of the fit loop (frozen and hashable, so jit closes over it).
+    """The compiled loop's settings (frozen and hashable, so jit closes over it).
 
     Attributes:
       max_epochs: epoch cap (>= 1).
@@ -83,31 +83,18 @@ class LoopConfig:
         equal batches of ``N // ceil(N / B)`` rows (fewer than ``ceil(N / B)`` rows unused:
         the static-shape stand-in for Keras' short last batch).
       batch_size: rows per minibatch (ignored for ``"full"``; a batch size ``>= N`` is full batch).
-      monitor: the metric early stopping and plateau decay watch: a key of ``eval_fn``'s
-        output (or of the train step's metrics when ``monitor_split`` is None).
       monitor_split: the key of ``data`` that ``eval_fn`` is applied to after every epoch;
-        ``None`` monitors the epoch mean of the train step's ``monitor`` metric (Keras
+        ``None`` monitors the epoch mean of the train step's ``rules.monitor`` metric (Keras
         ``monitor="loss"``).
-      mode: ``"min"`` or ``"max"`` (the value is negated internally for ``"max"``).
-      patience: epochs without improvement before early stopping fires; ``None``: never.
-      min_delta: early stopping's improvement threshold (>= 0).
-      restore: which parameters ``fit_result`` returns: the best (``"always"``), the best
-        only when early stopping fired (``"if_stopped"``: Keras ``restore_best_weights``),
-        or the last (``"never"``).
-      plateau: plateau decay of the learning rate (``None``: constant). Needs an
-        ``optax.inject_hyperparams`` optimizer.
+      rules: the monitored metric, early stopping, plateau decay and restore
+        (``gmpjax.train.rules.Rules``; one check per epoch).
     """
 
     max_epochs: int
     batching: Literal["full", "drop", "wrap", "even"] = "full"
     batch_size: int | None = None
-    monitor: str = "loss"
     monitor_split: str | None = "val"
-    mode: Literal["min", "max"] = "min"
-    patience: int | None = None
-    min_delta: float = 0.0
-    restore: Literal["always", "if_stopped", "never"] = "always"
-    plateau: PlateauConfig | None = None
+    rules: Rules = Rules()
 
     def __post_init__(self) -> None:
         def positive_int(name: str, v: Any) -> None:
@@ -121,16 +108,8 @@ class LoopConfig:
             if self.batch_size is None:
                 raise ValueError(f"LoopConfig.batching={self.batching!r} needs a batch_size (or batching='full').")
             positive_int("batch_size", self.batch_size)
-        if self.patience is not None:
-            positive_int("patience", self.patience)
-        if self.mode not in ("min", "max"):
-            raise ValueError(f"LoopConfig.mode must be 'min' or 'max' (got {self.mode!r}).")
-        if self.restore not in RESTORE:
-            raise ValueError(f"LoopConfig.restore must be one of {RESTORE} (got {self.restore!r}).")
-        if not self.min_delta >= 0:
-            raise ValueError(f"LoopConfig.min_delta must be >= 0 (got {self.min_delta!r}).")
-        if self.plateau is not None and not isinstance(self.plateau, PlateauConfig):
-            raise TypeError(f"LoopConfig.plateau must be a PlateauConfig or None (got {type(self.plateau).__name__}).")
+        if not isinstance(self.rules, Rules):
+            raise TypeError(f"LoopConfig.rules must be a Rules (got {type(self.rules).__name__}).")
 
 
 def num_batches(config: LoopConfig, num_rows: int) -> tuple[int, int]:
@@ -164,9 +143,8 @@ class LoopState(struct.PyTreeNode):
 
     Attributes:
       train: the engine's ``TrainState``.
-      stopping: early stopping and the best ``(params, rest)`` so far (``EarlyStopping``).
-      plateau: the plateau rule's state (scale 1 without plateau decay).
-      base_lr: the learning rate the plateau scale multiplies (NaN without plateau decay).
+      rules: the rules' state (``RuleState``: early stopping, the best ``(params, rest)`` when
+        ``rules.restore`` needs them, plateau decay and its base learning rate).
       epoch: epochs run.
       key: the shuffling key (epoch ``e`` uses ``fold_in(key, e)``).
       history: per-epoch records, arrays of shape ``(max_epochs, ...)``, NaN (or 0) where not run:
@@ -176,9 +154,7 @@ class LoopState(struct.PyTreeNode):
     """
 
     train: TrainState
-    stopping: EarlyStopping
-    plateau: Plateau
-    base_lr: Array
+    rules: RuleState
     epoch: Array
     key: Array
     history: dict[str, Any]
@@ -188,7 +164,7 @@ class FitResult(struct.PyTreeNode):
     """What ``fit`` returns.
 
     Attributes:
-      state: the restored ``TrainState`` (``LoopConfig.restore`` decides which parameters).
+      state: the restored ``TrainState`` (``Rules.restore`` decides which parameters).
       last: the ``TrainState`` after the last epoch.
       best_value: best monitored value (in the metric's own sign).
       best_epoch: epoch (1-based) at which it was reached (0: never finite).
@@ -262,10 +238,9 @@ def fit_init(
     opt_state = state.opt_state
     if lr is not None:
         opt_state = _set_lr(opt_state, lr)
-    if config.plateau is not None:
-        base_lr = get_learning_rate(opt_state)  # its own dtype: float64 stays float64 under x64
-    else:
-        base_lr = jnp.asarray(jnp.nan, jnp.float32)
+    rules = config.rules
+    # the base learning rate in its own dtype: float64 stays float64 under x64
+    base_lr = get_learning_rate(opt_state) if rules.plateau is not None else None
     train = cast(Any, state).replace(opt_state=opt_state)
     first = jax.tree.map(lambda a: a[:bs], data["train"])
     _, step_metrics = _shapes(train_step, train, first)
@@ -279,22 +254,20 @@ def fit_init(
     for k, v in dict(step_metrics).items():
         if v.shape == ():
             history[f"train_{k}"] = nan((E,), jnp.result_type(v.dtype, jnp.float32))
-    if config.monitor_split is None and config.monitor not in step_metrics:
+    if config.monitor_split is None and rules.monitor not in step_metrics:
         raise ValueError(
-            f"LoopConfig.monitor={config.monitor!r} with monitor_split=None must be a metric of the train step "
+            f"Rules.monitor={rules.monitor!r} with monitor_split=None must be a metric of the train step "
             f"(it returns {sorted(step_metrics)})."
         )
     if config.monitor_split is not None:
         if eval_fn is None:
             raise ValueError(f"monitor_split={config.monitor_split!r} needs an eval_fn (or monitor_split=None).")
         ev = _metrics_dict(_shapes(eval_fn, train, data[config.monitor_split]))
-        if config.monitor not in ev:
-            raise ValueError(
-                f"LoopConfig.monitor={config.monitor!r} is not a metric of eval_fn (it returns {sorted(ev)})."
-            )
-        monitored = ev[config.monitor]
+        if rules.monitor not in ev:
+            raise ValueError(f"Rules.monitor={rules.monitor!r} is not a metric of eval_fn (it returns {sorted(ev)}).")
+        monitored = ev[rules.monitor]
     else:
-        monitored = step_metrics[config.monitor]
+        monitored = step_metrics[rules.monitor]
     # compare in the metric's precision (float64 stays float64 under x64), at least float32
     value_dtype = jnp.result_type(monitored.dtype, jnp.float32)
     history["monitor"] = nan((E,), value_dtype)
@@ -303,9 +276,7 @@ def fit_init(
         history["track"] = jax.tree.map(lambda s: jnp.zeros((E, nb) + s.shape, s.dtype), tr)
     return LoopState(
         train=train,
-        stopping=early_stopping_init((train.params, train.rest), value_dtype),
-        plateau=plateau_init(value_dtype),
-        base_lr=base_lr,
+        rules=rules_init(rules, (train.params, train.rest), value_dtype, base_lr),
         epoch=jnp.zeros((), jnp.int32),
         key=key,
         history=history,
@@ -340,32 +311,22 @@ def _epoch_update(
     else:
         train, (recs, tracked) = jax.lax.scan(one_step, loop.train, idx)
     means = {k: jnp.mean(v.astype(jnp.result_type(v.dtype, jnp.float32))) for k, v in recs.items()}
+    rules = config.rules
     if config.monitor_split is None:
-        value = means[config.monitor]
+        value = means[rules.monitor]
     else:
         assert eval_fn is not None
-        value = _metrics_dict(eval_fn(train, data[config.monitor_split]))[config.monitor]
-    value = jnp.asarray(value).astype(loop.stopping.best.dtype)
-    signed = -value if config.mode == "max" else value
-    signed = jnp.where(jnp.isfinite(signed), signed, jnp.inf)
-    patience = config.max_epochs + 1 if config.patience is None else config.patience
-    stopping = early_stopping_update(
-        loop.stopping, signed, (train.params, train.rest), ep + 1, patience=patience, min_delta=config.min_delta
-    )
-    plateau = loop.plateau
-    if config.plateau is not None:
-        p = config.plateau
-        plateau = plateau_update(
-            plateau, signed, patience=p.patience, factor=p.factor, min_delta=p.min_delta, min_scale=p.min_scale
-        )
-        lr = loop.base_lr * plateau.scale.astype(loop.base_lr.dtype)
-        train = cast(Any, train).replace(opt_state=_set_lr(train.opt_state, lr))
+        value = _metrics_dict(eval_fn(train, data[config.monitor_split]))[rules.monitor]
+    value = jnp.asarray(value).astype(loop.rules.stopping.best.dtype)
+    rule_state = rules_update(rules, loop.rules, value, (train.params, train.rest), ep + 1)
+    if rules.plateau is not None:
+        train = cast(Any, train).replace(opt_state=_set_lr(train.opt_state, decayed_lr(rule_state)))
     record: dict[str, Any] = {"monitor": value, **{f"train_{k}": v for k, v in means.items()}}
     if "lr" in loop.history:
         record["lr"] = get_learning_rate(train.opt_state)
     if track is not None:
         record["track"] = tracked
-    new = loop.replace(train=train, stopping=stopping, plateau=plateau, epoch=ep + 1)
+    new = loop.replace(train=train, rules=rule_state, epoch=ep + 1)
     return new, {k: v for k, v in record.items() if k in loop.history}
 
 
@@ -394,7 +355,7 @@ def fit_epochs(
     stop_at = config.max_epochs if until is None else jnp.minimum(until, config.max_epochs)
 
     def cond(loop: LoopState) -> Array:
-        return (~loop.stopping.stopped) & (loop.epoch < stop_at)
+        return (~loop.rules.stopping.stopped) & (loop.epoch < stop_at)
 
     def body(loop: LoopState) -> LoopState:
         new, record = _epoch_update(train_step, eval_fn, track, config, loop, data)
@@ -404,29 +365,23 @@ def fit_epochs(
 
 
 def fit_result(loop: LoopState, config: LoopConfig) -> FitResult:
-    """Pick the returned parameters (``config.restore``) and summarise the run."""
-    es = loop.stopping
-    params, rest = es.best_params
-    if config.restore == "always":
-        use_best = jnp.isfinite(es.best)
-    elif config.restore == "if_stopped":
-        use_best = es.stopped
-    else:
-        use_best = jnp.zeros((), bool)
-    pick = lambda b, p: jnp.where(use_best, b, p)  # noqa: E731
-    last = loop.train
-    state = cast(Any, last).replace(
-        params=jax.tree.map(pick, params, last.params), rest=jax.tree.map(pick, rest, last.rest)
-    )
-    best = -es.best if config.mode == "max" else es.best
+    """Pick the returned parameters (``config.rules.restore``) and summarise the run."""
+    rs, last = loop.rules, loop.train
+    state = last
+    if config.rules.keeps_best:
+        params, rest = rs.stopping.best_params
+        pick = lambda b, p: jnp.where(use_best(config.rules, rs), b, p)  # noqa: E731
+        state = cast(Any, last).replace(
+            params=jax.tree.map(pick, params, last.params), rest=jax.tree.map(pick, rest, last.rest)
+        )
     return FitResult(
         state=state,
         last=last,
-        best_value=best,
-        best_epoch=es.best_step,
+        best_value=best_value(config.rules, rs),
+        best_epoch=rs.stopping.best_step,
         epochs=loop.epoch,
-        stopped=es.stopped,
-        lr_scale=loop.plateau.scale,
+        stopped=rs.stopping.stopped,
+        lr_scale=rs.plateau.scale,
         history=loop.history,
     )
 
@@ -491,7 +446,7 @@ def _sweep_epochs(
     epoch = jax.vmap(lambda lp, d: _epoch_update(train_step, eval_fn, track, config, lp, d), in_axes=(0, data_axis))
 
     def going(loops: LoopState, t: Array) -> Array:
-        return (~loops.stopping.stopped) & (loops.epoch == t)
+        return (~loops.rules.stopping.stopped) & (loops.epoch == t)
 
     def cond(carry: tuple[LoopState, Array]) -> Array:
         loops, t = carry
@@ -507,17 +462,17 @@ def _sweep_epochs(
 
         moved = jax.tree.map(
             keep,
-            (new.train, new.stopping, new.plateau, new.epoch),
-            (loops.train, loops.stopping, loops.plateau, loops.epoch),
+            (new.train, new.rules, new.epoch),
+            (loops.train, loops.rules, loops.epoch),
         )
         old = {
             k: jax.tree.map(lambda buf: jax.lax.dynamic_index_in_dim(buf, t, 1, keepdims=False), loops.history[k])
             for k in record
         }
         record = {k: jax.tree.map(keep, record[k], old[k]) for k in record}
-        train, stopping, plateau, ep = moved
+        train, rules, ep = moved
         history = _write(loops.history, record, t, axis=1)
-        return loops.replace(train=train, stopping=stopping, plateau=plateau, epoch=ep, history=history), t + 1
+        return loops.replace(train=train, rules=rules, epoch=ep, history=history), t + 1
 
     loops, _ = jax.lax.while_loop(cond, body, (loops, jnp.asarray(start, jnp.int32)))
     return loops
@@ -551,6 +506,7 @@ def sweep(
     chunk: int | None = None,
     segment: int | None = None,
     min_bucket: int | None = None,
+    on_segment: Callable[[int, LoopState], None] | None = None,
 ) -> FitResult:
     """``fit`` for ``R`` independent replicas (seeds x learning rates x data splits) in one compiled program.
 
@@ -576,69 +532,124 @@ def sweep(
         ``min_bucket``), so a stopped replica costs no further optimizer work. Each batch size is
         one more compiled program. Epochs and stopping decisions are those of one loop.
       min_bucket: smallest batch of replicas ``segment`` compiles (default ``ceil(R / 8)``).
+      on_segment: with ``segment``, ``on_segment(epoch, loops)`` after every segment (``loops``: the
+        ``LoopState`` of all replicas, e.g. to take snapshots of ``loops.train``).
 
     Returns:
       ``FitResult`` whose leaves have a leading axis ``R``.
     """
     R = int(jnp.shape(keys)[0])
+    data_index = _check_sweep(R, data_axis, data_index, chunk, segment)
+    if on_segment is not None and segment is None:
+        raise ValueError("on_segment needs segment (the epochs between two calls).")
+    p = _programs(train_step, eval_fn, track, config, data_axis, lrs is not None)
+    if segment is not None:
+        args = (data_index, data_axis, segment, min_bucket, on_segment)
+        return _sweep_segments(p, states, data, keys, lrs, config, *args)
+    if chunk is None or chunk >= R:
+        return p.whole(states, data, keys, lrs, data_index)
+    rows = np.minimum(np.arange(-(-R // chunk) * chunk), R - 1).reshape(-1, chunk)
+    take = _take
+    parts = []
+    for r in rows:
+        if data_index is not None:
+            d, idx = data, take(data_index, r)
+        else:
+            d, idx = (data if data_axis is None else take(data, r)), None
+        parts.append(p.whole(take(states, r), d, take(keys, r), None if lrs is None else take(lrs, r), idx))
+    return jax.tree.map(lambda *a: jnp.concatenate(a)[:R], *parts)
+
+
+def _check_sweep(
+    R: int, data_axis: int | None, data_index: Array | None, chunk: int | None, segment: int | None
+) -> Array | None:
+    """Validate ``sweep``'s batching arguments; returns ``data_index`` as an array (or None)."""
     for name, v in (("chunk", chunk), ("segment", segment)):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be an int >= 1 or None (got {v!r}).")
     if chunk is not None and segment is not None:
         raise ValueError("give chunk or segment, not both (each is a way to stop paying for stopped replicas).")
-    if data_index is not None:
-        if data_axis != 0:
-            raise ValueError("data_index needs data_axis=0 (data arrays with a leading axis of splits).")
-        data_index = jnp.asarray(data_index)
-        if data_index.shape != (R,):
-            raise ValueError(f"data_index must have shape (R,) = ({R},) (got {data_index.shape}).")
-    lr_axis = None if lrs is None else 0
+    if data_index is None:
+        return None
+    if data_axis != 0:
+        raise ValueError("data_index needs data_axis=0 (data arrays with a leading axis of splits).")
+    data_index = jnp.asarray(data_index)
+    if data_index.shape != (R,):
+        raise ValueError(f"data_index must have shape (R,) = ({R},) (got {data_index.shape}).")
+    return data_index
 
+
+_take = jax.jit(_rows)
+_put = jax.jit(lambda tree, part, idx: jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The jitted pieces of one sweep setting (cached: repeated sweeps reuse their compiled programs)."""
+
+    init: Callable[..., LoopState]
+    run: Callable[..., LoopState]
+    result: Callable[[LoopState], FitResult]
+    whole: Callable[..., FitResult]
+
+
+@functools.lru_cache(maxsize=32)
+def _programs(
+    train_step: TrainStep,
+    eval_fn: EvalFn | None,
+    track: TrackFn | None,
+    config: LoopConfig,
+    data_axis: int | None,
+    with_lrs: bool,
+) -> _Programs:
     def init_one(s: TrainState, d: Any, k: Array, lr: Array | None) -> LoopState:
         return fit_init(train_step, eval_fn, s, d, config, key=k, lr=lr, track=track)
 
     def run(loops: LoopState, d: Any, start: Array | int, until: Array | int) -> LoopState:
         return _sweep_epochs(train_step, eval_fn, track, config, loops, d, data_axis, jnp.asarray(start), until)
 
-    take = jax.jit(_rows)
-    init = jax.vmap(init_one, in_axes=(0, data_axis, 0, lr_axis))
+    init = jax.vmap(init_one, in_axes=(0, data_axis, 0, 0 if with_lrs else None))
     result = jax.vmap(lambda lp: fit_result(lp, config))
-    E = config.max_epochs
-    if segment is None:
 
-        @jax.jit
-        def whole(states: TrainState, d: Any, keys: Array, lrs: Array | None, idx: Array | None) -> FitResult:
-            d = _rows(d, idx)
-            return result(run(init(states, d, keys, lrs), d, 0, E))
+    def whole(states: TrainState, d: Any, keys: Array, lrs: Array | None, idx: Array | None) -> FitResult:
+        d = _rows(d, idx)
+        return result(run(init(states, d, keys, lrs), d, 0, config.max_epochs))
 
-        if chunk is None or chunk >= R:
-            return whole(states, data, keys, lrs, data_index)
-        rows = np.minimum(np.arange(-(-R // chunk) * chunk), R - 1).reshape(-1, chunk)
-        parts = []
-        for r in rows:
-            if data_index is not None:
-                d, idx = data, take(data_index, r)
-            else:
-                d, idx = (data if data_axis is None else take(data, r)), None
-            parts.append(whole(take(states, r), d, take(keys, r), None if lrs is None else take(lrs, r), idx))
-        return jax.tree.map(lambda *a: jnp.concatenate(a)[:R], *parts)
-    data = take(data, data_index)
-    run_jit, init_jit, result_jit = jax.jit(run), jax.jit(init), jax.jit(result)
-    loop = init_jit(states, data, keys, lrs)
+    return _Programs(jax.jit(init), jax.jit(run), jax.jit(result), jax.jit(whole))
+
+
+def _sweep_segments(
+    p: _Programs,
+    states: TrainState,
+    data: Mapping[str, Any],
+    keys: Array,
+    lrs: Array | None,
+    config: LoopConfig,
+    data_index: Array | None,
+    data_axis: int | None,
+    segment: int,
+    min_bucket: int | None,
+    on_segment: Callable[[int, LoopState], None] | None,
+) -> FitResult:
+    """``sweep(segment=...)``: ``segment`` epochs at a time, the replicas still training gathered in between."""
+    R = int(jnp.shape(keys)[0])
+    data = _take(data, data_index)
+    loop = p.init(states, data, keys, lrs)
     floor = -(-R // 8) if min_bucket is None else max(1, min(int(min_bucket), R))
-    put = jax.jit(lambda tree, part, idx: jax.tree.map(lambda a, b: a.at[idx].set(b), tree, part))
-    epoch = 0
+    epoch, E = 0, config.max_epochs
     active = jnp.arange(R)
     while active.shape[0] and epoch < E:
         start, epoch = epoch, min(epoch + segment, E)
         n = int(active.shape[0])
         b = _bucket(n, R, floor)
         if b == R and n == R:
-            loop = run_jit(loop, data, start, epoch)
+            loop = p.run(loop, data, start, epoch)
         else:
             idx = jnp.concatenate([active, jnp.full((b - n,), active[0], active.dtype)]) if b > n else active
-            part = run_jit(take(loop, idx), data if data_axis is None else take(data, idx), start, epoch)
-            loop = put(loop, take(part, jnp.arange(n)), active)
-        going = jax.device_get(~loop.stopping.stopped[active] & (loop.epoch[active] == epoch))
+            part = p.run(_take(loop, idx), data if data_axis is None else _take(data, idx), start, epoch)
+            loop = _put(loop, _take(part, jnp.arange(n)), active)
+        going = jax.device_get(~loop.rules.stopping.stopped[active] & (loop.epoch[active] == epoch))
         active = active[jnp.asarray(going)]
-    return result_jit(loop)
+        if on_segment is not None:
+            on_segment(epoch, loop)
+    return p.result(loop)

@@ -9,11 +9,11 @@ for its raw weights (the paper restarts the optimizer; a short loss spike is
 possible). Phase 2 ("standard training") trains the raw weights without constraint.
 
 One :class:`TwoPhaseConfig` describes the whole schedule; :func:`train_two_phase`
-runs it for ``R`` independent replicas at once (``jax.vmap`` over replicas). Each
-phase goes through the library loop ``gmpjax.train.loop`` as a full-batch
-``LoopConfig`` (one epoch = one step, ``max_epochs`` = the phase's steps, no early
-stopping; :func:`phase_loop_config`), in chunks of ``chunk_steps`` epochs between
-snapshots: one compiled program per phase.
+runs it for ``R`` independent replicas at once. Each phase goes through the replica
+trainer ``gmpjax.train.replicas.train_replicas`` as a full-batch ``LoopConfig`` (one
+epoch = one step, ``max_epochs`` = the phase's steps, no early stopping;
+:func:`phase_loop_config`), in segments of ``chunk_steps`` epochs between snapshots:
+one compiled program per phase.
 ``pretrain_steps = 0`` gives "skip pretraining"; a model without ``to_raw`` (a
 baseline MLP) is trained in phase 2 only.
 
@@ -32,6 +32,7 @@ baseline MLP) is trained in phase 2 only.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,10 @@ from flax import nnx
 
 from gmpjax._optional import progress_bar
 from gmpjax.regions import count_linear_regions_batched
-from gmpjax.train.engine import TrainState, init_replicas, init_train_state, make_train_step
-from gmpjax.train.loop import LoopConfig, fit
+from gmpjax.train.engine import TrainState, init_replicas, init_train_state
+from gmpjax.train.loop import LoopConfig, LoopState
+from gmpjax.train.replicas import train_replicas
+from gmpjax.train.rules import Rules
 
 Snapshot = Callable[[str, nnx.GraphDef, TrainState], dict[str, Any]]
 """``(phase, graphdef, stacked_state) -> record`` callback of :func:`train_two_phase`."""
@@ -201,13 +204,14 @@ def phase_loop_config(steps: int) -> LoopConfig:
     >>> phase_loop_config(100).max_epochs, phase_loop_config(100).batching
     (100, 'full')
     """
-    return LoopConfig(max_epochs=steps, batching="full", monitor="loss", monitor_split=None, restore="never")
+    return LoopConfig(max_epochs=steps, batching="full", monitor_split=None, rules=Rules(monitor="loss"))
 
 
 def _run_phase(
     graphdef: nnx.GraphDef,
     state: TrainState,
-    tx: optax.GradientTransformation,
+    optimizer: Callable[[float], optax.GradientTransformation],
+    lr: float,
     loss_fn: Callable[[nnx.Module, Any], Any],
     batch: Any,
     batch_axis: int | None,
@@ -216,36 +220,21 @@ def _run_phase(
     chunk: int,
     on_chunk: Callable[[int, TrainState, np.ndarray], None],
 ) -> tuple[TrainState, np.ndarray]:
-    """``steps`` full-batch steps of every replica: ``gmpjax.train.loop.fit`` (vmapped) on
-    ``phase_loop_config(n)`` for consecutive chunks of ``n <= chunk`` steps; ``on_chunk(done, state, loss)``
-    after each (``loss``: every replica's loss before the chunk's last step).
-
-    Without early stopping or plateau decay, consecutive fits of ``n_1, n_2, ...`` epochs are the
-    same computation as one fit of ``steps`` epochs. Chunks keep the cost of the vmapped loop's
-    per-epoch bookkeeping (a select over its ``(R, max_epochs)`` history) at ``O(chunk)`` a step
-    instead of ``O(steps)``.
+    """``steps`` full-batch steps of every replica through ``train_replicas`` (``phase_loop_config(steps)``),
+    ``chunk`` epochs per segment; ``on_chunk(done, state, loss)`` after each (``loss``: every replica's
+    loss before the segment's last step).
 
     Returns the last state and the training loss before every step, ``(R, steps)``.
     """
-    step = make_train_step(graphdef, tx, loss_fn)
-    data = {"train": batch}
-    compiled: dict[int, Callable] = {}
 
-    def fit_chunk(n: int) -> Callable:
-        cfg = phase_loop_config(n)
-        return jax.jit(
-            jax.vmap(lambda s, d, k: fit(step, None, s, d, cfg, key=k), in_axes=(0, {"train": batch_axis}, 0))
-        )
+    def on_segment(done: int, loops: LoopState) -> None:
+        on_chunk(done, loops.train, np.asarray(loops.history["train_loss"][:, done - 1]))
 
-    losses, done = [], 0
-    for n in [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else []):
-        if n not in compiled:
-            compiled[n] = fit_chunk(n)
-        res = compiled[n](state, data, keys)
-        state, done = res.state, done + n
-        losses.append(np.asarray(res.history["train_loss"]))
-        on_chunk(done, state, losses[-1][:, -1])
-    return state, np.concatenate(losses, axis=1)
+    out = train_replicas(
+        (graphdef, state), optimizer, loss_fn, {"train": batch}, phase_loop_config(steps), keys=keys, lrs=lr,
+        data_axis=batch_axis, segment=chunk, on_segment=on_segment,
+    )  # fmt: skip
+    return out.result.last, np.asarray(out.result.history["train_loss"])
 
 
 def train_two_phase(
@@ -260,7 +249,7 @@ def train_two_phase(
     progress: bool | None = None,
     desc: str = "two-phase",
 ) -> TwoPhaseResult:
-    """Run the two-phase schedule for one replica per key (vmapped; each phase through ``gmpjax.train.loop``).
+    """Run the two-phase schedule for one replica per key (each phase through ``gmpjax.train.replicas``).
 
     Args:
       make_model: ``key -> nnx.Module`` (a ``TriangleNet`` in mode "peaks" for the full method;
@@ -286,9 +275,8 @@ def train_two_phase(
         raise ValueError(
             f"keys must be a 1-D array of PRNG keys, e.g. jax.random.split(key, R); got shape {keys.shape}."
         )
-    tx1 = make_optimizer(config.optimizer, config.pretrain_lr)
-    tx2 = make_optimizer(config.optimizer, config.finetune_lr)
-    graph1, state = init_replicas(make_model, keys, tx1)
+    optimizer = functools.partial(make_optimizer, config.optimizer)
+    graph1, state = init_replicas(make_model, keys, optimizer(config.pretrain_lr))
     has_raw = hasattr(nnx.eval_shape(lambda: make_model(keys[0])), "to_raw")
     pre_steps = config.pretrain_steps if has_raw else 0
     bar = progress_bar(pre_steps + config.finetune_steps, desc=desc, enabled=progress)
@@ -298,47 +286,22 @@ def train_two_phase(
         if snapshot is not None:
             snaps.append({"phase": phase, "step": step, **snapshot(phase, graphdef, state)})
 
-    def chunk_done(phase: str, graphdef: nnx.GraphDef, start: int) -> Callable[[int, TrainState, np.ndarray], None]:
+    def phase(name: str, graphdef: nnx.GraphDef, state: TrainState, lr: float, steps: int, start: int) -> Any:
         def on_chunk(done: int, state: TrainState, loss: np.ndarray) -> None:
             bar.update(start + done - bar.n)
-            bar.set_postfix(phase=phase, loss=f"{float(np.mean(loss)):.3g}")
-            record(phase, graphdef, state, start + done)
+            bar.set_postfix(phase=name, loss=f"{float(np.mean(loss)):.3g}")
+            record(name, graphdef, state, start + done)
 
-        return on_chunk
+        args = (loss_fn, batch, batch_axis, keys, steps, config.chunk_steps, on_chunk)
+        return _run_phase(graphdef, state, optimizer, lr, *args) if steps else (state, None)
 
     try:
         record("init", graph1, state, 0)
-        losses1 = None
-        if pre_steps:
-            state, losses1 = _run_phase(
-                graph1,
-                state,
-                tx1,
-                loss_fn,
-                batch,
-                batch_axis,
-                keys,
-                pre_steps,
-                config.chunk_steps,
-                chunk_done("pretrain", graph1, 0),
-            )
+        state, losses1 = phase("pretrain", graph1, state, config.pretrain_lr, pre_steps, 0)
         pre_graph, pre_state = graph1, state
-        graph2, state = switch_replicas(graph1, state, tx2)
+        graph2, state = switch_replicas(graph1, state, optimizer(config.finetune_lr))
         record("switch", graph2, state, pre_steps)
-        losses2 = None
-        if config.finetune_steps:
-            state, losses2 = _run_phase(
-                graph2,
-                state,
-                tx2,
-                loss_fn,
-                batch,
-                batch_axis,
-                keys,
-                config.finetune_steps,
-                config.chunk_steps,
-                chunk_done("finetune", graph2, pre_steps),
-            )
+        state, losses2 = phase("finetune", graph2, state, config.finetune_lr, config.finetune_steps, pre_steps)
     finally:
         bar.close()
     parts = [p for p in (losses1, losses2) if p is not None]

@@ -1,0 +1,144 @@
+"""Reporting shared by the experiment scripts: atomic JSON, per-job results for ``--resume``, tables, figures.
+
+>>> mean_se([1.0, 3.0]), fmt_mean_se(0.4741, 0.0132)
+((2.0, 1.0), '0.474 ± 0.013')
+>>> print(markdown_table(["a", "b"], [[1, 2]]))
+| a | b |
+|---|---|
+| 1 | 2 |
+>>> color("gmp_imn@0.1"), to_json({"x": np.arange(2), "y": float("nan")})
+('tab:blue', {'x': [0, 1], 'y': None})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "COLORS",
+    "color",
+    "fmt_mean_se",
+    "markdown_table",
+    "mean_se",
+    "run_jobs",
+    "save_figure",
+    "to_json",
+    "write_json",
+]
+
+COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
+
+
+def color(name: str) -> str:
+    """The colour of a method (``"gmp_imn@0.1"`` is drawn as ``gmp``; unknown names grey)."""
+    return COLORS.get(name.split("@")[0].split("_")[0], "tab:gray")
+
+
+def mean_se(values: Sequence[float] | np.ndarray) -> tuple[float, float]:
+    """Mean and standard error ``std(ddof=1) / sqrt(n)`` (0 for n = 1)."""
+    v = np.asarray(values, np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), se
+
+
+def fmt_mean_se(mean: float, se: float, digits: int = 3) -> str:
+    """``"m ± se"`` with ``digits`` decimals (4 when ``|m| < 0.1``)."""
+    d = digits + 1 if abs(mean) < 0.1 else digits
+    return f"{mean:.{d}f} ± {se:.{d}f}"
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def to_json(obj: Any) -> Any:
+    """``obj`` as JSON values: arrays become lists, dataclasses dicts, non-finite floats ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_json(dataclasses.asdict(obj))
+    if hasattr(obj, "tolist"):
+        return to_json(np.asarray(obj).tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``to_json(obj)`` to ``path`` atomically (temp file + rename)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(to_json(obj), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
+    """Save a matplotlib figure (folders created), close it, return ``path``."""
+    import matplotlib.pyplot as plt
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def run_jobs(
+    cfg: Any, jobs: Sequence[str], fn: Callable[[str], dict], *, desc: str = "jobs", grow: Sequence[str] = ("methods",)
+) -> dict[str, dict]:
+    """Run ``fn(job)`` for every job name, saving each result as ``<cfg.workdir>/jobs/<job>.json``.
+
+    With ``cfg.resume`` the jobs whose file exists are loaded instead of run, so an interrupted
+    sweep continues where it stopped. The configuration (a dataclass) is saved with the jobs;
+    resuming with a different one is an error (it would mix results of two settings), except
+    for the fields in ``grow``, which only add or remove jobs (e.g. ``methods``), and
+    ``workdir``/``progress``.
+    """
+    from tqdm.auto import tqdm
+
+    folder = os.path.join(cfg.workdir, "jobs")
+    os.makedirs(folder, exist_ok=True)
+    stamp = os.path.join(folder, "_config.json")
+    skip = {"resume", "progress", "workdir", *grow}
+    mine = to_json({k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip})
+    if cfg.resume and os.path.exists(stamp):
+        with open(stamp) as f:
+            theirs = json.load(f)
+        if theirs != mine:
+            diff = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+            raise ValueError(
+                f"--resume: {cfg.workdir!r} was run with other settings ({', '.join(diff)}); use a new --workdir"
+            )
+    write_json(stamp, mine)
+    out: dict[str, dict] = {}
+    bar = tqdm(list(jobs), desc=desc, disable=not cfg.progress, file=sys.stderr)
+    for job in bar:
+        path = os.path.join(folder, f"{job}.json")
+        if cfg.resume and os.path.exists(path):
+            with open(path) as f:
+                out[job] = json.load(f)
+            continue
+        bar.set_postfix_str(job)
+        out[job] = to_json(fn(job))
+        write_json(path, out[job])
+    return out

@@ -1,0 +1,70 @@
+"""gmpjax.train.losses against numpy on random inputs, and the replica trainer's argument errors."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from gmpjax.train import losses as L
+from gmpjax.train.loop import LoopConfig
+from gmpjax.train.replicas import replica_grid, train_replicas
+from gmpjax.train.rules import Rules
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+def test_regression_losses_match_numpy(rng):
+    p, t = rng.normal(size=(17, 3)).astype(np.float32), rng.normal(size=(17, 3)).astype(np.float32)
+    np.testing.assert_allclose(float(L.mse(p, t)), np.mean((p - t) ** 2), rtol=1e-6)
+    np.testing.assert_allclose(float(L.mae(p, t)), np.mean(np.abs(p - t)), rtol=1e-6)
+
+
+def test_bce_matches_the_logistic_formula(rng):
+    z, y = rng.normal(size=40) * 4, rng.integers(0, 2, 40).astype(np.float64)
+    ref = np.mean(np.log1p(np.exp(-np.abs(z))) + np.maximum(z, 0) - z * y)  # stable log(1 + e^z) - z y
+    np.testing.assert_allclose(float(L.bce(jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.float32))), ref, rtol=1e-5)
+
+
+def test_xent_accuracy_and_top_k_match_numpy_and_optax(rng):
+    logits, y = rng.normal(size=(50, 7)).astype(np.float32), rng.integers(0, 7, 50)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    np.testing.assert_allclose(float(L.xent(logits, y)), -np.mean(logp[np.arange(50), y]), rtol=1e-5)
+    np.testing.assert_allclose(float(L.accuracy(logits, y)), np.mean(logits.argmax(1) == y))
+    for k in (1, 3, 7):
+        ref = np.mean([y[i] in np.argsort(-logits[i])[:k] for i in range(50)])
+        np.testing.assert_allclose(float(L.top_k_accuracy(logits, y, k)), ref)
+    with pytest.raises(ValueError, match="k must be an int >= 1"):
+        L.top_k_accuracy(logits, y, 0)
+
+
+def test_binary_accuracy_and_on_batch():
+    z, y = jnp.array([0.5, -2.0, 3.0, -0.1]), jnp.array([1, 0, 0, 1])
+    assert float(L.accuracy(z, y)) == 0.5
+    model = lambda x: jnp.concatenate([x, -x], axis=1)  # noqa: E731
+    batch = (jnp.array([[1.0], [2.0]]), jnp.array([1.0, 1.0]))
+    assert float(L.on_batch(L.mse, squeeze=True)(model, batch)) == 0.5
+    assert L.on_batch({"mae": L.mae}, squeeze=True)(model, batch) == {"mae": pytest.approx(0.5)}
+
+
+def test_train_replicas_checks_its_arguments_and_takes_built_states():
+    x = jax.random.normal(jax.random.key(0), (16, 2))
+    data, cfg = {"train": (x, x[:, :1])}, LoopConfig(3, monitor_split=None, rules=Rules(monitor="loss"))
+    make = lambda k: nnx.Linear(2, 1, rngs=nnx.Rngs(k))  # noqa: E731
+    keys = jax.random.split(jax.random.key(1), 2)
+    with pytest.raises(ValueError, match="1-D array of PRNG keys"):
+        train_replicas(make, optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys[None])
+    with pytest.raises(ValueError, match="one per replica"):
+        train_replicas(make, optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys, lrs=[0.1, 0.2, 0.3])
+    with pytest.raises(TypeError, match="inject_hyperparams"):
+        train_replicas(make, optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys, lrs=[0.1, 0.2])
+    first = train_replicas(make, optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys, lrs=0.1)
+    again = train_replicas((first.graphdef, first.init), optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys, lrs=0.1)
+    jax.tree.map(np.testing.assert_array_equal, first.result.state.params, again.result.state.params)
+    assert first.model(1)(x).shape == (16, 1) and replica_grid(1, [0.5])[1].tolist() == [0.5]
