@@ -28,9 +28,9 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from jax.sharding import Mesh
 
     from gmpjax.data.text import TextCorpus
-    from gmpjax.train.engine import TrainState
+    from gmpjax.train.trainer import HostTrainer
 
 DTYPES = ("bfloat16", "float32")
 
@@ -123,119 +123,86 @@ def quick(cfg: Config) -> dict:
     )
 
 
-class Trainer:
-    """What one method shares across seeds: compiled train step, validation, initialisation, training stream."""
+def make_trainer(cfg: Config, method: str, vocab_size: int, mesh: Mesh, model_axis: str | None) -> HostTrainer:
+    """The ``HostTrainer`` of one method (shared by its seeds): adamw with warmup-cosine, next-byte cross-entropy."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
 
-    def __init__(self, cfg: Config, method: str, corpus: TextCorpus, mesh: Mesh, model_axis: str | None):
-        import jax
-        import jax.numpy as jnp
-        import optax
-        from flax import nnx
+    from gmpjax.models.transformer import TransformerLM
+    from gmpjax.train.optim import make_optimizer
+    from gmpjax.train.trainer import HostTrainer
 
-        from gmpjax.data.text import eval_windows, window_batches
-        from gmpjax.models.transformer import TransformerLM
-        from gmpjax.train import sharding, weight_decay_mask
-        from gmpjax.train.engine import init_train_state, make_eval_step, make_train_step
+    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    size = {"d_model": cfg.d_model, "num_heads": cfg.heads, "num_layers": cfg.layers, "mlp_ratio": cfg.mlp_ratio}
 
-        self.cfg, self.method = cfg, method
-        dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
-
-        def make_model(key: jax.Array) -> TransformerLM:
-            return TransformerLM(
-                corpus.vocab_size,
-                cfg.seq_len,
-                parameterization=method,
-                d_model=cfg.d_model,
-                num_heads=cfg.heads,
-                num_layers=cfg.layers,
-                mlp_ratio=cfg.mlp_ratio,
-                dtype=dtype,
-                model_axis=model_axis,
-                rngs=nnx.Rngs(key),
-            )
-
-        lr = cfg.peak_lr
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
-        tx = optax.chain(
-            optax.clip_by_global_norm(1.0),
-            optax.adamw(schedule, b2=0.99, weight_decay=cfg.weight_decay, mask=weight_decay_mask),
+    def make_model(key: jax.Array) -> TransformerLM:
+        return TransformerLM(
+            vocab_size,
+            cfg.seq_len,
+            parameterization=method,
+            dtype=dtype,
+            model_axis=model_axis,
+            rngs=nnx.Rngs(key),
+            **size,
         )
-        graphdef = nnx.split(nnx.eval_shape(lambda: make_model(jax.random.key(0))), nnx.Param, ...)[0]
 
-        def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
-            return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
+    def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
+        return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
 
-        def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
-            ce = cross_entropy(model, tokens)
-            return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
+    def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
+        ce = cross_entropy(model, tokens)
+        return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
 
-        self.step = sharding.shard_train_step(
-            make_train_step(graphdef, tx, lambda m, t: cross_entropy(m, t).mean()), mesh
-        )
-        eval_step = sharding.shard_eval_step(make_eval_step(graphdef, ce_sums), mesh)
-        try:
-            val = eval_windows(corpus.valid, cfg.seq_len, cfg.val_windows, multiple_of=sharding.data_shards(mesh))
-        except ValueError as e:
-            raise ValueError(f"--val-windows: {e}") from None
-        val = sharding.shard_batch(val, mesh)
-        init = jax.jit(lambda key: init_train_state(make_model(key), tx)[1])
+    def bits_per_char(sums: Mapping[str, Any]) -> dict[str, float]:  # mean next-byte cross-entropy / ln 2
+        return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
 
-        def val_bpc(
-            state: TrainState,
-        ) -> dict[str, float]:  # validation bits per byte: mean next-byte cross-entropy / ln 2
-            sums = jax.device_get(eval_step(state, val))
-            return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
-
-        def batches(
-            seed: int, start: int
-        ) -> Iterator[jax.Array]:  # the training stream from step ``start`` on, sharded
-            windows = window_batches(corpus.train, cfg.batch_size, cfg.seq_len, seed, start)
-            return (sharding.shard_batch(b, mesh) for b in windows)
-
-        self.val_bpc, self.batches = val_bpc, batches
-        self.init_state = lambda seed: sharding.shard_state(init(jax.random.key(seed, impl="rbg")), mesh)
+    lr = cfg.peak_lr
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
+    tx = make_optimizer("adamw", schedule, b2=0.99, weight_decay=cfg.weight_decay, clip_norm=1.0)
+    loss = lambda m, t: cross_entropy(m, t).mean()  # noqa: E731
+    return HostTrainer(make_model, tx, loss, mesh, eval_fn=ce_sums, metrics=bits_per_char)
 
 
-def run_one(trainer: Trainer, seed: int, run_dir: Path) -> dict:
+def run_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:
     """Train (or, with ``--resume``, continue) one (method, seed) run in ``run_dir``; returns its result record."""
+    import itertools
+
     import jax
 
+    from gmpjax.data.text import eval_windows, window_batches
     from gmpjax.train import sharding
-    from gmpjax.train.checkpoint import Checkpointer
-    from gmpjax.train.engine import MetricsLogger
-    from gmpjax.train.host import HostConfig, train
+    from gmpjax.train.host import HostConfig
 
-    cfg = trainer.cfg
-    logger = MetricsLogger(run_dir)
+    method, seed = name.rsplit("_seed", 1)
+    mesh = trainer.mesh
+    try:
+        val = eval_windows(corpus.valid, cfg.seq_len, cfg.val_windows, multiple_of=sharding.data_shards(mesh))
+    except ValueError as e:
+        raise ValueError(f"--val-windows: {e}") from None
+    val = sharding.shard_batch(val, mesh)
+
+    def batches(start: int) -> Iterator[jax.Array]:  # the training stream from step ``start`` on, sharded
+        windows = window_batches(corpus.train, cfg.batch_size, cfg.seq_len, int(seed), start)
+        return (sharding.shard_batch(b, mesh) for b in windows)
+
     loop = HostConfig(num_steps=cfg.steps, eval_every=cfg.eval_every, log_every=max(1, cfg.eval_every // 4))
-    t0 = time.perf_counter()
-    with Checkpointer(run_dir / "ckpt", save_every=cfg.save_every, max_to_keep=2) as ckpt:
-        state = train(
-            trainer.step,
-            trainer.val_bpc,
-            trainer.init_state(seed),
-            lambda start: trainer.batches(seed, start),
-            loop,
-            checkpointer=ckpt,
-            resume=cfg.resume,
-            config_json={"method": trainer.method, "seed": seed},
-            logger=logger,
-            progress=cfg.progress,
-            desc=f"{trainer.method} seed {seed}",
-        ).state
-    records = logger.read()
-    val = [(r["step"], r["val_bpc"]) for r in records if "val_bpc" in r]
-    train_bpc = [(r["step"], r["train_loss"] / math.log(2.0)) for r in records if "train_loss" in r]
-    theta = [x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0] if "theta" in jax.tree_util.keystr(p)]
+    run = trainer.fit(
+        jax.random.key(int(seed), impl="rbg"), batches, loop, run_dir, eval_batches=lambda: itertools.repeat(val),
+        resume=cfg.resume, save_every=cfg.save_every, keep=2, progress=cfg.progress,
+        config_json={"method": method, "seed": int(seed)}, desc=f"{method} seed {seed}",
+    )  # fmt: skip
+    params = run.result.state.params
+    theta = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if "theta" in jax.tree_util.keystr(p)]
     return {
-        "method": trainer.method,
-        "seed": seed,
-        "val_bpc": val[-1][1],
-        "val_curve": val,
+        "method": method,
+        "seed": int(seed),
+        "val_bpc": run.history[-1]["val_bpc"],
+        "val_curve": [(r["step"], r["val_bpc"]) for r in run.history],
         "theta_sharding": sorted({str(x.sharding.spec) for x in theta}),
-        "train_bpc_curve": train_bpc,
-        "train_seconds_this_session": time.perf_counter() - t0,
-        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(sharding.to_host(state.params)))),
+        "train_bpc_curve": [(r["step"], r["train_loss"] / math.log(2.0)) for r in run.records if "train_loss" in r],
+        "train_seconds_this_session": run.wall_s,
+        "num_params": run.num_params,
     }
 
 
@@ -277,13 +244,13 @@ def run(cfg: Config) -> dict:
         mesh, model_axis = sharding.make_data_mesh(), None
     sharding.check_batch_size(cfg.batch_size, sharding.data_shards(mesh), what="--batch-size")
     corpus = load_stdlib_corpus()
-    trainers: dict[str, Trainer] = {}
+    trainers: dict[str, HostTrainer] = {}
 
     def job(name: str) -> dict:
-        method, seed = name.rsplit("_seed", 1)
+        method = name.rsplit("_seed", 1)[0]
         if method not in trainers:
-            trainers[method] = Trainer(cfg, method, corpus, mesh, model_axis)
-        return run_one(trainers[method], int(seed), workdir / "runs" / name)
+            trainers[method] = make_trainer(cfg, method, corpus.vocab_size, mesh, model_axis)
+        return run_one(cfg, trainers[method], corpus, name, workdir / "runs" / name)
 
     t0 = time.perf_counter()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
