@@ -120,51 +120,40 @@ def model_factory(cfg: ImageConfig, parameterization: str, num_classes: int) -> 
     return lambda key: ResNet18(num_classes, width=max(1, round(64 * cfg.width)), rngs=nnx.Rngs(key), **kw)
 
 
-def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
-    """``1.0`` where ``labels`` is among the ``k`` largest ``logits`` (per example), shape ``(batch,)``."""
-    top = jax.lax.top_k(logits, min(k, logits.shape[-1]))[1]
-    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+def _ce_and_hits(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
+    """Per-example cross-entropy and top-1/top-5 hits (1.0 where the label is among the k largest logits)."""
+    logits, labels = model(preprocess.finish(batch, xp=jnp)), batch["label"]
+    top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None]
+    hits = {f"top{k}": jnp.any(top[:, :k], axis=-1).astype(jnp.float32) for k in (1, 5)}
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels), hits
 
 
 def loss_fn(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
     """Mean softmax cross-entropy of integer labels; top-1/top-5 of the batch as metrics."""
-    logits, labels = model(preprocess.finish(batch, xp=jnp)), batch["label"]
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    return loss, {"top1": topk_correct(logits, labels, 1).mean(), "top5": topk_correct(logits, labels, 5).mean()}
+    ce, hits = _ce_and_hits(model, batch, preprocess)
+    return ce.mean(), {k: v.mean() for k, v in hits.items()}
 
 
 def eval_sums(model: nnx.Module, batch: dict, preprocess: Preprocess) -> dict:
     """Masked sums (loss, top-1 and top-5 hits, count) of one evaluation batch."""
-    logits, labels, mask = model(preprocess.finish(batch, xp=jnp)), batch["label"], batch["mask"]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    hits = {f"top{k}": jnp.sum(topk_correct(logits, labels, k) * mask) for k in (1, 5)}
-    return {"loss": jnp.sum(ce * mask), **hits, "count": jnp.sum(mask)}
+    (ce, hits), mask = _ce_and_hits(model, batch, preprocess), batch["mask"]
+    return {"loss": jnp.sum(ce * mask), **{k: jnp.sum(v * mask) for k, v in hits.items()}, "count": jnp.sum(mask)}
 
 
 def run_name(cfg: ImageConfig, method: str, lr: float, seed: int) -> str:
     """``<method>_bs<batch>``, plus ``_lr<lr>`` when several rates run and ``_seed<seed>`` when several seeds do."""
-    several_lrs, several_seeds = len(cfg.lr) > 1, cfg.seeds > 1
-    return (
-        f"{method}_bs{cfg.batch_size}"
-        + (f"_lr{lr:g}" if several_lrs else "")
-        + (f"_seed{seed}" if several_seeds else "")
-    )
+    lr_part, seed_part = f"_lr{lr:g}" if len(cfg.lr) > 1 else "", f"_seed{seed}" if cfg.seeds > 1 else ""
+    return f"{method}_bs{cfg.batch_size}{lr_part}{seed_part}"
 
 
 def host_config(cfg: ImageConfig, steps_per_epoch: int) -> HostConfig:
     """The loop and its stopping rules: evaluation every epoch, top-5 monitored (the one place they are set)."""
-    total = cfg.epochs * steps_per_epoch
+    plateau, total = RELEASED_PLATEAU if cfg.schedule == "plateau" else None, cfg.epochs * steps_per_epoch
+    rules = {"monitor": "val_top5", "mode": "max", "patience": cfg.stop_patience, "restore": cfg.restore}
     return HostConfig(
         num_steps=total if cfg.max_steps is None else min(cfg.max_steps, total),
-        eval_every=steps_per_epoch,
-        log_every=cfg.log_every,
-        steps_per_epoch=steps_per_epoch,
-        monitor="val_top5",
-        mode="max",
-        patience=cfg.stop_patience,
-        restore=cfg.restore,  # type: ignore[arg-type]
-        plateau=RELEASED_PLATEAU if cfg.schedule == "plateau" else None,
-    )
+        eval_every=steps_per_epoch, log_every=cfg.log_every, steps_per_epoch=steps_per_epoch, plateau=plateau, **rules,
+    )  # fmt: skip
 
 
 _TRAINERS: dict[tuple, HostTrainer] = {}  # one per architecture x optimizer x mesh: seeds and resumes compile once
@@ -203,12 +192,9 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
             msg = f"the data iterator of {run_dir} is at {train_iter.position} but the train state at step {step}"
             raise ValueError(f"--resume: {msg}; resume from an older step or use a fresh --workdir.")
 
-    def report(st: Any, ev: dict) -> None:
-        step, lr_now = int(shd.to_host(st.step)), float(shd.to_host(st.opt_state.hyperparams["learning_rate"]))
-        print(
-            f"  epoch {step / spe:6.2f}  step {step:7d}  val top-1 {100 * ev['val_top1']:6.2f}%  "
-            f"top-5 {100 * ev['val_top5']:6.2f}%  loss {ev['val_loss']:.4f}  lr {lr_now:.4g}"
-        )
+    def report(r: dict) -> None:
+        print(f"  epoch {r['step'] / spe:6.2f}  step {r['step']:7d}  val top-1 {100 * r['val_top1']:6.2f}%  "
+              f"top-5 {100 * r['val_top5']:6.2f}%  loss {r['val_loss']:.4f}  lr {r['lr']:.4g}")  # fmt: skip
 
     identity = {"model": cfg.MODEL, "dataset": cfg.dataset, "parameterization": p, "batch_size": cfg.batch_size}
     identity |= {"seed": seed, "schedule": cfg.schedule, "lr": lr, "width": cfg.width}
@@ -304,10 +290,8 @@ def run_experiment(
         cli.write_json(os.path.join(cfg.workdir, "results.json"), {k: {**v, "history": None} for k, v in runs.items()})
         print("\n" + paper_table(paper, list(runs.values()), columns))
         for r in runs.values():
-            print(
-                f"\nours: {r['config']['dataset']}, top-1 {100 * r['val_top1']:.2f}% "
-                f"(chance {100 * r['chance_top1']:.1f}%), "
-                f"top-5 {100 * r['val_top5']:.2f}%, {r['images_per_s_median'] or float('nan'):.0f} images/s on "
-                f"{r['devices']} x {r['device_kind']}, {r['wall_s']:.0f} s; files in {r['config']['workdir']}"
-            )
+            c, rate = r["config"], r["images_per_s_median"] or float("nan")
+            print(f"\nours: {c['dataset']}, top-1 {100 * r['val_top1']:.2f}% (chance {100 * r['chance_top1']:.1f}%), "
+                  f"top-5 {100 * r['val_top5']:.2f}%, {rate:.0f} images/s on {r['devices']} x {r['device_kind']}, "
+                  f"{r['wall_s']:.0f} s; files in {c['workdir']}")  # fmt: skip
     return {"runs": runs}

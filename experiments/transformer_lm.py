@@ -1,19 +1,11 @@
 """Character-level language model: a small decoder-only transformer with SP, WN or GmP ReLU MLP blocks.
 
-The same ``gmpjax.models.transformer.TransformerLM`` is trained with each MLP
-parameterization (``--methods sp wn gmp gmp_imn``) on the embedded corpus of
-``gmpjax.data.text`` (Python standard-library source, a fixed file list split by
-file into train and validation), in bf16 compute with float32 parameters, with
-adamw (peak ``--lr``, linear warmup, cosine decay to a tenth) and the GmP-safe
-weight-decay mask (``gmpjax.train.optim``: no decay on theta, radius, offsets,
-biases, norm scales). Training runs through the host loop ``gmpjax.train.host.train``
-over ``gmpjax.train.sharding`` (``--mesh DxM`` for data x tensor parallelism:
-attention heads and MLP hidden units split over the ``model`` axis), with orbax
-checkpoints (``--resume`` continues every unfinished run of ``--workdir``).
-
-Reported: validation bits per character (bytes; the corpus is ASCII up to a few
-characters) at the end of training, mean +- standard error over seeds, per
-method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
+``gmpjax.models.transformer.TransformerLM`` with each MLP parameterization (``--methods sp wn gmp gmp_imn``)
+on the embedded corpus of ``gmpjax.data.text`` (Python standard-library source, split by file), bf16 compute
+with float32 parameters, adamw (peak ``--lr``, warmup, cosine decay to a tenth) with the GmP-safe weight-decay
+mask, trained by the host trainer ``gmpjax.train.trainer.HostTrainer`` (``--mesh DxM``: data x tensor
+parallelism; orbax checkpoints, ``--resume``). Reported: validation bits per character at the end, mean +- s.e.
+over seeds per method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
 
     python -m experiments.transformer_lm --methods sp gmp gmp_imn --seeds 3
     python -m experiments.transformer_lm --quick --workdir /tmp/lm        # seconds: a smoke run
@@ -23,6 +15,7 @@ method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import platform
@@ -30,20 +23,22 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 from experiments import cli
 from experiments.common import mean_se
-
-if TYPE_CHECKING:
-    import jax
-    from flax import nnx
-    from jax.sharding import Mesh
-
-    from gmpjax.data.text import TextCorpus
-    from gmpjax.train.trainer import HostTrainer
+from gmpjax.data.text import TextCorpus, eval_windows, load_stdlib_corpus, window_batches
+from gmpjax.models.transformer import MLP_PARAMETERIZATIONS, TransformerLM
+from gmpjax.train import sharding
+from gmpjax.train.host import HostConfig
+from gmpjax.train.optim import make_optimizer
+from gmpjax.train.trainer import HostTrainer
 
 DTYPES = ("bfloat16", "float32")
 
@@ -70,8 +65,6 @@ class Config(cli.Common):
     save_every: int = cli.field(100, "checkpoint every N steps")
 
     def __post_init__(self) -> None:
-        from gmpjax.models.transformer import MLP_PARAMETERIZATIONS
-
         methods = tuple(dict.fromkeys(m.lower().replace("+", "_").replace("-", "_") for m in self.methods))
         bad = [m for m in methods if m not in MLP_PARAMETERIZATIONS]
         if bad:
@@ -92,10 +85,8 @@ class Config(cli.Common):
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"--warmup must be in [0, --steps) (got {self.warmup_steps} with --steps {self.steps})")
         if self.mesh is not None:
-            from gmpjax.train.sharding import parse_mesh_shape
-
             try:
-                parse_mesh_shape(self.mesh)
+                sharding.parse_mesh_shape(self.mesh)
             except ValueError as e:
                 raise ValueError(f"--mesh: {e}") from None
 
@@ -123,29 +114,15 @@ def quick(cfg: Config) -> dict:
     )
 
 
-def make_trainer(cfg: Config, method: str, vocab_size: int, mesh: Mesh, model_axis: str | None) -> HostTrainer:
+def make_trainer(
+    cfg: Config, method: str, vocab_size: int, mesh: jax.sharding.Mesh, model_axis: str | None
+) -> HostTrainer:
     """The ``HostTrainer`` of one method (shared by its seeds): adamw with warmup-cosine, next-byte cross-entropy."""
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from gmpjax.models.transformer import TransformerLM
-    from gmpjax.train.optim import make_optimizer
-    from gmpjax.train.trainer import HostTrainer
-
-    dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
     size = {"d_model": cfg.d_model, "num_heads": cfg.heads, "num_layers": cfg.layers, "mlp_ratio": cfg.mlp_ratio}
+    size |= {"dtype": jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32, "model_axis": model_axis}
 
     def make_model(key: jax.Array) -> TransformerLM:
-        return TransformerLM(
-            vocab_size,
-            cfg.seq_len,
-            parameterization=method,
-            dtype=dtype,
-            model_axis=model_axis,
-            rngs=nnx.Rngs(key),
-            **size,
-        )
+        return TransformerLM(vocab_size, cfg.seq_len, parameterization=method, rngs=nnx.Rngs(key), **size)
 
     def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
         return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
@@ -166,14 +143,6 @@ def make_trainer(cfg: Config, method: str, vocab_size: int, mesh: Mesh, model_ax
 
 def run_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:
     """Train (or, with ``--resume``, continue) one (method, seed) run in ``run_dir``; returns its result record."""
-    import itertools
-
-    import jax
-
-    from gmpjax.data.text import eval_windows, window_batches
-    from gmpjax.train import sharding
-    from gmpjax.train.host import HostConfig
-
     method, seed = name.rsplit("_seed", 1)
     mesh = trainer.mesh
     try:
@@ -228,20 +197,13 @@ def plot(results: dict, path: Path) -> None:
 
 def run(cfg: Config) -> dict:
     """Train every (method, seed), write ``results.json`` and ``loss_curves.png``, print the table."""
-    import jax
-
-    from gmpjax.data.text import load_stdlib_corpus
-    from gmpjax.train import sharding
-
     workdir = Path(cfg.workdir)
     if not cfg.resume and (workdir / "runs").exists():
         raise ValueError(
             f"--workdir {workdir} already holds a run; pass --resume to continue it, or choose a new --workdir"
         )
-    if cfg.mesh is not None:
-        mesh, model_axis = sharding.make_mesh(cfg.mesh), sharding.MODEL_AXIS
-    else:
-        mesh, model_axis = sharding.make_data_mesh(), None
+    mesh = sharding.make_data_mesh() if cfg.mesh is None else sharding.make_mesh(cfg.mesh)
+    model_axis = None if cfg.mesh is None else sharding.MODEL_AXIS
     sharding.check_batch_size(cfg.batch_size, sharding.data_shards(mesh), what="--batch-size")
     corpus = load_stdlib_corpus()
     trainers: dict[str, HostTrainer] = {}
@@ -263,20 +225,11 @@ def run(cfg: Config) -> dict:
         m: dict(zip(("mean", "se"), mean_se([r["val_bpc"] for r in rs]), strict=True)) | {"n": len(rs)}
         for m, rs in results.items()
     }
-    summary = {
-        "table": table,
-        "config": dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps},
-        "corpus": corpus.info,
-        "wall_s": wall,
-        "command": "python -m experiments.transformer_lm " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "devices": [str(d) for d in jax.devices()],
-            "mesh": dict(mesh.shape),
-        },
-        "runs": results,
-    }
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()]}
+    config = dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps}
+    command = "python -m experiments.transformer_lm " + " ".join(sys.argv[1:])
+    summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "command": command}
+    summary |= {"machine": machine | {"mesh": dict(mesh.shape)}, "runs": results}
     cli.write_json(str(workdir / "results.json"), summary)
     plot(results, workdir / "loss_curves.png")
     print(f"validation bits per character (mean +- s.e. over seeds), {cfg.steps} steps:")

@@ -52,7 +52,8 @@ from flax import nnx
 from gmpjax.train.checkpoint import Checkpointer
 from gmpjax.train.engine import MetricsLogger, TrainState, init_train_state, make_eval_step, make_train_step
 from gmpjax.train.host import Callback, HostConfig, HostResult, ScalarWriter, sum_batches, train
-from gmpjax.train.sharding import is_primary, shard_eval_step, shard_state, shard_train_step
+from gmpjax.train.plateau import get_learning_rate
+from gmpjax.train.sharding import is_primary, shard_eval_step, shard_state, shard_train_step, to_host
 
 __all__ = ["HostTrainer", "HostRun", "mean_metrics", "CHECKPOINTS", "THROUGHPUT"]
 
@@ -187,7 +188,7 @@ class _Evaluator:
         trainer: HostTrainer,
         batches: Callable[[], Iterable[Any]],
         num_batches: int,
-        report: Callable[[TrainState, dict], None] | None,
+        report: Callable[[dict], None] | None,
     ):
         self.trainer, self.batches, self.num_batches, self.report = trainer, batches, num_batches, report
         self.it: Iterator[Any] | None = None
@@ -197,11 +198,19 @@ class _Evaluator:
             self.it = iter(self.batches())
         metrics = self.trainer.evaluate(state, self.it, self.num_batches)
         if self.report is not None:
-            self.report(state, metrics)
+            self.report({"step": int(np.asarray(to_host(state.step))), **_lr_of(state), **metrics})
         return metrics
 
     def close(self) -> None:
         _close(self.it)
+
+
+def _lr_of(state: TrainState) -> dict[str, float]:
+    """``{"lr": the learning rate}`` of an ``optax.inject_hyperparams`` optimizer, else ``{}``."""
+    try:
+        return {"lr": float(np.asarray(to_host(get_learning_rate(state.opt_state))))}
+    except TypeError:
+        return {}
 
 
 def _close(*things: Any) -> None:
@@ -267,7 +276,7 @@ class HostTrainer:
         *,
         eval_batches: Callable[[], Iterable[Any]] | None = None,
         eval_steps: int = 1,
-        on_eval: Callable[[TrainState, dict], None] | None = None,
+        on_eval: Callable[[dict], None] | None = None,
         resume: bool = False,
         save_every: int = 1000,
         keep: int = 3,
@@ -288,7 +297,8 @@ class HostTrainer:
           eval_batches: ``() -> iterator`` of sharded eval batches (called once, at the first evaluation;
             endless, or at least ``eval_steps`` batches per evaluation). Needed when ``eval_fn`` was given.
           eval_steps: batches summed per evaluation.
-          on_eval: ``(state, metrics) -> None`` after each evaluation, on the primary process (a report line).
+          on_eval: ``record -> None`` after each evaluation, on the primary process (a report line); ``record``
+            is ``{"step", ["lr"], **metrics}`` (the learning rate used since the previous evaluation).
           resume: continue from the newest checkpoint (a fresh run refuses a folder that holds some).
           save_every, keep: checkpoint every ``save_every`` steps (and after each evaluation); keep the last ``keep``.
           examples_per_step: log ``examples_per_s`` every ``log_every`` steps (the global batch size).
