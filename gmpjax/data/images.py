@@ -985,7 +985,7 @@ def image_loaders(
     loaders = []
     for train in (True, False):
         src = load_source(dataset, info["train" if train else "eval"], image_size=image_size, data_dir=data_dir)
-        pre = make_preprocess(info["kind"], train=train, image_size=image_size, **({"crop": crop} if train else {}))
+        pre = make_preprocess(info["kind"], train=train, image_size=image_size, crop=crop if train else "scale")
         steps = None if train else eval_steps
         loaders.append(ImageLoader(src, train=train, preprocess=pre, steps_per_epoch=steps, **kw))
     return loaders[0], loaders[1]

@@ -159,20 +159,22 @@ def _is_number(v: Any) -> bool:
 
 
 class _Throughput:
-    """Callback: examples/s over every ``every``-step window and at ``last`` (the first window includes compiling)."""
+    """Callback: examples/s over every ``log_every``-step window and at the last step (the first includes compiling)."""
 
-    def __init__(self, logger: MetricsLogger, examples_per_step: int, every: int, last: int):
-        self.logger, self.examples, self.every, self.last = logger, examples_per_step, every, last
+    def __init__(self, logger: MetricsLogger, examples_per_step: int, config: HostConfig):
+        self.logger, self.examples = logger, examples_per_step
+        self.every, self.last = config.log_every, config.num_steps
         self.values: list[float] = []
-        self.t, self.step0, self.first = time.perf_counter(), None, True
+        self.t, self.first = time.perf_counter(), True
+        self.step0: int | None = None
 
     def __call__(self, step: int, state: TrainState, rec: dict) -> bool:
-        if self.step0 is None:
-            self.step0 = step - 1
+        start = step - 1 if self.step0 is None else self.step0
+        self.step0 = start
         if (self.every and step % self.every == 0) or step == self.last:
             jax.block_until_ready(state.step)
             now = time.perf_counter()
-            rate = self.examples * (step - self.step0) / max(now - self.t, 1e-9)
+            rate = self.examples * (step - start) / max(now - self.t, 1e-9)
             if not self.first:
                 self.values.append(rate)
             self.logger.log(step, **{THROUGHPUT: rate, "includes_compile": self.first})
@@ -291,12 +293,10 @@ class HostTrainer:
         Args:
           key: the PRNG key of ``make_model`` (ignored where a checkpoint is restored).
           batches: sharded train batches: an iterator, or ``start_step -> iterator`` (``host.train``).
-          config: the loop's ``HostConfig``: steps, evaluation and logging intervals, and the stopping
-            rules (early stopping, plateau decay, restore), passed to ``host.train`` as they are.
+          config: the ``HostConfig`` (steps, intervals, stopping rules), passed to ``host.train`` as it is.
           workdir: the run's folder: ``metrics.jsonl`` and ``checkpoints/``.
-          eval_batches: ``() -> iterator`` of sharded eval batches (called once, at the first evaluation;
-            endless, or at least ``eval_steps`` batches per evaluation). Needed when ``eval_fn`` was given.
-          eval_steps: batches summed per evaluation.
+          eval_batches, eval_steps: ``() -> iterator`` of sharded eval batches, called at the first evaluation
+            (needed with ``eval_fn``); each evaluation sums ``eval_steps`` of them.
           on_eval: ``record -> None`` after each evaluation, on the primary process (a report line); ``record``
             is ``{"step", ["lr"], **metrics}`` (the learning rate used since the previous evaluation).
           resume: continue from the newest checkpoint (a fresh run refuses a folder that holds some).
@@ -316,34 +316,18 @@ class HostTrainer:
                 "HostTrainer.fit: eval_batches and HostTrainer(eval_fn=...) go together; give both or neither."
             )
         primary = is_primary()
-        os.makedirs(workdir, exist_ok=True)
         logger = _Logger(os.fspath(workdir) if primary else None, writers)
-        evaluate = None
-        if eval_batches is not None:
-            evaluate = _Evaluator(self, eval_batches, eval_steps, on_eval if primary else None)
-        calls = list(callbacks)
-        timer = None
-        if examples_per_step is not None:
-            timer = _Throughput(logger, examples_per_step, config.log_every, config.num_steps)
-            calls.append(timer)
+        report = on_eval if primary else None
+        evaluate = None if eval_batches is None else _Evaluator(self, eval_batches, eval_steps, report)
+        timer = _Throughput(logger, examples_per_step, config) if examples_per_step else None
+        calls: list[Callback] = [*callbacks, *([timer] if timer is not None else [])]
+        progress = progress if primary else False
         state = self.init(key)
-        num_params = _num_params(state)
-        t0 = time.perf_counter()
+        num_params, t0 = _num_params(state), time.perf_counter()
         try:
             with Checkpointer(os.path.join(workdir, CHECKPOINTS), max_to_keep=keep, save_every=save_every) as ckpt:
-                result = train(
-                    self.train_step,
-                    evaluate,
-                    state,
-                    batches,
-                    config,
-                    checkpointer=ckpt,
-                    resume=resume,
-                    logger=logger,
-                    callbacks=calls,
-                    progress=progress if primary else False,
-                    **loop,
-                )
+                result = train(self.train_step, evaluate, state, batches, config, checkpointer=ckpt, resume=resume,
+                               logger=logger, callbacks=calls, progress=progress, **loop)  # fmt: skip
         finally:
             _close(batches, loop.get("data_iterator"))
         wall = time.perf_counter() - t0
