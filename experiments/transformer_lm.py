@@ -141,7 +141,7 @@ def make_trainer(
     return HostTrainer(make_model, tx, loss, mesh, eval_fn=ce_sums, metrics=bits_per_char)
 
 
-def run_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:
+def train_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:
     """Train (or, with ``--resume``, continue) one (method, seed) run in ``run_dir``; returns its result record."""
     method, seed = name.rsplit("_seed", 1)
     mesh = trainer.mesh
@@ -212,7 +212,7 @@ def run(cfg: Config) -> dict:
         method = name.rsplit("_seed", 1)[0]
         if method not in trainers:
             trainers[method] = make_trainer(cfg, method, corpus.vocab_size, mesh, model_axis)
-        return run_one(cfg, trainers[method], corpus, name, workdir / "runs" / name)
+        return train_one(cfg, trainers[method], corpus, name, workdir / "runs" / name)
 
     t0 = time.perf_counter()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
