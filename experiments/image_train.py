@@ -112,7 +112,7 @@ def quick_overrides(cfg: ImageConfig) -> dict[str, Any]:
 
 
 def model_factory(cfg: ImageConfig, parameterization: str, num_classes: int) -> Callable[[jax.Array], nnx.Module]:
-    """``key -> `` VGG-6 or ResNet-18 of ``parameterization``; ``cfg.width`` scales every channel count."""
+    """``key ->`` VGG-6 or ResNet-18 of ``parameterization``; ``cfg.width`` scales every channel count."""
     kw = {"parameterization": parameterization, "init": cfg.init}
     if cfg.MODEL == "vgg6":
         widths = tuple(max(1, round(w * cfg.width)) for w in VGG6_WIDTHS)
@@ -159,8 +159,8 @@ def host_config(cfg: ImageConfig, steps_per_epoch: int) -> HostConfig:
 _TRAINERS: dict[tuple, HostTrainer] = {}  # one per architecture x optimizer x mesh: seeds and resumes compile once
 
 
-def trainer(cfg: ImageConfig, p: str, lr: float, num_classes: int, spe: int, pre: tuple[Preprocess, ...]) -> Any:
-    """The ``HostTrainer`` of a run (cached: same architecture + optimizer + mesh -> the compiled steps are reused)."""
+def trainer(cfg: ImageConfig, p: str, lr: float, num_classes: int, spe: int, pre: tuple) -> HostTrainer:
+    """The ``HostTrainer`` of a run, ``pre`` its train and eval ``Preprocess`` (cached: seeds and resumes reuse it)."""
     mesh = shd.make_data_mesh()
     boundaries = tuple(b for b in cfg.boundaries if b < cfg.epochs)
     key = (cfg.MODEL, p, cfg.init, cfg.width, num_classes, cfg.schedule, lr, boundaries, spe, cfg.momentum)
