@@ -1,19 +1,11 @@
 """Character-level language model: a small decoder-only transformer with SP, WN or GmP ReLU MLP blocks.
 
-The same ``gmpjax.models.transformer.TransformerLM`` is trained with each MLP
-parameterization (``--methods sp wn gmp gmp_imn``) on the embedded corpus of
-``gmpjax.data.text`` (Python standard-library source, a fixed file list split by
-file into train and validation), in bf16 compute with float32 parameters, with
-adamw (peak ``--lr``, linear warmup, cosine decay to a tenth) and the GmP-safe
-weight-decay mask (``gmpjax.train.optim``: no decay on theta, radius, offsets,
-biases, norm scales). Training runs through the host loop ``gmpjax.train.host.train``
-over ``gmpjax.train.sharding`` (``--mesh DxM`` for data x tensor parallelism:
-attention heads and MLP hidden units split over the ``model`` axis), with orbax
-checkpoints (``--resume`` continues every unfinished run of ``--workdir``).
-
-Reported: validation bits per character (bytes; the corpus is ASCII up to a few
-characters) at the end of training, mean +- standard error over seeds, per
-method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
+``gmpjax.models.transformer.TransformerLM`` with each MLP parameterization (``--methods sp wn gmp gmp_imn``)
+on the embedded corpus of ``gmpjax.data.text`` (Python standard-library source, split by file), bf16 compute
+with float32 parameters, adamw (peak ``--lr``, warmup, cosine decay to a tenth) with the GmP-safe weight-decay
+mask, trained by the host trainer ``gmpjax.train.trainer.HostTrainer`` (``--mesh DxM``: data x tensor
+parallelism; orbax checkpoints, ``--resume``). Reported: validation bits per character at the end, mean +- s.e.
+over seeds per method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
 
     python -m experiments.transformer_lm --methods sp gmp gmp_imn --seeds 3
     python -m experiments.transformer_lm --quick --workdir /tmp/lm        # seconds: a smoke run
@@ -23,27 +15,30 @@ method; ``results.json`` and ``loss_curves.png`` in ``--workdir``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
 
 from experiments import cli
 from experiments.common import mean_se
-
-if TYPE_CHECKING:
-    import jax
-    from flax import nnx
-    from jax.sharding import Mesh
-
-    from gmpjax.data.text import TextCorpus
-    from gmpjax.train.engine import TrainState
+from gmpjax.data.text import TextCorpus, eval_windows, load_stdlib_corpus, window_batches
+from gmpjax.models.transformer import MLP_PARAMETERIZATIONS, TransformerLM
+from gmpjax.train import sharding
+from gmpjax.train.host import HostConfig
+from gmpjax.train.optim import make_optimizer
+from gmpjax.train.trainer import HostTrainer
 
 DTYPES = ("bfloat16", "float32")
 
@@ -70,8 +65,6 @@ class Config(cli.Common):
     save_every: int = cli.field(100, "checkpoint every N steps")
 
     def __post_init__(self) -> None:
-        from gmpjax.models.transformer import MLP_PARAMETERIZATIONS
-
         methods = tuple(dict.fromkeys(m.lower().replace("+", "_").replace("-", "_") for m in self.methods))
         bad = [m for m in methods if m not in MLP_PARAMETERIZATIONS]
         if bad:
@@ -92,10 +85,8 @@ class Config(cli.Common):
         if not 0 <= self.warmup_steps < self.steps:
             raise ValueError(f"--warmup must be in [0, --steps) (got {self.warmup_steps} with --steps {self.steps})")
         if self.mesh is not None:
-            from gmpjax.train.sharding import parse_mesh_shape
-
             try:
-                parse_mesh_shape(self.mesh)
+                sharding.parse_mesh_shape(self.mesh)
             except ValueError as e:
                 raise ValueError(f"--mesh: {e}") from None
 
@@ -123,119 +114,64 @@ def quick(cfg: Config) -> dict:
     )
 
 
-class Trainer:
-    """What one method shares across seeds: compiled train step, validation, initialisation, training stream."""
+def make_trainer(
+    cfg: Config, method: str, vocab_size: int, mesh: jax.sharding.Mesh, model_axis: str | None
+) -> HostTrainer:
+    """The ``HostTrainer`` of one method (shared by its seeds): adamw with warmup-cosine, next-byte cross-entropy."""
+    size = {"d_model": cfg.d_model, "num_heads": cfg.heads, "num_layers": cfg.layers, "mlp_ratio": cfg.mlp_ratio}
+    size |= {"dtype": jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32, "model_axis": model_axis}
 
-    def __init__(self, cfg: Config, method: str, corpus: TextCorpus, mesh: Mesh, model_axis: str | None):
-        import jax
-        import jax.numpy as jnp
-        import optax
-        from flax import nnx
+    def make_model(key: jax.Array) -> TransformerLM:
+        return TransformerLM(vocab_size, cfg.seq_len, parameterization=method, rngs=nnx.Rngs(key), **size)
 
-        from gmpjax.data.text import eval_windows, window_batches
-        from gmpjax.models.transformer import TransformerLM
-        from gmpjax.train import sharding, weight_decay_mask
-        from gmpjax.train.engine import init_train_state, make_eval_step, make_train_step
+    def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
+        return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
 
-        self.cfg, self.method = cfg, method
-        dtype = jnp.bfloat16 if cfg.dtype == "bfloat16" else jnp.float32
+    def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
+        ce = cross_entropy(model, tokens)
+        return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
 
-        def make_model(key: jax.Array) -> TransformerLM:
-            return TransformerLM(
-                corpus.vocab_size,
-                cfg.seq_len,
-                parameterization=method,
-                d_model=cfg.d_model,
-                num_heads=cfg.heads,
-                num_layers=cfg.layers,
-                mlp_ratio=cfg.mlp_ratio,
-                dtype=dtype,
-                model_axis=model_axis,
-                rngs=nnx.Rngs(key),
-            )
+    def bits_per_char(sums: Mapping[str, Any]) -> dict[str, float]:  # mean next-byte cross-entropy / ln 2
+        return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
 
-        lr = cfg.peak_lr
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
-        tx = optax.chain(
-            optax.clip_by_global_norm(1.0),
-            optax.adamw(schedule, b2=0.99, weight_decay=cfg.weight_decay, mask=weight_decay_mask),
-        )
-        graphdef = nnx.split(nnx.eval_shape(lambda: make_model(jax.random.key(0))), nnx.Param, ...)[0]
-
-        def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
-            return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
-
-        def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
-            ce = cross_entropy(model, tokens)
-            return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
-
-        self.step = sharding.shard_train_step(
-            make_train_step(graphdef, tx, lambda m, t: cross_entropy(m, t).mean()), mesh
-        )
-        eval_step = sharding.shard_eval_step(make_eval_step(graphdef, ce_sums), mesh)
-        try:
-            val = eval_windows(corpus.valid, cfg.seq_len, cfg.val_windows, multiple_of=sharding.data_shards(mesh))
-        except ValueError as e:
-            raise ValueError(f"--val-windows: {e}") from None
-        val = sharding.shard_batch(val, mesh)
-        init = jax.jit(lambda key: init_train_state(make_model(key), tx)[1])
-
-        def val_bpc(
-            state: TrainState,
-        ) -> dict[str, float]:  # validation bits per byte: mean next-byte cross-entropy / ln 2
-            sums = jax.device_get(eval_step(state, val))
-            return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
-
-        def batches(
-            seed: int, start: int
-        ) -> Iterator[jax.Array]:  # the training stream from step ``start`` on, sharded
-            windows = window_batches(corpus.train, cfg.batch_size, cfg.seq_len, seed, start)
-            return (sharding.shard_batch(b, mesh) for b in windows)
-
-        self.val_bpc, self.batches = val_bpc, batches
-        self.init_state = lambda seed: sharding.shard_state(init(jax.random.key(seed, impl="rbg")), mesh)
+    lr = cfg.peak_lr
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
+    tx = make_optimizer("adamw", schedule, b2=0.99, weight_decay=cfg.weight_decay, clip_norm=1.0)
+    loss = lambda m, t: cross_entropy(m, t).mean()  # noqa: E731
+    return HostTrainer(make_model, tx, loss, mesh, eval_fn=ce_sums, metrics=bits_per_char)
 
 
-def run_one(trainer: Trainer, seed: int, run_dir: Path) -> dict:
+def train_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:
     """Train (or, with ``--resume``, continue) one (method, seed) run in ``run_dir``; returns its result record."""
-    import jax
+    method, seed = name.rsplit("_seed", 1)
+    mesh = trainer.mesh
+    try:
+        val = eval_windows(corpus.valid, cfg.seq_len, cfg.val_windows, multiple_of=sharding.data_shards(mesh))
+    except ValueError as e:
+        raise ValueError(f"--val-windows: {e}") from None
+    val = sharding.shard_batch(val, mesh)
 
-    from gmpjax.train import sharding
-    from gmpjax.train.checkpoint import Checkpointer
-    from gmpjax.train.engine import MetricsLogger
-    from gmpjax.train.host import HostConfig, train
+    def batches(start: int) -> Iterator[jax.Array]:  # the training stream from step ``start`` on, sharded
+        windows = window_batches(corpus.train, cfg.batch_size, cfg.seq_len, int(seed), start)
+        return (sharding.shard_batch(b, mesh) for b in windows)
 
-    cfg = trainer.cfg
-    logger = MetricsLogger(run_dir)
     loop = HostConfig(num_steps=cfg.steps, eval_every=cfg.eval_every, log_every=max(1, cfg.eval_every // 4))
-    t0 = time.perf_counter()
-    with Checkpointer(run_dir / "ckpt", save_every=cfg.save_every, max_to_keep=2) as ckpt:
-        state = train(
-            trainer.step,
-            trainer.val_bpc,
-            trainer.init_state(seed),
-            lambda start: trainer.batches(seed, start),
-            loop,
-            checkpointer=ckpt,
-            resume=cfg.resume,
-            config_json={"method": trainer.method, "seed": seed},
-            logger=logger,
-            progress=cfg.progress,
-            desc=f"{trainer.method} seed {seed}",
-        ).state
-    records = logger.read()
-    val = [(r["step"], r["val_bpc"]) for r in records if "val_bpc" in r]
-    train_bpc = [(r["step"], r["train_loss"] / math.log(2.0)) for r in records if "train_loss" in r]
-    theta = [x for p, x in jax.tree_util.tree_flatten_with_path(state.params)[0] if "theta" in jax.tree_util.keystr(p)]
+    run = trainer.fit(
+        jax.random.key(int(seed), impl="rbg"), batches, loop, run_dir, eval_batches=lambda: itertools.repeat(val),
+        resume=cfg.resume, save_every=cfg.save_every, keep=2, progress=cfg.progress,
+        config_json={"method": method, "seed": int(seed)}, desc=f"{method} seed {seed}",
+    )  # fmt: skip
+    params = run.result.state.params
+    theta = [x for p, x in jax.tree_util.tree_flatten_with_path(params)[0] if "theta" in jax.tree_util.keystr(p)]
     return {
-        "method": trainer.method,
-        "seed": seed,
-        "val_bpc": val[-1][1],
-        "val_curve": val,
+        "method": method,
+        "seed": int(seed),
+        "val_bpc": run.history[-1]["val_bpc"],
+        "val_curve": [(r["step"], r["val_bpc"]) for r in run.history],
         "theta_sharding": sorted({str(x.sharding.spec) for x in theta}),
-        "train_bpc_curve": train_bpc,
-        "train_seconds_this_session": time.perf_counter() - t0,
-        "num_params": int(sum(np.size(x) for x in jax.tree.leaves(sharding.to_host(state.params)))),
+        "train_bpc_curve": [(r["step"], r["train_loss"] / math.log(2.0)) for r in run.records if "train_loss" in r],
+        "train_seconds_this_session": run.wall_s,
+        "num_params": run.num_params,
     }
 
 
@@ -261,29 +197,22 @@ def plot(results: dict, path: Path) -> None:
 
 def run(cfg: Config) -> dict:
     """Train every (method, seed), write ``results.json`` and ``loss_curves.png``, print the table."""
-    import jax
-
-    from gmpjax.data.text import load_stdlib_corpus
-    from gmpjax.train import sharding
-
     workdir = Path(cfg.workdir)
     if not cfg.resume and (workdir / "runs").exists():
         raise ValueError(
             f"--workdir {workdir} already holds a run; pass --resume to continue it, or choose a new --workdir"
         )
-    if cfg.mesh is not None:
-        mesh, model_axis = sharding.make_mesh(cfg.mesh), sharding.MODEL_AXIS
-    else:
-        mesh, model_axis = sharding.make_data_mesh(), None
+    mesh = sharding.make_data_mesh() if cfg.mesh is None else sharding.make_mesh(cfg.mesh)
+    model_axis = None if cfg.mesh is None else sharding.MODEL_AXIS
     sharding.check_batch_size(cfg.batch_size, sharding.data_shards(mesh), what="--batch-size")
     corpus = load_stdlib_corpus()
-    trainers: dict[str, Trainer] = {}
+    trainers: dict[str, HostTrainer] = {}
 
     def job(name: str) -> dict:
-        method, seed = name.rsplit("_seed", 1)
+        method = name.rsplit("_seed", 1)[0]
         if method not in trainers:
-            trainers[method] = Trainer(cfg, method, corpus, mesh, model_axis)
-        return run_one(trainers[method], int(seed), workdir / "runs" / name)
+            trainers[method] = make_trainer(cfg, method, corpus.vocab_size, mesh, model_axis)
+        return train_one(cfg, trainers[method], corpus, name, workdir / "runs" / name)
 
     t0 = time.perf_counter()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
@@ -296,20 +225,11 @@ def run(cfg: Config) -> dict:
         m: dict(zip(("mean", "se"), mean_se([r["val_bpc"] for r in rs]), strict=True)) | {"n": len(rs)}
         for m, rs in results.items()
     }
-    summary = {
-        "table": table,
-        "config": dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps},
-        "corpus": corpus.info,
-        "wall_s": wall,
-        "command": "python -m experiments.transformer_lm " + " ".join(sys.argv[1:]),
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_count": os.cpu_count(),
-            "devices": [str(d) for d in jax.devices()],
-            "mesh": dict(mesh.shape),
-        },
-        "runs": results,
-    }
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()]}
+    config = dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps}
+    command = "python -m experiments.transformer_lm " + " ".join(sys.argv[1:])
+    summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "command": command}
+    summary |= {"machine": machine | {"mesh": dict(mesh.shape)}, "runs": results}
     cli.write_json(str(workdir / "results.json"), summary)
     plot(results, workdir / "loss_curves.png")
     print(f"validation bits per character (mean +- s.e. over seeds), {cfg.steps} steps:")

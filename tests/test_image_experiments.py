@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from experiments import cli, imagenet32_vgg6, imagenet_resnet18
-from experiments.image_train import input_size
 from gmpjax.data import DataError
 from gmpjax.layers import check_parameterization
 from gmpjax.train.checkpoint import Checkpointer
@@ -62,7 +61,7 @@ def test_quick_vgg6_end_to_end(reference):
     assert json.loads((work / "results.json").read_text())[RUN]["steps"] == 4
     recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("train_loss" in r and "train_top1" in r and "train_top5" in r for r in recs)
-    assert any("images_per_s" in r for r in recs)
+    assert any("examples_per_s" in r for r in recs)
     assert any("val_top1" in r and "lr" in r for r in recs)
     assert (run / "curves.png").stat().st_size > 0
     steps = sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
@@ -110,7 +109,7 @@ def test_configs_and_quick_overrides():
     # The ResNet-18 script shares run() with VGG-6 (exercised above); check its configs and quick overrides.
     r18 = imagenet_resnet18
     cfg = _parse(r18, ["--quick", "--epochs", "2"])
-    assert (cfg.MODEL, cfg.dataset, cfg.epochs, input_size(cfg), cli.lr_values(cfg, "bn")) == (
+    assert (cfg.MODEL, cfg.dataset, cfg.epochs, cfg.input_size, cli.lr_values(cfg, "bn")) == (
         "resnet18",
         "digits",
         2,
@@ -118,7 +117,7 @@ def test_configs_and_quick_overrides():
         (0.1,),
     )
     full = _parse(r18, ["--methods", "wn+mbn"])
-    assert (full.dataset, input_size(full), full.batch_size, full.epochs, full.boundaries, full.schedule) == (
+    assert (full.dataset, full.input_size, full.batch_size, full.epochs, full.boundaries, full.schedule) == (
         "imagenet2012",
         224,
         256,

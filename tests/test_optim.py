@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,23 +117,50 @@ def test_masked_sgd_decay_chain_matches_manual_decay():
         np.testing.assert_array_equal(leaf, 0.0)
 
 
-def test_image_experiment_optimizer_decays_through_the_mask():
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from experiments.image_train import make_optimizer
-
+def test_make_optimizer_decays_through_the_mask():
     params = {
         "conv": {"theta": jnp.full((2, 3), 0.5), "radius": jnp.ones(2)},
         "head": {"kernel": jnp.full((3, 2), 2.0), "bias": jnp.ones(2)},
     }
     zeros = jax.tree.map(jnp.zeros_like, params)
-    tx = make_optimizer(0.1, 0.0, 0.5)
+    tx = optim.make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=0.5)
     updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["head"]["kernel"], -0.1 * 0.5 * 2.0)
     for leaf in (updates["conv"]["theta"], updates["conv"]["radius"], updates["head"]["bias"]):
         np.testing.assert_array_equal(leaf, 0.0)
-    tx = make_optimizer(0.1, 0.0, 0.5, decay_all=True)  # the unmasked L2 (opt-in) decays theta too
+    tx = optim.make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=0.5, decay_all=True)  # unmasked L2 decays theta
     updates, _ = tx.update(zeros, tx.init(params), params)
     np.testing.assert_allclose(updates["conv"]["theta"], -0.1 * 0.5 * 0.5)
+
+
+def test_make_optimizer_adamw_is_the_clipped_masked_adamw_with_an_injected_rate():
+    """The injected-hyperparameter adamw takes the same steps as optax's own chain; bad names and values are named."""
+    params = {"layer": {"theta": jnp.full((2, 3), 0.5), "radius": jnp.ones(2)}, "kernel": jnp.full((3, 2), 2.0)}
+    schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-2, 2, 10, end_value=1e-3)
+    ours = optim.make_optimizer("adamw", schedule, b2=0.99, weight_decay=0.1, clip_norm=1.0)
+    ref = optax.chain(
+        optax.clip_by_global_norm(1.0), optax.adamw(schedule, b2=0.99, weight_decay=0.1, mask=optim.weight_decay_mask)
+    )
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedules mix int counts and floats
+        p_ours, p_ref, s_ours, s_ref = params, params, ours.init(params), ref.init(params)
+        for i in range(4):
+            grads = jax.tree.map(lambda x, i=i: jnp.sin(x + i) * 3.0, p_ours)  # norm > 1: the clip acts
+            u, s_ours = ours.update(grads, s_ours, p_ours)
+            p_ours = optax.apply_updates(p_ours, u)
+            u, s_ref = ref.update(grads, s_ref, p_ref)
+            p_ref = optax.apply_updates(p_ref, u)
+        want = schedule(3)
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(s_ours.hyperparams["learning_rate"], want, rtol=1e-6)  # plateau decay's handle
+    with pytest.raises(ValueError, match="unknown optimizer 'adam'"):
+        optim.make_optimizer("adam", 0.1)
+    for kw, match in [({"momentum": 1.0}, "momentum"), ({"weight_decay": -1.0}, "weight_decay"),
+                      ({"clip_norm": 0.0}, "clip_norm")]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            optim.make_optimizer("sgd", 0.1, **kw)
+    with pytest.raises(ValueError, match="learning_rate"):
+        optim.make_optimizer("sgd", 0.0)
 
 
 def test_mask_reads_types_not_names_and_never_decays_biases():

@@ -169,7 +169,7 @@ def test_quick_tensor_parallel_run_and_resume(tmp_path):
 
     # simulate a crash after step 10 of seed 1: drop its result and its step-20 checkpoint, then resume
     (work / "jobs" / "gmp_imn_seed1.json").unlink()
-    shutil.rmtree(work / "runs" / "gmp_imn_seed1" / "ckpt" / "20")
+    shutil.rmtree(work / "runs" / "gmp_imn_seed1" / "checkpoints" / "20")
     before = summary["runs"]["gmp_imn"][1]["val_bpc"]
     proc = _run_child([*args, "--resume"])
     assert proc.returncode == 0, proc.stdout[-3000:]

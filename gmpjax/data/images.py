@@ -105,6 +105,8 @@ __all__ = [
     "make_preprocess",
     "ImageLoader",
     "ImageIterator",
+    "dataset_info",
+    "image_loaders",
 ]
 
 IMAGENET32_MEAN: tuple[float, float, float] = (0.481098, 0.45747134, 0.40785483)
@@ -958,3 +960,55 @@ def _parse_absl_flags() -> None:
 
     if not flags.FLAGS.is_parsed():
         flags.FLAGS(sys.argv[:1], known_only=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loaders of one classification run
+
+
+def dataset_info(dataset: str) -> dict[str, Any]:
+    """Preprocessing kind, number of classes and split names of ``dataset``.
+
+    A name of ``DATASETS``, else another tfds ImageNet variant: 1000 classes, ``train`` and
+    ``validation``, the ``imagenet32`` preprocessing when the name has ``32x32`` in it.
+
+    >>> dataset_info("digits")["num_classes"], dataset_info("imagenet_resized/64x64")["kind"]
+    (10, 'imagenet')
+    """
+    if dataset in DATASETS:
+        return dict(DATASETS[dataset])
+    kind = "imagenet32" if "32x32" in dataset else "imagenet"
+    return {"kind": kind, "num_classes": 1000, "train": "train", "eval": "validation"}
+
+
+def image_loaders(
+    dataset: str,
+    *,
+    image_size: int,
+    global_batch_size: int,
+    seed: int,
+    workers: int | None = None,
+    crop: str = "scale",
+    data_dir: str | None = None,
+    eval_steps: int | None = None,
+) -> tuple[ImageLoader, ImageLoader]:
+    """The training and evaluation ``ImageLoader`` of ``dataset`` with its preprocessing (``make_preprocess``).
+
+    Args:
+      dataset: a name of ``DATASETS`` or a prepared tfds image dataset (``load_source``).
+      image_size: the model's input size in pixels.
+      global_batch_size, seed, workers: as ``ImageLoader`` (``workers=None``: the visible cores).
+      crop: the ImageNet training crop, ``"scale"`` or ``"inception"``.
+      data_dir: the tfds data directory.
+      eval_steps: evaluate on the first ``eval_steps`` batches only (None: the whole split).
+    """
+    info = dataset_info(dataset)
+    workers = visible_cores() if workers is None else workers
+    kw = {"global_batch_size": global_batch_size, "seed": seed, "workers": workers}
+    loaders = []
+    for train in (True, False):
+        src = load_source(dataset, info["train" if train else "eval"], image_size=image_size, data_dir=data_dir)
+        pre = make_preprocess(info["kind"], train=train, image_size=image_size, crop=crop if train else "scale")
+        steps = None if train else eval_steps
+        loaders.append(ImageLoader(src, train=train, preprocess=pre, steps_per_epoch=steps, **kw))
+    return loaders[0], loaders[1]

@@ -232,3 +232,88 @@ def masked_weight_decay(weight_decay: float, *, decay_radius: bool = False) -> A
     if not np.isfinite(weight_decay) or weight_decay < 0:
         raise ValueError(f"masked_weight_decay: weight_decay must be a finite number >= 0 (got {weight_decay!r}).")
     return optax.add_decayed_weights(weight_decay, mask=lambda p: weight_decay_mask(p, decay_radius=decay_radius))
+
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+"""The names ``make_optimizer`` takes."""
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float | Callable[[Any], Any],
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    clip_norm: float | None = None,
+    decay_all: bool = False,
+) -> Any:
+    """The optimizers of the host experiments, with the GmP-safe weight-decay mask and an injected learning rate.
+
+    * ``"sgd"``: L2 decay (``weight_decay * params`` added to the gradient) then SGD with heavy-ball
+      ``momentum`` (the image experiments; the paper and the released code use ``weight_decay=0``).
+    * ``"adamw"``: Adam (``b1``, ``b2``, ``eps``) with decoupled weight decay (the transformer LM).
+
+    The decay goes through ``weight_decay_mask``: standard kernels only, never the GmP angles,
+    radius, offsets, biases or norm scales; ``decay_all=True`` decays every parameter (the unsafe
+    behaviour of an unmasked decay). ``clip_norm`` clips the gradient's global norm first. The
+    optimizer is built with ``optax.inject_hyperparams``, so the learning rate (a number or an
+    optax schedule) lives in ``opt_state.hyperparams["learning_rate"]``, where plateau decay sets it.
+
+    Args:
+      name: one of ``OPTIMIZERS``.
+      learning_rate: a positive number or an optax schedule ``step -> rate``.
+      momentum: SGD momentum in [0, 1).
+      weight_decay: decay coefficient (>= 0).
+      b1, b2, eps: Adam's moment decays and epsilon.
+      clip_norm: the largest global gradient norm (None: no clipping).
+      decay_all: decay every parameter, not only the masked kernels.
+
+    Raises:
+      ValueError: an unknown ``name`` or a value out of range.
+
+    >>> import jax.numpy as jnp
+    >>> params = {"theta": jnp.full((2, 3), 0.5), "kernel": jnp.full((3, 2), 2.0)}
+    >>> tx = make_optimizer("sgd", 0.1, momentum=0.0, weight_decay=0.5)
+    >>> updates, state = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+    >>> lr = state.hyperparams["learning_rate"]
+    >>> round(float(updates["kernel"][0, 0]), 6), bool(updates["theta"].any()), round(float(lr), 6)
+    (-0.1, False, 0.1)
+    >>> make_optimizer("adam", 0.1)
+    Traceback (most recent call last):
+    ValueError: make_optimizer: unknown optimizer 'adam'; choose one of ('sgd', 'adamw').
+    """
+    import optax
+
+    if name not in OPTIMIZERS:
+        raise ValueError(f"make_optimizer: unknown optimizer {name!r}; choose one of {OPTIMIZERS}.")
+    if not (np.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"make_optimizer: weight_decay must be a finite number >= 0 (got {weight_decay!r}).")
+    if not 0 <= momentum < 1:
+        raise ValueError(f"make_optimizer: momentum must be in [0, 1) (got {momentum!r}).")
+    if not callable(learning_rate) and not learning_rate > 0:
+        raise ValueError(f"make_optimizer: learning_rate must be > 0 or an optax schedule (got {learning_rate!r}).")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"make_optimizer: clip_norm must be > 0 or None (got {clip_norm!r}).")
+    mask = None if decay_all else weight_decay_mask
+    clip = [optax.clip_by_global_norm(clip_norm)] if clip_norm is not None else []
+
+    def sgd(learning_rate: Any, momentum: float, weight_decay: float) -> optax.GradientTransformation:
+        parts = [optax.add_decayed_weights(weight_decay, mask=mask)] if weight_decay else []
+        return optax.chain(*clip, *parts, optax.sgd(learning_rate, momentum=momentum))
+
+    def adamw(learning_rate: Any, b1: float, b2: float, eps: float, weight_decay: float) -> Any:
+        return optax.chain(
+            *clip, optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+        )
+
+    if name == "sgd":
+        return optax.inject_hyperparams(sgd, static_args=("weight_decay",))(
+            learning_rate=learning_rate, momentum=momentum, weight_decay=weight_decay
+        )
+    # Adam's constants stay Python floats (static), as in optax.adamw itself: only the learning rate is injected
+    return optax.inject_hyperparams(adamw, static_args=("b1", "b2", "eps", "weight_decay"))(
+        learning_rate=learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    )
