@@ -39,8 +39,6 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NoReturn, TypeVar, cast
 
-import numpy as np
-
 from gmpjax.data.paths import DataError
 
 __all__ = [
@@ -58,6 +56,7 @@ __all__ = [
 # flags of earlier versions -> their dotted successors (argparse names the new one)
 RENAMED = {
     "--es-patience": "--rules.patience",
+    "--stop-patience": "--rules.patience",
     "--restore": "--rules.restore",
     "--plateau-patience": "--rules.plateau.patience",
     "--plateau-factor": "--rules.plateau.factor",
@@ -322,8 +321,3 @@ def main(
         return run(cfg)
     except (ValueError, FileNotFoundError, DataError) as e:
         parser.error(str(e))
-
-
-# TEMPORARY, for image_train.py and transformer_lm.py only (another helper's files): their reporting names moved
-# to experiments.report; the integrator points their imports there and deletes these two lines.
-from experiments.report import run_jobs, save_figure, write_json  # noqa: E402, F401

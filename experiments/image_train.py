@@ -21,20 +21,22 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from experiments import cli
-from experiments.common import mean_se
+from experiments import cli, report
+from experiments.report import mean_se
 from gmpjax.data.images import Preprocess, dataset_info, image_loaders
-from gmpjax.layers import check_parameterization
+from gmpjax.layers import check_parameterization, registry
 from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
 from gmpjax.train import sharding as shd
-from gmpjax.train.host import RESTORE, HostConfig
+from gmpjax.train.host import HostConfig
 from gmpjax.train.optim import make_optimizer
+from gmpjax.train.rules import Rules
 from gmpjax.train.schedules import PAPER_BOUNDARIES, RELEASED_EARLY_STOP_PATIENCE, RELEASED_PLATEAU, piecewise_epochs
 from gmpjax.train.trainer import HostTrainer
 
 MODELS = ("vgg6", "resnet18")
 SCHEDULES = ("piecewise", "plateau")
+IMN_POSITIONS = ("input", "output")
 C = TypeVar("C", bound="ImageConfig")
 
 
@@ -54,9 +56,13 @@ class ImageConfig(cli.Common):
     weight_decay: float = cli.field(0.0, "L2 weight decay (never on the GmP angles; paper and released code: 0)")
     schedule: str = cli.field("piecewise", "x0.1 at --boundaries (paper) or on a top-5 plateau", choices=SCHEDULES)
     boundaries: tuple[int, ...] = cli.field(PAPER_BOUNDARIES, "epochs of the piecewise schedule's x0.1 steps")
-    stop_patience: int | None = cli.field(None, "early stopping after N epochs without a validation top-5 gain")
-    restore: str = cli.field("never", "report the last or the best parameters", choices=RESTORE)
+    rules: Rules = cli.field(
+        Rules("val_top5", "max"), "early stopping (epochs without a validation top-5 gain) and restore (--rules.*)"
+    )
     init: str = cli.field("uniform", "GmP initialisation", choices=("uniform", "official"))
+    imn_position: str = cli.field(
+        "input", "GmP+IMN: IMN of each conv's input (paper Eq. 14) or output (released VGG code)", choices=IMN_POSITIONS
+    )
     image_size: int | None = cli.field(None, "input size in pixels (None: 32 for VGG-6, 224 for ResNet-18)")
     width: float = cli.field(1.0, "channel-width multiplier (1 = paper)")
     crop: str = cli.field("scale", "ImageNet train crop", choices=("scale", "inception"))
@@ -74,14 +80,13 @@ class ImageConfig(cli.Common):
         if self.MODEL not in MODELS:
             raise ValueError(f"the model must be one of {MODELS} (got {self.MODEL!r}).")
         ints = ("batch_size", "epochs", "save_every", "keep", "log_every")
-        for name in (*ints, "max_steps", "max_eval_batches", "image_size", "stop_patience"):
+        for name in (*ints, "max_steps", "max_eval_batches", "image_size"):
             v = getattr(self, name)
             if (v is not None or name in ints) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive int (got {v!r}).")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 0):
             raise ValueError(f"--workers must be an int >= 0 (0: load in the training process), got {self.workers!r}.")
         cli.check_choice("schedule", [self.schedule], SCHEDULES)
-        cli.check_choice("restore", [self.restore], RESTORE)
         for flag, v, ok, want in [("width", self.width, self.width > 0, "> 0"),
                                   ("weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
                                   ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")]:  # fmt: skip
@@ -101,9 +106,8 @@ class ImageConfig(cli.Common):
 
 def official(cfg: C, *, epochs: int, restore: str) -> C:
     """``cfg`` with the released code's schedule: ReduceLROnPlateau on validation top-5 and early stopping."""
-    return dataclasses.replace(
-        cfg, schedule="plateau", stop_patience=RELEASED_EARLY_STOP_PATIENCE, restore=restore, epochs=epochs
-    )
+    rules = dataclasses.replace(cfg.rules, patience=RELEASED_EARLY_STOP_PATIENCE, restore=restore)
+    return dataclasses.replace(cfg, schedule="plateau", rules=rules, epochs=epochs)
 
 
 def quick_overrides(cfg: ImageConfig) -> dict[str, Any]:
@@ -113,7 +117,9 @@ def quick_overrides(cfg: ImageConfig) -> dict[str, Any]:
 
 def model_factory(cfg: ImageConfig, parameterization: str, num_classes: int) -> Callable[[jax.Array], nnx.Module]:
     """``key ->`` VGG-6 or ResNet-18 of ``parameterization``; ``cfg.width`` scales every channel count."""
-    kw = {"parameterization": parameterization, "init": cfg.init}
+    kw: dict[str, Any] = {"parameterization": parameterization, "init": cfg.init}
+    if registry.get(parameterization).accepts("imn_position", conv=True):
+        kw["layer_kwargs"] = {"imn_position": cfg.imn_position}
     if cfg.MODEL == "vgg6":
         widths = tuple(max(1, round(w * cfg.width)) for w in VGG6_WIDTHS)
         return lambda key: VGG6(num_classes, widths=widths, rngs=nnx.Rngs(key), **kw)
@@ -148,11 +154,11 @@ def run_name(cfg: ImageConfig, method: str, lr: float, seed: int) -> str:
 
 def host_config(cfg: ImageConfig, steps_per_epoch: int) -> HostConfig:
     """The loop and its stopping rules: evaluation every epoch, top-5 monitored (the one place they are set)."""
-    plateau, total = RELEASED_PLATEAU if cfg.schedule == "plateau" else None, cfg.epochs * steps_per_epoch
-    rules = {"monitor": "val_top5", "mode": "max", "patience": cfg.stop_patience, "restore": cfg.restore}
+    total = cfg.epochs * steps_per_epoch
+    plateau = (cfg.rules.plateau or RELEASED_PLATEAU) if cfg.schedule == "plateau" else None
     return HostConfig(
-        num_steps=total if cfg.max_steps is None else min(cfg.max_steps, total),
-        eval_every=steps_per_epoch, log_every=cfg.log_every, steps_per_epoch=steps_per_epoch, plateau=plateau, **rules,
+        num_steps=total if cfg.max_steps is None else min(cfg.max_steps, total), eval_every=steps_per_epoch,
+        log_every=cfg.log_every, steps_per_epoch=steps_per_epoch, rules=dataclasses.replace(cfg.rules, plateau=plateau),
     )  # fmt: skip
 
 
@@ -163,7 +169,19 @@ def trainer(cfg: ImageConfig, p: str, lr: float, num_classes: int, spe: int, pre
     """The ``HostTrainer`` of a run, ``pre`` its train and eval ``Preprocess`` (cached: seeds and resumes reuse it)."""
     mesh = shd.make_data_mesh()
     boundaries = tuple(b for b in cfg.boundaries if b < cfg.epochs)
-    key = (cfg.MODEL, p, cfg.init, cfg.width, num_classes, cfg.schedule, lr, boundaries, spe, cfg.momentum)
+    key = (
+        cfg.MODEL,
+        p,
+        cfg.init,
+        cfg.imn_position,
+        cfg.width,
+        num_classes,
+        cfg.schedule,
+        lr,
+        boundaries,
+        spe,
+        cfg.momentum,
+    )
     key += (cfg.weight_decay, tuple(d.id for d in mesh.devices.flat), *pre)
     if key not in _TRAINERS:
         schedule = piecewise_epochs(lr, spe, boundaries) if cfg.schedule == "piecewise" else lr
@@ -215,7 +233,7 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
     summary |= {"best_val_top5": max(h["val_top5"] for h in run.history), "chance_top1": 1.0 / num_classes}
     summary["history"] = run.history
     if shd.is_primary():
-        cli.write_json(os.path.join(run_dir, "metrics.json"), summary)
+        report.write_json(os.path.join(run_dir, "metrics.json"), summary)
         plot_curves(run.records, os.path.join(run_dir, "curves.png"), title=f"{cfg.MODEL} {p}")
     return summary
 
@@ -237,7 +255,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], png: str, title: str = "")
         ax[1].legend()
     ax[1].set(xlabel="epoch", ylabel="validation accuracy (%)")
     fig.tight_layout()
-    cli.save_figure(fig, png, dpi=100)
+    report.save_figure(fig, png, dpi=100)
 
 
 def _ours(values: Sequence[float]) -> str:
@@ -268,7 +286,7 @@ def paper_table(
         ours = [_ours([x[f"val_top{k}"] for x in mine]) if mine else "" for k in (1, 5)]
         rows.append([label, *cells, *ours])
     c = runs[0]["config"]
-    return cli.markdown_table(["method", *head, "ours top-1", "ours top-5"], rows) + (
+    return report.markdown_table(["method", *head, "ours top-1", "ours top-5"], rows) + (
         f"\n\nours: {c['dataset']}, batch {c['batch_size']}, {runs[0]['epochs_done']:.1f} epochs, "
         f"width x{c['width']}, image {c['image_size']}px (paper: ImageNet, 90 epochs, full width)"
     )
@@ -287,7 +305,9 @@ def run_experiment(
                 name = run_name(cfg, check_parameterization(method), lr, seed)
                 runs[name] = train_one(cfg, method, lr, seed, os.path.join(cfg.workdir, name))
     if shd.is_primary():
-        cli.write_json(os.path.join(cfg.workdir, "results.json"), {k: {**v, "history": None} for k, v in runs.items()})
+        report.write_json(
+            os.path.join(cfg.workdir, "results.json"), {k: {**v, "history": None} for k, v in runs.items()}
+        )
         print("\n" + paper_table(paper, list(runs.values()), columns))
         for r in runs.values():
             c, rate = r["config"], r["images_per_s_median"] or float("nan")

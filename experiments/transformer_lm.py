@@ -31,8 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments import cli
-from experiments.common import mean_se
+from experiments import cli, report
+from experiments.report import mean_se
 from gmpjax.data.text import TextCorpus, eval_windows, load_stdlib_corpus, window_batches
 from gmpjax.models.transformer import MLP_PARAMETERIZATIONS, TransformerLM
 from gmpjax.train import sharding
@@ -192,7 +192,7 @@ def plot(results: dict, path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    cli.save_figure(fig, str(path))
+    report.save_figure(fig, str(path))
 
 
 def run(cfg: Config) -> dict:
@@ -216,7 +216,7 @@ def run(cfg: Config) -> dict:
 
     t0 = time.perf_counter()
     seeds = range(cfg.seed, cfg.seed + cfg.seeds)
-    done = cli.run_jobs(
+    done = report.run_jobs(
         cfg, [f"{m}_seed{s}" for m in cfg.methods for s in seeds], job, desc="runs", grow=("methods", "seeds")
     )
     results = {m: [done[f"{m}_seed{s}"] for s in seeds] for m in cfg.methods}
@@ -230,7 +230,7 @@ def run(cfg: Config) -> dict:
     command = "python -m experiments.transformer_lm " + " ".join(sys.argv[1:])
     summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "command": command}
     summary |= {"machine": machine | {"mesh": dict(mesh.shape)}, "runs": results}
-    cli.write_json(str(workdir / "results.json"), summary)
+    report.write_json(str(workdir / "results.json"), summary)
     plot(results, workdir / "loss_curves.png")
     print(f"validation bits per character (mean +- s.e. over seeds), {cfg.steps} steps:")
     for m, row in table.items():

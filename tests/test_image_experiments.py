@@ -127,9 +127,9 @@ def test_configs_and_quick_overrides():
     )
     assert check_parameterization(full.methods[0]) == "wn_mbn"
     off = _parse(r18, ["--protocol", "official"])
-    assert (off.schedule, off.stop_patience, off.restore, off.epochs) == ("plateau", 10, "never", 10000)
+    assert (off.schedule, off.rules.patience, off.rules.restore, off.epochs) == ("plateau", 10, "never", 10000)
     vgg = _parse(imagenet32_vgg6, ["--protocol", "official", "--quick", "--epochs", "3"])
-    assert (vgg.schedule, vgg.stop_patience, vgg.restore, vgg.epochs, vgg.width) == (
+    assert (vgg.schedule, vgg.rules.patience, vgg.rules.restore, vgg.epochs, vgg.width) == (
         "plateau",
         10,
         "if_stopped",

@@ -183,19 +183,19 @@ def test_weight_decay_mask_reads_the_new_angle_type():
 
 
 def _sweep_replicas(make, x, y, steps: int, seeds: int):
-    """Train ``seeds`` replicas of ``make(key)`` full batch (SGD + momentum); the per-replica train-loss history.
+    """Train ``seeds`` replicas of ``make(key)`` full batch (SGD + momentum) with ``train_replicas``.
 
-    The one place this file calls the replica trainer (``init_replicas`` + ``loop.sweep``).
+    Returns the per-replica train-loss history ``(seeds, steps)``.
     """
-    from gmpjax.train import LoopConfig, init_replicas, make_train_step, sweep
+    from gmpjax.train import LoopConfig, train_replicas
+    from gmpjax.train.losses import mse, on_batch
 
-    tx = optax.sgd(0.05, momentum=0.9)
     keys = jax.random.split(jax.random.key(0), seeds)
-    graphdef, states = init_replicas(make, keys, tx)
-    loss = lambda m, b: jnp.mean((m(b[0]) - b[1]) ** 2)  # noqa: E731
-    config = LoopConfig(steps, monitor_split=None, restore="never")
-    res = sweep(make_train_step(graphdef, tx, loss), None, states, {"train": (x, y)}, config, keys=keys, data_axis=None)
-    return np.asarray(res.history["train_loss"])
+    config = LoopConfig(steps, monitor_split=None)
+    out = train_replicas(
+        make, lambda lr: optax.sgd(lr, momentum=0.9), on_batch(mse), {"train": (x, y)}, config, keys=keys, lrs=0.05
+    )
+    return np.asarray(out.result.history["train_loss"])
 
 
 def test_mlp_trains_through_the_replica_trainer():

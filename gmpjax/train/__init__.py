@@ -8,6 +8,8 @@ Submodules extend the same ``TrainState``:
 * ``gmpjax.train.replicas``: ``train_replicas``, R replicas (seeds x lrs x splits) of a model factory.
 * ``gmpjax.train.losses``: losses and metrics (mse, mae, bce, xent, accuracy, top-k).
 * ``gmpjax.train.host``: the host-side loop for long runs (``train``, ``HostConfig``): checkpoints, evaluation, logs.
+* ``gmpjax.train.trainer``: ``HostTrainer``, the one host trainer (model, optimizer, sharded steps, evaluation,
+  checkpoints, writers, resume) on top of ``host.train``.
 * ``gmpjax.train.sharding``: data- and tensor-parallel meshes, state/batch sharding, multi-host initialisation.
 * ``gmpjax.train.optim``: parameter labels and the GmP-safe weight-decay mask for optax.
 * ``gmpjax.train.checkpoint``: orbax ``Checkpointer`` with atomic saves and validated restores.
@@ -30,7 +32,9 @@ from gmpjax.train.engine import (
 from gmpjax.train.host import HostConfig, HostResult
 from gmpjax.train.loop import FitResult, LoopConfig, fit, fit_epochs, fit_init, fit_result, sweep
 from gmpjax.train.optim import LABELS, masked_weight_decay, param_labels, weight_decay_mask
+from gmpjax.train.replicas import Replicas, train_replicas
 from gmpjax.train.rules import Rules
+from gmpjax.train.trainer import HostRun, HostTrainer, mean_metrics
 
 __all__ = [
     "EarlyStopping",
@@ -49,6 +53,11 @@ __all__ = [
     "fit",
     "HostConfig",
     "HostResult",
+    "HostRun",
+    "HostTrainer",
+    "mean_metrics",
+    "Replicas",
+    "train_replicas",
     "fit_epochs",
     "fit_init",
     "fit_result",

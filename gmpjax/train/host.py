@@ -54,11 +54,7 @@ from gmpjax.train.checkpoint import Checkpointer, abstract_state
 from gmpjax.train.engine import MetricsLogger, TrainState
 from gmpjax.train.plateau import get_learning_rate
 from gmpjax.train.plateau import set_learning_rate as _set_lr
-
-# TEMPORARY: experiments/image_train.py (another helper's file) imports RESTORE from here; it now lives in
-# gmpjax.train.rules. The integrator points that import there and deletes this line.
 from gmpjax.train.rules import (
-    RESTORE,  # noqa: E402, F401, I001
     Rules,
     RuleState,
     best_value,

@@ -61,7 +61,15 @@ from gmpjax.layers.variables import Angle, Offset, Radius
 
 PyTree = Any
 
-__all__ = ["LABELS", "label_of", "param_labels", "weight_decay_mask", "masked_weight_decay"]
+__all__ = [
+    "LABELS",
+    "OPTIMIZERS",
+    "label_of",
+    "param_labels",
+    "weight_decay_mask",
+    "masked_weight_decay",
+    "make_optimizer",
+]
 
 LABELS: tuple[str, ...] = ("angle", "radius", "offset", "other")
 """The labels ``param_labels`` assigns (keys for ``optax.multi_transform``)."""
