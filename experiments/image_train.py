@@ -210,12 +210,12 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
             msg = f"the data iterator of {run_dir} is at {train_iter.position} but the train state at step {step}"
             raise ValueError(f"--resume: {msg}; resume from an older step or use a fresh --workdir.")
 
-    def report(r: dict) -> None:
+    def show(r: dict) -> None:
         print(f"  epoch {r['step'] / spe:6.2f}  step {r['step']:7d}  val top-1 {100 * r['val_top1']:6.2f}%  "
               f"top-5 {100 * r['val_top5']:6.2f}%  loss {r['val_loss']:.4f}  lr {r['lr']:.4g}")  # fmt: skip
 
     identity = {"model": cfg.MODEL, "dataset": cfg.dataset, "parameterization": p, "batch_size": cfg.batch_size}
-    identity |= {"seed": seed, "schedule": cfg.schedule, "lr": lr, "width": cfg.width}
+    identity |= {"seed": seed, "schedule": cfg.schedule, "lr": lr, "width": cfg.width, "imn_position": cfg.imn_position}
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("methods", "lr", "seeds")}
     settings |= {"experiment": cfg.NAME, "model": cfg.MODEL, "image_size": cfg.input_size, "workdir": run_dir}
     if shd.is_primary():
@@ -225,7 +225,7 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
     run = tr.fit(
         jax.random.key(seed), train_iter, host_cfg, run_dir, resume=cfg.resume, save_every=cfg.save_every,
         keep=cfg.keep, eval_batches=lambda: evals.iterate(put=put), eval_steps=evals.steps_per_epoch,
-        on_eval=report, examples_per_step=cfg.batch_size, progress=cfg.progress, data_iterator=train_iter,
+        on_eval=show, examples_per_step=cfg.batch_size, progress=cfg.progress, data_iterator=train_iter,
         config_json=identity, extra={"settings": settings | identity}, on_resume=check_position,
         desc=f"{p} ({host_cfg.num_steps} steps)",
     )  # fmt: skip

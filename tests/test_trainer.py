@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 
 from gmpjax.train.host import HostConfig
+from gmpjax.train.rules import Rules
 from gmpjax.train.sharding import make_data_mesh
 from gmpjax.train.trainer import CHECKPOINTS, THROUGHPUT, HostTrainer, mean_metrics
 
@@ -89,7 +90,7 @@ def test_fit_restores_the_best_state_and_reports_its_evaluation(trainer, tmp_pat
     """A learning rate too large for the data: the loss grows after the first evaluation, the best is restored."""
     tx = optax.inject_hyperparams(optax.sgd)(learning_rate=1.05)
     bad = HostTrainer(lambda k: nnx.Linear(2, 1, rngs=nnx.Rngs(k)), tx, _mse, trainer.mesh, eval_fn=_sums)
-    cfg = HostConfig(num_steps=12, eval_every=2, log_every=0, monitor="val_mse", restore="always")
+    cfg = HostConfig(num_steps=12, eval_every=2, log_every=0, rules=Rules("val_mse", restore="always"))
     run = bad.fit(jax.random.key(0), itertools.repeat(DATA), cfg, tmp_path, eval_batches=lambda: itertools.repeat(DATA))
     best = min(run.history, key=lambda h: h["val_mse"])
     assert run.restored_best and run.final == best and run.result.best_step == best["step"] < 12

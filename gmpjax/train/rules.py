@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 RESTORE = ("always", "if_stopped", "never")
+"""The values of ``Rules.restore``: the best parameters always, only when early stopping fired, or never."""
 NEVER = 2**31 - 1
 """The patience of ``patience=None``: no int32 wait count reaches it, so early stopping never fires."""
 

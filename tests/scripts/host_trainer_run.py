@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     from gmpjax.train.host import HostConfig
     from gmpjax.train.optim import make_optimizer
     from gmpjax.train.plateau import PlateauConfig
+    from gmpjax.train.rules import Rules
     from gmpjax.train.sharding import make_data_mesh, shard_batch
     from gmpjax.train.trainer import HostTrainer
 
@@ -54,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
     mesh = make_data_mesh()
     trainer = HostTrainer(make_model, make_optimizer("sgd", 0.05), loss, mesh, eval_fn=sums)
     val = shard_batch(batch(10**6), mesh)
-    rules = {"monitor": "val_mse", "patience": 4, "restore": "always", "plateau": PlateauConfig(patience=1, factor=0.5)}
-    config = HostConfig(num_steps=args.steps, eval_every=3, log_every=2, **rules)
+    rules = Rules("val_mse", patience=4, restore="always", plateau=PlateauConfig(patience=1, factor=0.5))
+    config = HostConfig(num_steps=args.steps, eval_every=3, log_every=2, rules=rules)
 
     def kill(step: int, state: object, record: dict) -> bool:
         if step == args.kill_at:
