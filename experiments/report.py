@@ -142,3 +142,67 @@ def run_jobs(
         out[job] = to_json(fn(job))
         write_json(path, out[job])
     return out
+
+
+# --------------------------------------------------------------------------- results files and the docs' tables
+
+RESULTS_FILE = "results.json"
+"""The file every experiment writes in its ``--workdir`` (``write_results``)."""
+
+RESULTS_DIR = "results"
+"""The repository folder holding the committed results of the full runs, ``results/<name>.json``."""
+
+
+def _git(*args: str) -> str:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, cwd=os.path.dirname(__file__))
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def machine() -> dict[str, Any]:
+    """This machine in words: CPU model, cores, memory, OS, Python and jax versions, jax backend and devices."""
+    import platform
+
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    mem_gib = None
+    if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
+        mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    devices = jax.devices()
+    return {
+        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_gib, "os": platform.platform(terse=True),
+        "python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+    }  # fmt: skip
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Where a result comes from: git commit (``+dirty`` with uncommitted changes), machine, UTC time, command, load."""
+    import datetime
+
+    commit = _git("rev-parse", "--short=10", "HEAD") or "unknown"
+    if commit != "unknown" and _git("status", "--porcelain", "--untracked-files=no"):
+        commit += "+dirty"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    argv = list(sys.argv if argv is None else argv)
+    module = argv[0].rsplit(os.sep, 1)[-1].removesuffix(".py") if argv else ""
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    command = " ".join(["python -m experiments." + module, *argv[1:]]) if module else ""
+    return {"commit": commit, "machine": machine(), "date": date, "command": command, "load_average": load}
+
+
+def write_results(workdir: str, results: Mapping[str, Any]) -> str:
+    """Write ``results`` plus its ``provenance`` to ``<workdir>/results.json`` (atomic); returns the path."""
+    path = os.path.join(workdir, RESULTS_FILE)
+    write_json(path, {**results, "provenance": provenance()})
+    return path
