@@ -1,0 +1,58 @@
+"""The results builder: README/docs tables come from ``results/<name>.json`` through each experiment's ``tables``."""
+
+import json
+import os
+import sys
+import types
+
+import pytest
+
+from experiments import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    """A fake experiment module ``experiments._fake`` and a root folder with ``results/fake.json``."""
+    mod = types.ModuleType("experiments._fake")
+    mod.tables = lambda r: {"t": report.markdown_table(["method", "x"], [[k, v] for k, v in r["x"].items()])}
+    monkeypatch.setitem(sys.modules, "experiments._fake", mod)
+    work = tmp_path / "work"
+    report.write_results(str(work), {"x": {"gmp": 1.5, "sp": 2.5}})
+    report.collect(str(work), "fake", root=str(tmp_path))
+    return tmp_path
+
+
+def test_write_results_records_where_a_result_comes_from(fake):
+    prov = json.loads((fake / "results" / "fake.json").read_text())["provenance"]
+    assert prov["commit"] and prov["date"].endswith("UTC")
+    assert prov["machine"]["cores"] == os.cpu_count() and prov["machine"]["backend"] == "cpu"
+
+
+def test_rebuild_replaces_only_the_blocks_and_is_idempotent(fake):
+    text = "intro\n<!-- results _fake:t fake -->\n| stale |\n<!-- /results -->\noutro\n"
+    new = report.rebuild(text, str(fake))
+    assert new.startswith("intro\n<!-- results _fake:t fake -->\n| method | x |")
+    assert "| gmp | 1.5 |" in new and "| stale |" not in new and new.endswith("<!-- /results -->\noutro\n")
+    assert "`results/fake.json`" in new and "cores" in new
+    assert report.rebuild(new, str(fake)) == new
+
+
+def test_bad_blocks_name_the_fix(fake):
+    with pytest.raises(FileNotFoundError, match="--collect"):
+        report.rebuild("<!-- results _fake:t missing -->\n<!-- /results -->", str(fake))
+    with pytest.raises(KeyError, match="not 'u'"):
+        report.rebuild("<!-- results _fake:u fake -->\n<!-- /results -->", str(fake))
+    bare = fake / "bare"
+    report.write_json(str(bare / report.RESULTS_FILE), {"x": {}})
+    with pytest.raises(ValueError, match="provenance"):
+        report.collect(str(bare), "bare", root=str(fake))
+
+
+def test_main_rewrites_then_check_passes(fake, capsys):
+    (fake / "README.md").write_text("<!-- results _fake:t fake -->\nold\n<!-- /results -->\n")
+    assert report.main(["--check", "--root", str(fake)]) == 1
+    assert report.main(["--root", str(fake)]) == 0
+    assert report.main(["--check", "--root", str(fake)]) == 0
+    assert "| sp | 2.5 |" in (fake / "README.md").read_text()
