@@ -266,15 +266,27 @@ def rebuild(text: str, root: str = ".") -> str:
     return _BLOCK.sub(lambda m: m[1] + render_block(m[2], m[3], m[4] or m[2], root) + m[6], text)
 
 
-def collect(workdir: str, name: str, root: str = ".") -> str:
-    """Copy a full run's ``<workdir>/results.json`` to ``results/<name>.json`` (it must carry provenance)."""
+def _drop(obj: Any, keys: frozenset[str]) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop(v, keys) for k, v in obj.items() if k not in keys}
+    return [_drop(v, keys) for v in obj] if isinstance(obj, list) else obj
+
+
+def collect(workdir: str, name: str, root: str = ".", drop: Sequence[str] = ()) -> str:
+    """Copy a full run's ``<workdir>/results.json`` to ``results/<name>.json`` (it must carry provenance).
+
+    ``drop``: keys removed at every depth (e.g. per-step curves only a figure reads), listed in the provenance.
+    """
     src = os.path.join(workdir, RESULTS_FILE)
     with open(src) as f:
         results = json.load(f)
     if "provenance" not in results:
         raise ValueError(f"{src} has no provenance: it was not written by report.write_results.")
+    if drop:
+        results = {**_drop(results, frozenset(drop)), "provenance": {**results["provenance"], "dropped": sorted(drop)}}
     dst = os.path.join(root, RESULTS_DIR, f"{name}.json")
     write_json(dst, results)
+    os.chmod(dst, 0o644)
     return dst
 
 
@@ -286,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.report", description=main.__doc__)
     p.add_argument("--check", action="store_true", help="only report blocks that differ (exit 1)")
     p.add_argument("--collect", nargs=2, metavar=("WORKDIR", "NAME"), help="copy a run's results.json first")
+    p.add_argument("--drop", nargs="+", default=(), metavar="KEY", help="with --collect: keys to leave out")
     p.add_argument(
         "--root", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), help=argparse.SUPPRESS
     )
@@ -293,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.collect:
             workdir, name = args.collect
-            print("wrote", collect(workdir, name, root=args.root))
+            print("wrote", collect(workdir, name, root=args.root, drop=args.drop))
         stale = []
         for path in sorted({f for g in DOC_FILES for f in glob.glob(os.path.join(args.root, g))}):
             with open(path) as f:

@@ -56,3 +56,11 @@ def test_main_rewrites_then_check_passes(fake, capsys):
     assert report.main(["--root", str(fake)]) == 0
     assert report.main(["--check", "--root", str(fake)]) == 0
     assert "| sp | 2.5 |" in (fake / "README.md").read_text()
+
+
+def test_collect_can_leave_out_per_step_curves(fake):
+    work = fake / "curves"
+    report.write_results(str(work), {"a": {"curve": list(range(5)), "mse": 0.5}})
+    path = report.collect(str(work), "curves", root=str(fake), drop=["curve"])
+    saved = json.loads(open(path).read())
+    assert saved["a"] == {"mse": 0.5} and saved["provenance"]["dropped"] == ["curve"]
