@@ -104,7 +104,7 @@ class Common:
                     check_parameterization(m)
                 except ValueError as e:
                     raise ValueError(f"--methods: {e}") from None
-            # one spelling from here on ("GMP", "gmp+imn" -> "gmp", "gmp_imn"): lrs and paper numbers are keyed by it
+            # one spelling from here on (the registry name, e.g. "GmP+IMN" -> gmp_imn): lrs and tables key on it
             object.__setattr__(self, "methods", tuple(check_parameterization(m) for m in self.methods))
         else:
             check_choice("methods", self.methods, self.method_names)

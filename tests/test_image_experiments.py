@@ -50,8 +50,10 @@ def _params(run_dir):
         return ckpt.restore_params()
 
 
-def test_quick_vgg6_end_to_end(reference):
+def test_quick_vgg6_end_to_end(reference, results_tables):
     work, out = reference
+    top1 = results_tables(imagenet32_vgg6, work, ["top1"])["top1"]
+    assert "| gmp_imn | 43.14 | 43.62 | 42.70 | 67.36 |" in top1  # the paper's GmP+IMN row beside ours
     assert out["steps"] == 4 and out["config"]["parameterization"] == "gmp_imn"
     assert out["config"]["dataset"] == "digits" and out["config"]["lr"] == 0.1
     assert 0.0 <= out["val_top1"] <= out["val_top5"] <= 1.0
