@@ -13,7 +13,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 def _results_tables(module, workdir, names):
-    """``module.tables`` of ``<workdir>/results.json`` (as the README builder reads it): the ``names``, markdown rows."""
+    """``module.tables`` of ``<workdir>/results.json``, as the README builder reads it: ``names``, markdown rows."""
     import json
 
     results = json.loads((Path(workdir) / "results.json").read_text())

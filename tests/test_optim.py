@@ -207,3 +207,19 @@ def test_plain_trees_that_need_a_guess_are_refused(tree, match):
     for fn in (optim.weight_decay_mask, optim.param_labels):
         with pytest.raises(ValueError, match=match):
             fn(tree)
+
+
+@pytest.mark.standard_dtype_promotion(_ADAM)
+def test_keras_adam_is_adam_with_keras_epsilon_and_an_injected_rate():
+    from gmpjax.train.optim import keras_adam
+
+    params, grads = {"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([1e-6, 3.0])}
+    tx, ref = keras_adam(0.1), optax.adam(0.1, eps=1e-7)
+    state, ref_state = tx.init(params), ref.init(params)
+    for _ in range(3):
+        u, state = tx.update(grads, state, params)
+        r, ref_state = ref.update(grads, ref_state, params)
+        np.testing.assert_allclose(np.asarray(u["w"]), np.asarray(r["w"]), rtol=1e-6)
+    assert float(state.hyperparams["learning_rate"]) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="eps must be > 0"):
+        keras_adam(0.1, eps=0.0)
