@@ -32,14 +32,15 @@ from flax import nnx
 from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.data.functions import TARGETS, dense_samples, sparse_samples, stable_tag
-from gmpjax.layers import ReLUMLP, TriangleDifference, TriangleNet
+from gmpjax.layers import ReLUMLP, TriangleDifference
+from gmpjax.layers.triangle import INIT_METHODS, init_method_net
 from gmpjax.regions import plot_linear_regions
 from gmpjax.train.losses import mse as mse_fn
 from gmpjax.train.losses import on_batch
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
-TARGET_LABEL = {name: t.label for name, t in TARGETS.items()}
-METHODS = ("kaiming", "raai", "skip", "noreg", "thm31")
+TARGET_LABEL = {name: t.label for name, t in TARGETS.items()} | {"x3-x": "x^3 - x"}
+METHODS = INIT_METHODS
 METHOD_LABEL = {"kaiming": "Kaiming (PyTorch default)", "raai": "RAAI", "skip": "skip pretraining",
                 "noreg": "pretraining, no reg.", "thm31": "pretraining + Thm 3.1"}  # fmt: skip
 DIFFERENCE = {  # model: (schedule of, label); the x^3 - x experiment
@@ -115,19 +116,14 @@ def quick(cfg: Config) -> dict:
 
 
 def make_model_fn(method: str, cfg: Config, target: str, dtype, width: int = 4):
-    common = dict(margin=cfg.margin, peak_range=(cfg.peak_low, cfg.peak_high), param_dtype=dtype)
+    peaks = dict(margin=cfg.margin, peak_range=(cfg.peak_low, cfg.peak_high), param_dtype=dtype)
     if target == "x3-x":
         if method == "kaiming":
             return lambda k: ReLUMLP((1,) + (2 * width,) * cfg.depth + (1,), param_dtype=dtype, rngs=nnx.Rngs(k))
-        return lambda k: TriangleDifference(cfg.depth, rngs=nnx.Rngs(k), **common)
-    sign, affine = TARGETS[target].sign, TARGETS[target].output_affine
-    if method in ("kaiming", "raai"):
-        return lambda k: ReLUMLP((1,) + (width,) * cfg.depth + (1,), init=method, param_dtype=dtype, rngs=nnx.Rngs(k))
-    if method == "skip":
-        return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k), **common)
-    scales = "free" if method == "noreg" else "theorem31"
-    kw = dict(sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, **common)
-    return lambda k: TriangleNet(cfg.depth, rngs=nnx.Rngs(k), **kw)
+        return lambda k: TriangleDifference(cfg.depth, rngs=nnx.Rngs(k), **peaks)
+    t = TARGETS[target]
+    kw = dict(width=width, sign=t.sign, output_affine=t.output_affine, s0=cfg.s0, **peaks)
+    return lambda k: init_method_net(method, cfg.depth, rngs=nnx.Rngs(k), **kw)
 
 
 def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
@@ -136,9 +132,13 @@ def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
     return TwoPhaseConfig(pre, fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps)
 
 
+def _target_fn(target: str):
+    return (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target].fn
+
+
 def make_data(kind: str, target: str, cfg: Config, dtype):
     """``(train, test)``: dense/difference: ``n_dense`` points on [0, 1], no test set; sparse: per-run uniform draws."""
-    f = (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target].fn
+    f = _target_fn(target)
     if kind != "sparse":
         return dense_samples(f, cfg.n_dense, dtype), None
     key = jax.random.fold_in(jax.random.key(cfg.seed + 1), stable_tag(target))
@@ -157,19 +157,8 @@ def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict
         batch_axis=0 if kind == "sparse" else None, snapshot=region_snapshot(cfg.region_min_width),
         progress=cfg.progress, desc=f"{target}/{model}",
     )  # fmt: skip
-
-    def mse(data, pre=False):  # per replica
-        return np.asarray(jnp.mean((res.outputs(data[0], pretrain=pre) - data[1]) ** 2, axis=(-2, -1)))
-
-    out = {"method": method, "target": target, "lr": lr, "wall_s": time.time() - t0, "train_mse": mse(train)}
-    out |= {"loss_curve_median": np.median(res.losses, 0), "loss_curve_min": np.min(res.losses, 0)}
-    out |= {"switch_step": res.switch_step, "snapshots": res.snapshots}
-    if res.switch_step:
-        out["pretrain_mse"] = mse(train, True)
-    if test is not None:
-        out["test_mse"] = mse(test)
-    out["best_run"] = best = int(np.argmin(out["test_mse"] if test is not None else out["train_mse"]))
-    out["_best_layers"] = [(W[best], b[best]) for W, b in res.stacked_layers()]
+    out = {"method": method, "target": target, "lr": lr, "wall_s": time.time() - t0, **res.summary(train, test)}
+    out["_best_layers"] = out.pop("best_layers")  # for the figures only, not saved
     return out
 
 
@@ -282,51 +271,52 @@ def _layers(r: dict):
 
 
 def make_figures(results: dict, cfg: Config) -> None:
+    """``{dense,sparse}_fits.png``, ``difference_fit.png`` (best runs) and ``{dense,sparse}_curves_regions.png``."""
+    for kind, block in ((k, results[k]) for k in ("dense", "sparse", "difference") if results[k]):
+        name = "difference_fit.png" if kind == "difference" else f"{kind}_fits.png"
+        _fits_figure(block, "test_mse" if kind == "sparse" else "train_mse", os.path.join(cfg.workdir, name))
+        if kind != "difference":
+            _curves_figure(block, cfg.depth, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"))
+
+
+def _fits_figure(block: dict, key: str, path: str) -> None:
+    """The best run of every target (rows) and method (columns) with its linear regions; title: the min ``key``."""
     import matplotlib.pyplot as plt
 
-    for kind in ("dense", "sparse"):
-        block = results[kind]
-        if not block:
-            continue
-        targets, methods = list(block), _methods(block)
-        fig, axes = plt.subplots(
-            len(targets), len(methods), figsize=(3.2 * len(methods), 2.6 * len(targets)), squeeze=False
-        )
-        for i, t in enumerate(targets):  # fits: best run of every method, with its linear regions
-            for j, m in enumerate(methods):
-                f, r = TARGETS[t].fn, block[t][m]
-                plot_linear_regions(_layers(r), (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
-                mn = summary(r, "test_mse" if kind == "sparse" else "train_mse")[0]
-                axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {mn:.1e}", fontsize=8)
-                axes[i, j].legend().set_visible(False)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
-        fig, axes = plt.subplots(2, len(targets), figsize=(4.2 * len(targets), 6.2), squeeze=False)
-        for i, t in enumerate(targets):  # loss curves and region counts
-            for m in methods:
-                r = block[t][m]
-                axes[0, i].semilogy(r["loss_curve_median"], label=m, lw=1)
-                if r["switch_step"]:
-                    axes[0, i].axvline(r["switch_step"], color="0.6", ls=":", lw=0.8)
-                steps = [s["step"] for s in r["snapshots"]]
-                axes[1, i].plot(steps, [np.mean(s["regions"]) for s in r["snapshots"]], "-o", ms=2, label=m)
-            axes[1, i].axhline(2**cfg.depth, color="k", ls="--", lw=0.8, label=f"2^{cfg.depth}")
-            axes[0, i].set_title(f"{TARGET_LABEL[t]}: median training MSE", fontsize=9)
-            axes[1, i].set_title(f"{TARGET_LABEL[t]}: mean linear regions on [0,1]", fontsize=9)
-            axes[1, i].set_xlabel("step")
-            axes[0, i].legend(fontsize=7)
-            axes[1, i].legend(fontsize=7)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
-    if results["difference"]:
-        d = results["difference"]["x3-x"]
-        models = _methods(results["difference"])
-        fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3), squeeze=False)
-        for ax, k in zip(axes[0], models, strict=True):
-            plot_linear_regions(_layers(d[k]), (0.0, 1.0), ax=ax, target=lambda z: z**3 - z)
-            ax.set_title(f"x^3 - x, {k}: {summary(d[k])[0]:.1e}", fontsize=8)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
+    targets, methods = list(block), _methods(block)
+    n, k = len(targets), len(methods)
+    fig, axes = plt.subplots(n, k, figsize=(3.2 * k, 2.6 * n), squeeze=False)
+    for i, t in enumerate(targets):
+        f = _target_fn(t)
+        for j, m in enumerate(methods):
+            r = block[t][m]
+            plot_linear_regions(_layers(r), (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
+            axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {summary(r, key)[0]:.1e}", fontsize=8)
+            axes[i, j].legend().set_visible(False)
+    fig.tight_layout()
+    report.save_figure(fig, path, dpi=110)
+
+
+def _curves_figure(block: dict, depth: int, path: str) -> None:
+    """Per target: the median training MSE (dotted: the switch) and the mean number of linear regions per step."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(block), figsize=(4.2 * len(block), 6.2), squeeze=False)
+    for i, t in enumerate(block):
+        for m in _methods(block):
+            r = block[t][m]
+            axes[0, i].semilogy(r["loss_curve_median"], label=m, lw=1)
+            if r["switch_step"]:
+                axes[0, i].axvline(r["switch_step"], color="0.6", ls=":", lw=0.8)
+            steps = [s["step"] for s in r["snapshots"]]
+            axes[1, i].plot(steps, [np.mean(s["regions"]) for s in r["snapshots"]], "-o", ms=2, label=m)
+        axes[1, i].axhline(2**depth, color="k", ls="--", lw=0.8, label=f"2^{depth}")
+        axes[1, i].set_xlabel("step")
+        for ax, title in zip(axes[:, i], ("median training MSE", "mean linear regions on [0,1]"), strict=True):
+            ax.set_title(f"{TARGET_LABEL[t]}: {title}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    report.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):
