@@ -5,7 +5,8 @@ An experiment is a frozen ``Config`` dataclass (subclass of ``Common``), one
 ``run(cfg) -> dict``. ``main`` turns the dataclass into flags, so every script
 has the same shared flags:
 
-``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others),
+``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others; the rates of a method
+are ``gmpjax.layers.registry.learning_rates(cfg.lr, method)``),
 ``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR`` (alias ``--out``),
 ``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except
 where a flag was given), ``--no-progress`` and ``--protocol`` (when there are several).
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import types
@@ -49,7 +49,6 @@ __all__ = [
     "build_parser",
     "parse",
     "main",
-    "lr_values",
     "replace_dotted",
 ]
 
@@ -95,6 +94,7 @@ class Common:
 
     def __post_init__(self) -> None:
         from gmpjax.layers import check_parameterization
+        from gmpjax.layers.registry import learning_rates
 
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
@@ -114,13 +114,10 @@ class Common:
             raise ValueError("--lr: 'cv' (0.1 for GmP, 0.01 for the others) does not apply here; give numbers")
         if not self.lr:
             raise ValueError("--lr needs a value: 'cv' or positive numbers")
-        for v in self.lr:
-            try:
-                ok = v == "cv" or 0 < float(v) < math.inf
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"--lr values must be 'cv' or positive numbers (got {v!r})")
+        try:
+            learning_rates([v for v in self.lr if v != "cv"])
+        except ValueError as e:
+            raise ValueError(f"--lr {e}") from None
         positive(self, "seeds")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0 (got {self.seed})")
@@ -141,22 +138,6 @@ def check_choice(flag: str, values: Sequence[str], allowed: Sequence[str]) -> No
     for v in values:
         if v not in allowed:
             raise ValueError(f"--{flag.replace('_', '-')}: unknown name {v!r}; choose from {' '.join(allowed)}")
-
-
-def lr_values(cfg: Common, method: str) -> tuple[float, ...]:
-    """The learning rates ``cfg.lr`` gives ``method`` (``cv`` -> its registry row's ``cv_lr``), duplicates removed.
-
-    >>> lr_values(Common(lr=("cv", "0.3")), "gmp")
-    (0.1, 0.3)
-    """
-    from gmpjax.layers.registry import default_lr
-
-    out: list[float] = []
-    for v in cfg.lr:
-        x = default_lr(method) if v == "cv" else float(v)
-        if x not in out:
-            out.append(x)
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------- parser

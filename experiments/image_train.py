@@ -24,6 +24,7 @@ from flax import nnx
 from experiments import cli, report
 from gmpjax.data.images import Preprocess, dataset_info, image_loaders
 from gmpjax.layers import check_parameterization, registry
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
 from gmpjax.train import sharding as shd
@@ -274,7 +275,7 @@ def run_experiment(cfg: ImageConfig, tables: Callable[[Mapping[str, Any]], dict[
         shd.initialize_distributed()
     runs = {}
     for method in cfg.methods:
-        for lr in cli.lr_values(cfg, method):
+        for lr in learning_rates(cfg.lr, method):
             for seed in range(cfg.seed, cfg.seed + cfg.seeds):
                 name = run_name(cfg, check_parameterization(method), lr, seed)
                 runs[name] = train_one(cfg, method, lr, seed, os.path.join(cfg.workdir, name))

@@ -30,6 +30,7 @@ from flax import nnx
 from experiments import cli, report
 from gmpjax import cab
 from gmpjax.data.levy import levy_data
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.engine import make_eval_step
 from gmpjax.train.loop import LoopConfig
@@ -173,7 +174,7 @@ def plot(runs: dict, data: dict, cfg: Config) -> None:
 def run(cfg: Config) -> dict:
     t_all = time.time()
     data = levy_data(cfg.num_train, cfg.noise, cfg.data_seed)
-    lr_of = {(m, lb): cli.lr_values(dataclasses.replace(cfg, lr=(lb,)), m)[0] for lb in cfg.lr for m in cfg.methods}
+    lr_of = {(m, lb): learning_rates((lb,), m)[0] for lb in cfg.lr for m in cfg.methods}
     jobs = {f"{m}_lr{lr:g}": (m, lr) for (m, _), lr in lr_of.items()}  # GmP at 0.1 under "cv" and "0.1": trained once
 
     def job(name: str) -> dict:

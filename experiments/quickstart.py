@@ -31,6 +31,7 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.levy import levy_data
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, on_batch
@@ -86,7 +87,7 @@ def run(cfg: Config) -> dict:
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         for m in cfg.methods:
-            for lr in cli.lr_values(cfg, m):
+            for lr in learning_rates(cfg.lr, m):
                 name = m if len(cfg.lr) == 1 else f"{m}@{lr:g}"
                 r = train_method(m, lr, cfg, data)
                 mean, se = report.mean_se(r["rmse"])

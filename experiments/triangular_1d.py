@@ -33,6 +33,7 @@ from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.data.functions import TARGETS, dense_samples, sparse_samples, stable_tag
 from gmpjax.layers import ReLUMLP, TriangleDifference
+from gmpjax.layers.registry import learning_rates
 from gmpjax.layers.triangle import INIT_METHODS, init_method_net
 from gmpjax.regions import plot_linear_regions
 from gmpjax.train.losses import mse as mse_fn
@@ -167,7 +168,7 @@ def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
     groups = [("dense", t, cfg.methods) for t in cfg.dense_targets]
     groups += [("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets]
     groups += [("difference", "x3-x", tuple(DIFFERENCE))] if cfg.difference else []
-    lrs = cli.lr_values(cfg, "")
+    lrs = learning_rates(cfg.lr)
     keys = [(kind, t, m, lr, m if len(lrs) == 1 else f"{m}@{lr:g}") for kind, t, ms in groups for m in ms for lr in lrs]
     return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, m, lr, key in keys}
 

@@ -36,6 +36,7 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.paths import DataError
+from gmpjax.layers.registry import learning_rates
 from gmpjax.layers.triangle import TriangleActivation
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import accuracy, on_batch, xent
@@ -177,7 +178,7 @@ def train_head(activation: str, lr: float, cfg: Config, data) -> dict:
 
 def run(cfg: Config) -> dict:
     data = load_data(cfg)  # a DataError becomes one line and exit status 2 (cli.main)
-    lrs, t0 = cli.lr_values(cfg, ""), time.time()
+    lrs, t0 = learning_rates(cfg.lr), time.time()
     specs = {a if len(lrs) == 1 else f"{a}@{lr:g}": (a, lr) for a in cfg.methods for lr in lrs}
     res = report.run_jobs(cfg, list(specs), lambda j: train_head(*specs[j], cfg, data), desc="triangular_head")
     out = {"config": dataclasses.asdict(cfg), "results": res, "wall_s": time.time() - t0}

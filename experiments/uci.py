@@ -31,6 +31,7 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.uci import SPLIT_RULES, UCI_NAMES, check_dataset_name, load_uci, stacked_splits
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, mse, on_batch
@@ -223,7 +224,7 @@ def run(cfg: Config) -> dict:
                 *load_uci(d), splits=cfg.seeds, seed=cfg.seed, monitor=cfg.monitor, val_fraction=cfg.val_fraction,
                 standardize_target=cfg.standardize_target, rule=cfg.split,
             )  # fmt: skip
-        lrs = cli.lr_values(cfg, m)
+        lrs = learning_rates(cfg.lr, m)
         t0, c0 = time.perf_counter(), time.process_time()
         out, max_epochs = train_dataset(cfg, m, cache[d], lrs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0

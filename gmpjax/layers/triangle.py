@@ -314,7 +314,7 @@ def init_method_net(
     width: int = 4,
     sign: int = -1,
     output_affine: bool = False,
-    s0: str = "bounded",
+    s0: S0Mode = "bounded",
     param_dtype: Any = jnp.float32,
     rngs: nnx.Rngs,
     **peaks: Any,
