@@ -228,7 +228,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
 
 
 def main(argv=None):
-    return cli.main(argv, prog="python -m experiments.banana_2d", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

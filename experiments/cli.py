@@ -1,21 +1,16 @@
 """One CLI convention and one runner for every experiment script.
 
-An experiment is a frozen ``Config`` dataclass (subclass of ``Common``), one
-``get_config()`` per protocol, a ``quick(cfg)`` dict of smoke-run settings and a
-``run(cfg) -> dict``. ``main`` turns the dataclass into flags, so every script
-has the same shared flags:
-
-``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others; the rates of a method
-are ``gmpjax.layers.registry.learning_rates(cfg.lr, method)``),
-``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR`` (alias ``--out``),
-``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except
-where a flag was given), ``--no-progress`` and ``--protocol`` (when there are several).
-A field ``max_epochs`` becomes ``--max-epochs``; a bad value prints one line
-(``prog: error: ...``) and exits with status 2. A field holding a frozen dataclass
-(the training rules ``rules: gmpjax.train.rules.Rules``) is set field by field with
-dotted flags, as ml_collections' ``--config.x``: ``--rules.patience 10``,
-``--rules.plateau.factor 0.5`` (``none`` for an optional value). Reporting lives in
-``experiments.report``.
+An experiment module holds a frozen ``Config`` dataclass (subclass of ``Common``), ``CONFIGS`` (protocol name ->
+its ``get_config()``), a ``quick(cfg)`` dict of smoke-run settings, ``run(cfg) -> dict`` and ``tables(results)``
+(``experiments.report``); ``main(argv, __name__)`` turns the dataclass into flags, so every script has the same
+shared flags: ``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others;
+``gmpjax.layers.registry.learning_rates``), ``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR``
+(alias ``--out``), ``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except where a
+flag was given), ``--no-progress`` and ``--protocol`` (when there are several). A field ``max_epochs`` becomes
+``--max-epochs``; a bad value prints one line (``prog: error: ...``) and exits with status 2. A field holding a
+frozen dataclass (the training rules ``rules: gmpjax.train.rules.Rules``) is set field by field with dotted flags,
+as ml_collections' ``--config.x``: ``--rules.patience 10``, ``--rules.plateau.factor 0.5`` (``none`` for an
+optional value).
 
 >>> @dataclasses.dataclass(frozen=True)
 ... class Config(Common):
@@ -34,6 +29,7 @@ import argparse
 import dataclasses
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -285,20 +281,16 @@ def parse(
     return cfg
 
 
-def main(
-    argv: Sequence[str] | None,
-    *,
-    prog: str,
-    doc: str,
-    configs: Mapping[str, Callable[[], C]],
-    quick: Callable[[C], Mapping[str, Any]],
-    run: Callable[[C], Any],
-) -> Any:
-    """Parse, run, and turn a bad value found while running into one line and exit status 2."""
+def main(argv: Sequence[str] | None, module_name: str) -> Any:
+    """Run the experiment module ``module_name`` (pass ``__name__``) on ``argv``: its ``CONFIGS``, ``quick``,
+    ``run`` and docstring (the ``--help`` text); a bad value found while running is one line and exit status 2."""
+    module = sys.modules[module_name]
+    configs: Mapping[str, Callable[[], Common]] = module.CONFIGS
+    prog = "python -m " + (module.__spec__.name if module.__spec__ else module_name)
     config_cls = type(next(iter(configs.values()))())
-    parser = build_parser(config_cls, prog=prog, doc=doc, protocols=tuple(configs))
-    cfg = parse(parser, config_cls, configs, argv, quick=quick)
+    parser = build_parser(config_cls, prog=prog, doc=module.__doc__ or "", protocols=tuple(configs))
+    cfg = parse(parser, config_cls, configs, argv, quick=module.quick)
     try:
-        return run(cfg)
+        return module.run(cfg)
     except (ValueError, FileNotFoundError, DataError) as e:
         parser.error(str(e))

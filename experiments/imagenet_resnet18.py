@@ -71,9 +71,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli.main(
-        argv, prog="python -m experiments.imagenet_resnet18", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

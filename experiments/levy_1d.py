@@ -208,7 +208,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
 
 
 def main(argv=None):
-    return cli.main(argv, prog="python -m experiments.levy_1d", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

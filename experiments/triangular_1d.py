@@ -321,9 +321,7 @@ def _curves_figure(block: dict, depth: int, path: str) -> None:
 
 
 def main(argv=None):
-    return cli.main(
-        argv, prog="python -m experiments.triangular_1d", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

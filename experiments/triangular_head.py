@@ -234,9 +234,7 @@ def tables(out: Mapping[str, Any]) -> dict[str, str]:
 
 
 def main(argv=None):
-    return cli.main(
-        argv, prog="python -m experiments.triangular_head", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":
