@@ -1,20 +1,16 @@
 """One CLI convention and one runner for every experiment script.
 
-An experiment is a frozen ``Config`` dataclass (subclass of ``Common``), one
-``get_config()`` per protocol, a ``quick(cfg)`` dict of smoke-run settings and a
-``run(cfg) -> dict``. ``main`` turns the dataclass into flags, so every script
-has the same shared flags:
-
-``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others),
-``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR`` (alias ``--out``),
-``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except
-where a flag was given), ``--no-progress`` and ``--protocol`` (when there are several).
-A field ``max_epochs`` becomes ``--max-epochs``; a bad value prints one line
-(``prog: error: ...``) and exits with status 2. A field holding a frozen dataclass
-(the training rules ``rules: gmpjax.train.rules.Rules``) is set field by field with
-dotted flags, as ml_collections' ``--config.x``: ``--rules.patience 10``,
-``--rules.plateau.factor 0.5`` (``none`` for an optional value). Reporting lives in
-``experiments.report``.
+An experiment module holds a frozen ``Config`` dataclass (subclass of ``Common``), ``CONFIGS`` (protocol name ->
+its ``get_config()``), a ``quick(cfg)`` dict of smoke-run settings, ``run(cfg) -> dict`` and ``tables(results)``
+(``experiments.report``); ``main(argv, __name__)`` turns the dataclass into flags, so every script has the same
+shared flags: ``--methods sp gmp``, ``--lr`` (values, or ``cv``: 0.1 for GmP, 0.01 for the others;
+``gmpjax.layers.registry.learning_rates``), ``--seeds N`` (replicas), ``--seed S`` (the first), ``--workdir DIR``
+(alias ``--out``), ``--resume`` (the workdir must exist), ``--quick`` (the script's smoke settings, except where a
+flag was given), ``--no-progress`` and ``--protocol`` (when there are several). A field ``max_epochs`` becomes
+``--max-epochs``; a bad value prints one line (``prog: error: ...``) and exits with status 2. A field holding a
+frozen dataclass (the training rules ``rules: gmpjax.train.rules.Rules``) is set field by field with dotted flags,
+as ml_collections' ``--config.x``: ``--rules.patience 10``, ``--rules.plateau.factor 0.5`` (``none`` for an
+optional value).
 
 >>> @dataclasses.dataclass(frozen=True)
 ... class Config(Common):
@@ -31,9 +27,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -49,7 +45,6 @@ __all__ = [
     "build_parser",
     "parse",
     "main",
-    "lr_values",
     "replace_dotted",
 ]
 
@@ -95,6 +90,7 @@ class Common:
 
     def __post_init__(self) -> None:
         from gmpjax.layers import check_parameterization
+        from gmpjax.layers.registry import learning_rates
 
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
@@ -104,7 +100,7 @@ class Common:
                     check_parameterization(m)
                 except ValueError as e:
                     raise ValueError(f"--methods: {e}") from None
-            # one spelling from here on ("GMP", "gmp+imn" -> "gmp", "gmp_imn"): lrs and paper numbers are keyed by it
+            # one spelling from here on (the registry name, e.g. "GmP+IMN" -> gmp_imn): lrs and tables key on it
             object.__setattr__(self, "methods", tuple(check_parameterization(m) for m in self.methods))
         else:
             check_choice("methods", self.methods, self.method_names)
@@ -114,13 +110,10 @@ class Common:
             raise ValueError("--lr: 'cv' (0.1 for GmP, 0.01 for the others) does not apply here; give numbers")
         if not self.lr:
             raise ValueError("--lr needs a value: 'cv' or positive numbers")
-        for v in self.lr:
-            try:
-                ok = v == "cv" or 0 < float(v) < math.inf
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(f"--lr values must be 'cv' or positive numbers (got {v!r})")
+        try:
+            learning_rates([v for v in self.lr if v != "cv"])
+        except ValueError as e:
+            raise ValueError(f"--lr {e}") from None
         positive(self, "seeds")
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0 (got {self.seed})")
@@ -141,22 +134,6 @@ def check_choice(flag: str, values: Sequence[str], allowed: Sequence[str]) -> No
     for v in values:
         if v not in allowed:
             raise ValueError(f"--{flag.replace('_', '-')}: unknown name {v!r}; choose from {' '.join(allowed)}")
-
-
-def lr_values(cfg: Common, method: str) -> tuple[float, ...]:
-    """The learning rates ``cfg.lr`` gives ``method`` (``cv`` -> its registry row's ``cv_lr``), duplicates removed.
-
-    >>> lr_values(Common(lr=("cv", "0.3")), "gmp")
-    (0.1, 0.3)
-    """
-    from gmpjax.layers.registry import default_lr
-
-    out: list[float] = []
-    for v in cfg.lr:
-        x = default_lr(method) if v == "cv" else float(v)
-        if x not in out:
-            out.append(x)
-    return tuple(out)
 
 
 # --------------------------------------------------------------------------- parser
@@ -304,20 +281,16 @@ def parse(
     return cfg
 
 
-def main(
-    argv: Sequence[str] | None,
-    *,
-    prog: str,
-    doc: str,
-    configs: Mapping[str, Callable[[], C]],
-    quick: Callable[[C], Mapping[str, Any]],
-    run: Callable[[C], Any],
-) -> Any:
-    """Parse, run, and turn a bad value found while running into one line and exit status 2."""
+def main(argv: Sequence[str] | None, module_name: str) -> Any:
+    """Run the experiment module ``module_name`` (pass ``__name__``) on ``argv``: its ``CONFIGS``, ``quick``,
+    ``run`` and docstring (the ``--help`` text); a bad value found while running is one line and exit status 2."""
+    module = sys.modules[module_name]
+    configs: Mapping[str, Callable[[], Common]] = module.CONFIGS
+    prog = "python -m " + (module.__spec__.name if module.__spec__ else module_name)
     config_cls = type(next(iter(configs.values()))())
-    parser = build_parser(config_cls, prog=prog, doc=doc, protocols=tuple(configs))
-    cfg = parse(parser, config_cls, configs, argv, quick=quick)
+    parser = build_parser(config_cls, prog=prog, doc=module.__doc__ or "", protocols=tuple(configs))
+    cfg = parse(parser, config_cls, configs, argv, quick=module.quick)
     try:
-        return run(cfg)
+        return module.run(cfg)
     except (ValueError, FileNotFoundError, DataError) as e:
         parser.error(str(e))

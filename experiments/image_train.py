@@ -22,13 +22,14 @@ import optax
 from flax import nnx
 
 from experiments import cli, report
-from experiments.report import mean_se
 from gmpjax.data.images import Preprocess, dataset_info, image_loaders
 from gmpjax.layers import check_parameterization, registry
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
 from gmpjax.train import sharding as shd
 from gmpjax.train.host import HostConfig
+from gmpjax.train.losses import top_k_hits
 from gmpjax.train.optim import make_optimizer
 from gmpjax.train.rules import Rules
 from gmpjax.train.schedules import PAPER_BOUNDARIES, RELEASED_EARLY_STOP_PATIENCE, RELEASED_PLATEAU, piecewise_epochs
@@ -47,7 +48,7 @@ class ImageConfig(cli.Common):
     MODEL: ClassVar[str] = "vgg6"
     NAME: ClassVar[str] = "imagenet32_vgg6"
 
-    methods: tuple[str, ...] = cli.field(("gmp_imn",), "parameterizations, space-separated (one run each)")
+    methods: tuple[str, ...] = cli.field(("GmP+IMN",), "parameterizations, space-separated (one run each)")
     workdir: str = cli.field("results/imagenet32_vgg6", "output folder (one subfolder per run); alias --out")
     dataset: str = cli.field("imagenet_resized/32x32", "tfds name (ArrayRecord-prepared) or 'digits' (embedded)")
     batch_size: int = cli.field(256, "global batch size over all devices (paper: 256, 512, 1024)")
@@ -127,11 +128,9 @@ def model_factory(cfg: ImageConfig, parameterization: str, num_classes: int) -> 
 
 
 def _ce_and_hits(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
-    """Per-example cross-entropy and top-1/top-5 hits (1.0 where the label is among the k largest logits)."""
+    """Per-example cross-entropy and top-1/top-5 hits (``gmpjax.train.losses.top_k_hits``)."""
     logits, labels = model(preprocess.finish(batch, xp=jnp)), batch["label"]
-    top = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1] == labels[:, None]
-    hits = {f"top{k}": jnp.any(top[:, :k], axis=-1).astype(jnp.float32) for k in (1, 5)}
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels), hits
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels), top_k_hits(logits, labels, (1, 5))
 
 
 def loss_fn(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
@@ -169,20 +168,9 @@ def trainer(cfg: ImageConfig, p: str, lr: float, num_classes: int, spe: int, pre
     """The ``HostTrainer`` of a run, ``pre`` its train and eval ``Preprocess`` (cached: seeds and resumes reuse it)."""
     mesh = shd.make_data_mesh()
     boundaries = tuple(b for b in cfg.boundaries if b < cfg.epochs)
-    key = (
-        cfg.MODEL,
-        p,
-        cfg.init,
-        cfg.imn_position,
-        cfg.width,
-        num_classes,
-        cfg.schedule,
-        lr,
-        boundaries,
-        spe,
-        cfg.momentum,
-    )
-    key += (cfg.weight_decay, tuple(d.id for d in mesh.devices.flat), *pre)
+    fields = ("MODEL", "init", "imn_position", "width", "schedule", "momentum", "weight_decay")
+    key = (p, lr, num_classes, boundaries, spe, *(getattr(cfg, f) for f in fields), *pre)
+    key += tuple(d.id for d in mesh.devices.flat)
     if key not in _TRAINERS:
         schedule = piecewise_epochs(lr, spe, boundaries) if cfg.schedule == "piecewise" else lr
         tx = make_optimizer("sgd", schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -234,40 +222,22 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
     summary["history"] = run.history
     if shd.is_primary():
         report.write_json(os.path.join(run_dir, "metrics.json"), summary)
-        plot_curves(run.records, os.path.join(run_dir, "curves.png"), title=f"{cfg.MODEL} {p}")
+        report.plot_curves(run.records, os.path.join(run_dir, "curves.png"), title=f"{cfg.MODEL} {p}")
     return summary
 
 
-def plot_curves(records: Sequence[Mapping[str, Any]], png: str, title: str = "") -> None:
-    """Train loss per logged step and validation top-1/top-5 per epoch (records of ``metrics.jsonl``)."""
-    import matplotlib.pyplot as plt
-
-    tr = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
-    ev = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in records if "val_top1" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    if tr:
-        ax[0].plot(*zip(*tr, strict=True))
-    ax[0].set(xlabel="step", ylabel="train loss", title=title)
-    if ev:
-        e, t1, t5 = zip(*ev, strict=True)
-        ax[1].plot(e, [100 * v for v in t1], "o-", label="top-1")
-        ax[1].plot(e, [100 * v for v in t5], "s-", label="top-5")
-        ax[1].legend()
-    ax[1].set(xlabel="epoch", ylabel="validation accuracy (%)")
-    fig.tight_layout()
-    report.save_figure(fig, png, dpi=100)
-
-
 def _ours(values: Sequence[float]) -> str:
-    m, se = mean_se([100 * v for v in values])
+    m, se = report.mean_se([100 * v for v in values])
     return f"{m:.2f}" if len(values) == 1 else f"{m:.2f} ± {se:.2f}"
 
 
 def paper_table(
     paper: Mapping[str, Mapping[str, tuple[float, float]]], runs: Sequence[dict], columns: Sequence[str]
 ) -> str:
-    """Markdown table: the paper's top-1/top-5 (%) per batch size (``paper[method][batch] = (top1, top5)``),
-    with ours (mean ± s.e. over seeds) in the last two columns of each method's row (one row per learning rate)."""
+    """Markdown table: the paper's top-1/top-5 (%) per batch size (``paper[method][batch] = (top1, top5)``, methods
+    spelled as the paper does: ``"GmP+IMN"``), with ours (mean ± s.e. over seeds) in the last two columns of each
+    method's row (one row per learning rate)."""
+    paper = {check_parameterization(m): v for m, v in paper.items()}
     several_lrs = len({r["config"]["lr"] for r in runs}) > 1
     groups: dict[str, tuple[str, list[dict]]] = {}
     for r in runs:
@@ -292,23 +262,27 @@ def paper_table(
     )
 
 
-def run_experiment(
-    cfg: ImageConfig, *, paper: Mapping[str, Mapping[str, tuple[float, float]]], columns: Sequence[str]
-) -> dict:
-    """Train every method x learning rate x seed, print the paper's table beside ours, write ``results.json``."""
+def image_tables(
+    results: Mapping[str, Any], paper: Mapping[str, Mapping[str, tuple[float, float]]], columns: Sequence[str]
+) -> dict[str, str]:
+    """``{"top1": paper_table(...)}`` of the runs in ``results`` (``run name -> summary``, from ``results.json``)."""
+    return {"top1": paper_table(paper, [r for k, r in results.items() if k != "provenance"], columns)}
+
+
+def run_experiment(cfg: ImageConfig, tables: Callable[[Mapping[str, Any]], dict[str, str]]) -> dict:
+    """Train every method x learning rate x seed, write ``results.json``, print ``tables`` (the paper's beside ours)."""
     if cfg.distributed:
         shd.initialize_distributed()
     runs = {}
     for method in cfg.methods:
-        for lr in cli.lr_values(cfg, method):
+        for lr in learning_rates(cfg.lr, method):
             for seed in range(cfg.seed, cfg.seed + cfg.seeds):
                 name = run_name(cfg, check_parameterization(method), lr, seed)
                 runs[name] = train_one(cfg, method, lr, seed, os.path.join(cfg.workdir, name))
     if shd.is_primary():
-        report.write_json(
-            os.path.join(cfg.workdir, "results.json"), {k: {**v, "history": None} for k, v in runs.items()}
-        )
-        print("\n" + paper_table(paper, list(runs.values()), columns))
+        results = {k: {**v, "history": None} for k, v in runs.items()}
+        report.write_results(cfg.workdir, results)
+        report.print_tables(tables(report.to_json(results)))
         for r in runs.values():
             c, rate = r["config"], r["images_per_s_median"] or float("nan")
             print(f"\nours: {c['dataset']}, top-1 {100 * r['val_top1']:.2f}% (chance {100 * r['chance_top1']:.1f}%), "

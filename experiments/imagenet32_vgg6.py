@@ -20,19 +20,20 @@ chance is 10%).
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from experiments import cli
-from experiments.image_train import ImageConfig, official, quick_overrides, run_experiment
+from experiments.image_train import ImageConfig, image_tables, official, quick_overrides, run_experiment
 
-# Table 2: top-1 / top-5 validation accuracy (%) by batch size (mean over runs; +- omitted).
+# Table 2: top-1 / top-5 validation accuracy (%) by batch size (mean over runs; +- omitted), the paper's names.
 PAPER_TABLE2: dict[str, dict[str, tuple[float, float]]] = {
-    "sp": {"256": (38.31, 62.48), "512": (36.99, 60.71), "1024": (35.02, 58.14)},
-    "wn": {"256": (39.13, 63.28), "512": (37.92, 61.93), "1024": (36.17, 60.16)},
-    "wn_mbn": {"256": (42.22, 66.04), "512": (40.96, 65.08), "1024": (39.33, 63.32)},
-    "bn": {"256": (42.79, 67.17), "512": (41.90, 66.50), "1024": (41.39, 65.89)},
-    "gmp": {"256": (40.76, 65.08), "512": (41.65, 65.76), "1024": (41.29, 65.49)},
-    "gmp_imn": {"256": (43.14, 67.36), "512": (43.62, 67.76), "1024": (42.70, 66.98)},
+    "SP": {"256": (38.31, 62.48), "512": (36.99, 60.71), "1024": (35.02, 58.14)},
+    "WN": {"256": (39.13, 63.28), "512": (37.92, 61.93), "1024": (36.17, 60.16)},
+    "WN+MBN": {"256": (42.22, 66.04), "512": (40.96, 65.08), "1024": (39.33, 63.32)},
+    "BN": {"256": (42.79, 67.17), "512": (41.90, 66.50), "1024": (41.39, 65.89)},
+    "GmP": {"256": (40.76, 65.08), "512": (41.65, 65.76), "1024": (41.29, 65.49)},
+    "GmP+IMN": {"256": (43.14, 67.36), "512": (43.62, 67.76), "1024": (42.70, 66.98)},
 }
 
 
@@ -61,13 +62,16 @@ def quick(cfg: Config) -> dict:
 
 
 def run(cfg: Config) -> dict:
-    return run_experiment(cfg, paper=PAPER_TABLE2, columns=("256", "512", "1024"))
+    return run_experiment(cfg, tables)
+
+
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"top1": ...}``: the paper's top-1 / top-5 beside ours (``results``: ``<workdir>/results.json``)."""
+    return image_tables(results, PAPER_TABLE2, ("256", "512", "1024"))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return cli.main(
-        argv, prog="python -m experiments.imagenet32_vgg6", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -195,25 +197,29 @@ def run(cfg: Config) -> dict:
         plot_worst_case(w, b, cfg, os.path.join(cfg.workdir, "worst_case_180.png"))
     res = {"config": dataclasses.asdict(cfg), "w": w, "b": b, "per_delta": table, "worst_case": wc}
     res["wall_s"] = time.time() - t0
-    report.write_json(os.path.join(cfg.workdir, "metrics.json"), res)
+    report.write_results(cfg.workdir, res)
     print(f"unit: w = {w.tolist()}, b = {b:.3g}")
-    print(f"{'delta':>8} | " + " | ".join(f"{m.upper():>22}" for m in cfg.methods))
-    print(f"{'':>8} | " + " | ".join(f"{'angle deg / |dphi|':>22}" for _ in cfg.methods))
-    for d, row in table.items():
-        cells = (f"{row[m]['angle_deg']:10.3f} / {row[m]['location_shift']:9.3g}" for m in cfg.methods)
-        print(f"{d:>8} | " + " | ".join(cells))
-    print("Worst case eps = -(1+delta) w  (paper, Prop. 2.3: SP and WN turn by 180 deg; GmP <= ||eps||):")
-    print(
-        f"  SP {wc['sp_angle_deg']:.3f} deg | WN {wc['wn_angle_deg']:.3f} deg | GmP (same-size step on theta) "
-        f"{wc['gmp_angle_deg_same_size']:.4f} deg <= bound {wc['gmp_bound_deg']:.4f} deg"
-    )
+    report.print_tables(tables(res))
     return res
 
 
-def main(argv=None):
-    return cli.main(
-        argv, prog="python -m experiments.perturbation_2d", doc=__doc__, configs=CONFIGS, quick=quick, run=run
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"angles": ...}``: per perturbation size, each parameterization's CAB rotation (degrees) and location shift,
+    then the worst case ``eps = -(1 + delta) w`` (paper, Prop. 2.3: SP and WN turn by 180 deg; GmP <= ||eps||)."""
+    methods = list(next(iter(results["per_delta"].values())))
+    rows = [[d, *(f"{row[m]['angle_deg']:.3f} / {row[m]['location_shift']:.3g}" for m in methods)]
+            for d, row in results["per_delta"].items()]  # fmt: skip
+    wc = results["worst_case"]
+    caption = (
+        f"Worst case eps = -(1+delta) w: SP {wc['sp_angle_deg']:.3f} deg, WN {wc['wn_angle_deg']:.3f} deg, GmP "
+        f"(same-size step on theta) {wc['gmp_angle_deg_same_size']:.4f} deg <= bound {wc['gmp_bound_deg']:.4f} deg"
     )
+    head = ["delta", *(f"{m.upper()} angle deg / abs dphi" for m in methods)]
+    return {"angles": report.markdown_table(head, rows) + "\n\n" + caption}
+
+
+def main(argv=None):
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ cross-validated rates), the paper's GmP initialisation (u uniform, r = 1, lambda
 ``experiments.levy_1d`` is the full reproduction of Fig. 2 with the released code's protocol.
 
 The ``--seeds`` replicas of a method train as one ``gmpjax.train.replicas.train_replicas`` (one
-full-batch step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``metrics.json``
+full-batch step per epoch); the test RMSE is printed as mean ± standard error over seeds. Writes ``results.json``
 and ``fits.png`` under ``--workdir``.
 """
 
@@ -20,6 +20,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +31,7 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.levy import levy_data
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, on_batch
@@ -82,24 +85,23 @@ def run(cfg: Config) -> dict:
     data = levy_data(seed=cfg.data_seed)
     results, fits = {}, {}
     t0 = time.perf_counter()
-    print(f"{'method':<8} {'lr':>6} {f'test RMSE (mean ± s.e. over {cfg.seeds} seeds)'}")
     with jax.enable_x64(True):
         for m in cfg.methods:
-            for lr in cli.lr_values(cfg, m):
+            for lr in learning_rates(cfg.lr, m):
                 name = m if len(cfg.lr) == 1 else f"{m}@{lr:g}"
                 r = train_method(m, lr, cfg, data)
                 mean, se = report.mean_se(r["rmse"])
                 results[name] = {"lr": lr, "rmse": r["rmse"], "rmse_mean": mean, "rmse_se": se}
                 results[name]["final_train_mae"] = r["final_loss"]
                 fits[name] = r["pred"][0]
-                print(f"{name:<8} {lr:>6g} {mean:.4f} ± {se:.4f}")
     wall = time.perf_counter() - t0
-    print(f"wall time {wall:.1f}s on {jax.default_backend()}")
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")
     metrics = {"config": dataclasses.asdict(cfg), "results": results, "wall_time_s": wall,
                "backend": jax.default_backend()}  # fmt: skip
-    report.write_json(os.path.join(cfg.workdir, "metrics.json"), metrics)
+    report.write_results(cfg.workdir, metrics)
+    report.print_tables(tables(metrics))
+    print(f"wall time {wall:.1f}s on {jax.default_backend()}")
 
     import matplotlib.pyplot as plt
 
@@ -115,8 +117,16 @@ def run(cfg: Config) -> dict:
     return metrics
 
 
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"rmse": ...}``: per method, the test RMSE (mean ± s.e. over seeds)."""
+    n = len(next(iter(results["results"].values()))["rmse"])
+    res = results["results"]
+    rows = [[name, f"{r['lr']:g}", f"{r['rmse_mean']:.4f} ± {r['rmse_se']:.4f}"] for name, r in res.items()]
+    return {"rmse": report.markdown_table(["method", "lr", f"test RMSE (mean ± s.e. over {n} seeds)"], rows)}
+
+
 def main(argv=None):
-    return cli.main(argv, prog="python -m experiments.quickstart", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

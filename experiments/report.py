@@ -31,9 +31,12 @@ __all__ = [
     "markdown_table",
     "mean_se",
     "run_jobs",
+    "plot_curves",
+    "print_tables",
     "save_figure",
     "to_json",
     "write_json",
+    "write_results",
 ]
 
 COLORS = {"sp": "tab:red", "wn": "tab:green", "bn": "tab:purple", "gmp": "tab:blue"}
@@ -102,6 +105,26 @@ def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], png: str, title: str = "") -> None:
+    """Train loss per logged step and validation top-1/top-5 per epoch (host-trainer records, ``metrics.jsonl``)."""
+    import matplotlib.pyplot as plt
+
+    tr = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    ev = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in records if "val_top1" in r]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    if tr:
+        ax[0].plot(*zip(*tr, strict=True))
+    ax[0].set(xlabel="step", ylabel="train loss", title=title)
+    if ev:
+        e, t1, t5 = zip(*ev, strict=True)
+        ax[1].plot(e, [100 * v for v in t1], "o-", label="top-1")
+        ax[1].plot(e, [100 * v for v in t5], "s-", label="top-5")
+        ax[1].legend()
+    ax[1].set(xlabel="epoch", ylabel="validation accuracy (%)")
+    fig.tight_layout()
+    save_figure(fig, png, dpi=100)
 
 
 def run_jobs(
@@ -207,6 +230,11 @@ def write_results(workdir: str, results: Mapping[str, Any]) -> str:
     path = os.path.join(workdir, RESULTS_FILE)
     write_json(path, {**results, "provenance": provenance()})
     return path
+
+
+def print_tables(tables: Mapping[str, str]) -> None:
+    """Print an experiment's ``tables(results)`` (the README builder reads the same function), one after another."""
+    print("\n\n".join(f"{name}:\n{text}" for name, text in tables.items()))
 
 
 # One command rebuilds the README's and docs' results tables from the committed full-run results:

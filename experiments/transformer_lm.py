@@ -45,7 +45,7 @@ DTYPES = ("bfloat16", "float32")
 
 @dataclasses.dataclass(frozen=True)
 class Config(cli.Common):
-    methods: tuple[str, ...] = cli.field(("sp", "gmp", "gmp_imn"), "MLP parameterizations: sp wn gmp gmp_imn")
+    methods: tuple[str, ...] = cli.field(("SP", "GmP", "GmP+IMN"), "MLP parameterizations: sp wn gmp gmp_imn")
     lr: tuple[str, ...] = cli.field(("3e-3",), "adamw peak learning rate (one number; linear warmup, cosine decay)")
     seeds: int = cli.field(3, "seeds per method (runs use --seed, --seed + 1, ...)")
     workdir: str = cli.field("results/transformer_lm", "checkpoints, results.json, figure; alias --out")
@@ -230,12 +230,9 @@ def run(cfg: Config) -> dict:
     command = "python -m experiments.transformer_lm " + " ".join(sys.argv[1:])
     summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "command": command}
     summary |= {"machine": machine | {"mesh": dict(mesh.shape)}, "runs": results}
-    report.write_json(str(workdir / "results.json"), summary)
+    report.write_results(str(workdir), summary)
     plot(results, workdir / "loss_curves.png")
-    print(f"validation bits per character (mean +- s.e. over seeds), {cfg.steps} steps:")
-    for m, row in table.items():
-        print(f"  {m:8s} {row['mean']:.4f} +- {row['se']:.4f}  (n={row['n']})")
-    print("  paper: neither paper reports a transformer LM; the comparison is SP vs GmP within this run")
+    report.print_tables(tables(summary))
     print(
         f"wall time {wall:.1f} s on {jax.devices()[0]} ({os.cpu_count()} cores visible), "
         f"mesh {dict(mesh.shape)}; results in {workdir}/results.json, loss_curves.png"
@@ -243,10 +240,16 @@ def run(cfg: Config) -> dict:
     return summary
 
 
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"bpc": ...}``: validation bits per character at the end, mean ± s.e. over seeds, per MLP parameterization
+    (neither paper reports a transformer LM: the comparison is within this run)."""
+    steps = results["config"]["steps"]
+    rows = [[m, f"{r['mean']:.4f} ± {r['se']:.4f}", r["n"]] for m, r in results["table"].items()]
+    return {"bpc": report.markdown_table(["MLP", f"validation bpc after {steps} steps", "seeds"], rows)}
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    return cli.main(
-        argv, prog="python -m experiments.transformer_lm", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

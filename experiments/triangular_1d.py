@@ -21,8 +21,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import zlib
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -31,18 +31,17 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax import triangular as tri
-from gmpjax.layers import ReLUMLP, TriangleDifference, TriangleNet
+from gmpjax.data.functions import TARGETS, dense_samples, sparse_samples, stable_tag
+from gmpjax.layers import ReLUMLP, TriangleDifference
+from gmpjax.layers.registry import learning_rates
+from gmpjax.layers.triangle import INIT_METHODS, init_method_net
 from gmpjax.regions import plot_linear_regions
 from gmpjax.train.losses import mse as mse_fn
 from gmpjax.train.losses import on_batch
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
-TARGETS = {  # name: (f, sign, output_affine)   sign -1: convex on [0,1]; +1: concave (needs a gain/offset head)
-    "x3": (lambda x: x**3, -1, False), "x11": (lambda x: x**11, -1, False),
-    "sin": (lambda x: jnp.sin(x), +1, True), "tanh3": (lambda x: jnp.tanh(3 * x), +1, True),
-}  # fmt: skip
-TARGET_LABEL = {"x3": "x^3", "x11": "x^11", "sin": "sin x", "tanh3": "tanh 3x"}
-METHODS = ("kaiming", "raai", "skip", "noreg", "thm31")
+TARGET_LABEL = {name: t.label for name, t in TARGETS.items()} | {"x3-x": "x^3 - x"}
+METHODS = INIT_METHODS
 METHOD_LABEL = {"kaiming": "Kaiming (PyTorch default)", "raai": "RAAI", "skip": "skip pretraining",
                 "noreg": "pretraining, no reg.", "thm31": "pretraining + Thm 3.1"}  # fmt: skip
 DIFFERENCE = {  # model: (schedule of, label); the x^3 - x experiment
@@ -117,27 +116,15 @@ def quick(cfg: Config) -> dict:
                 workdir="results/triangular_1d_quick")  # fmt: skip
 
 
-def _dtype(cfg: Config):
-    if cfg.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-        return jnp.float64
-    return jnp.float32
-
-
 def make_model_fn(method: str, cfg: Config, target: str, dtype, width: int = 4):
-    common = dict(margin=cfg.margin, peak_range=(cfg.peak_low, cfg.peak_high), param_dtype=dtype)
+    peaks = dict(margin=cfg.margin, peak_range=(cfg.peak_low, cfg.peak_high), param_dtype=dtype)
     if target == "x3-x":
         if method == "kaiming":
             return lambda k: ReLUMLP((1,) + (2 * width,) * cfg.depth + (1,), param_dtype=dtype, rngs=nnx.Rngs(k))
-        return lambda k: TriangleDifference(cfg.depth, rngs=nnx.Rngs(k), **common)
-    _, sign, affine = TARGETS[target]
-    if method in ("kaiming", "raai"):
-        return lambda k: ReLUMLP((1,) + (width,) * cfg.depth + (1,), init=method, param_dtype=dtype, rngs=nnx.Rngs(k))
-    if method == "skip":
-        return lambda k: TriangleNet(cfg.depth, sign=sign, output_affine=affine, mode="raw", rngs=nnx.Rngs(k), **common)
-    scales = "free" if method == "noreg" else "theorem31"
-    kw = dict(sign=sign, scales=scales, s0=cfg.s0, output_affine=affine, **common)
-    return lambda k: TriangleNet(cfg.depth, rngs=nnx.Rngs(k), **kw)
+        return lambda k: TriangleDifference(cfg.depth, rngs=nnx.Rngs(k), **peaks)
+    t = TARGETS[target]
+    kw = dict(width=width, sign=t.sign, output_affine=t.output_affine, s0=cfg.s0, **peaks)
+    return lambda k: init_method_net(method, cfg.depth, rngs=nnx.Rngs(k), **kw)
 
 
 def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
@@ -146,48 +133,33 @@ def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
     return TwoPhaseConfig(pre, fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps)
 
 
-def _tag(name: str) -> int:
-    """A stable 31-bit integer for a name (Python's ``hash`` is salted per process)."""
-    return zlib.crc32(name.encode()) & 0x7FFFFFFF
+def _target_fn(target: str):
+    return (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target].fn
 
 
 def make_data(kind: str, target: str, cfg: Config, dtype):
     """``(train, test)``: dense/difference: ``n_dense`` points on [0, 1], no test set; sparse: per-run uniform draws."""
-    f = (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target][0]
+    f = _target_fn(target)
     if kind != "sparse":
-        x = jnp.linspace(0.0, 1.0, cfg.n_dense, dtype=dtype)[:, None]
-        return (x, f(x)), None
-    k1, k2 = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed + 1), _tag(target)))
-    xtr = jax.random.uniform(k1, (cfg.seeds, cfg.n_sparse_train, 1), dtype)
-    xte = jax.random.uniform(k2, (cfg.seeds, cfg.n_sparse_test, 1), dtype)
-    return (xtr, f(xtr)), (xte, f(xte))
+        return dense_samples(f, cfg.n_dense, dtype), None
+    key = jax.random.fold_in(jax.random.key(cfg.seed + 1), stable_tag(target))
+    return sparse_samples(f, key, runs=cfg.seeds, n_train=cfg.n_sparse_train, n_test=cfg.n_sparse_test, dtype=dtype)
 
 
 def run_job(cfg: Config, kind: str, target: str, method: str, lr: float) -> dict:
     """Train ``cfg.seeds`` replicas of ``method`` on one target; MSEs, loss curves, region counts, best run."""
-    dtype = _dtype(cfg)
+    dtype = getattr(jnp, cfg.dtype)  # float64 runs under jax.enable_x64 (run)
     (train, test), model = make_data(kind, target, cfg, dtype), method
     method = DIFFERENCE[model][0] if kind == "difference" else model
-    keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), _tag(f"{method}/{target}")), cfg.seeds)
+    keys = jax.random.split(jax.random.fold_in(jax.random.key(cfg.seed), stable_tag(f"{method}/{target}")), cfg.seeds)
     t0 = time.time()
     res = train_two_phase(
         make_model_fn(method, cfg, target, dtype), keys, on_batch(mse_fn), train, schedule(method, cfg, lr),
         batch_axis=0 if kind == "sparse" else None, snapshot=region_snapshot(cfg.region_min_width),
         progress=cfg.progress, desc=f"{target}/{model}",
     )  # fmt: skip
-
-    def mse(data, pre=False):  # per replica
-        return np.asarray(jnp.mean((res.outputs(data[0], pretrain=pre) - data[1]) ** 2, axis=(-2, -1)))
-
-    out = {"method": method, "target": target, "lr": lr, "wall_s": time.time() - t0, "train_mse": mse(train)}
-    out |= {"loss_curve_median": np.median(res.losses, 0), "loss_curve_min": np.min(res.losses, 0)}
-    out |= {"switch_step": res.switch_step, "snapshots": res.snapshots}
-    if res.switch_step:
-        out["pretrain_mse"] = mse(train, True)
-    if test is not None:
-        out["test_mse"] = mse(test)
-    out["best_run"] = best = int(np.argmin(out["test_mse"] if test is not None else out["train_mse"]))
-    out["_best_layers"] = [(W[best], b[best]) for W, b in res.stacked_layers()]
+    out = {"method": method, "target": target, "lr": lr, "wall_s": time.time() - t0, **res.summary(train, test)}
+    out["_best_layers"] = out.pop("best_layers")  # for the figures only, not saved
     return out
 
 
@@ -196,14 +168,15 @@ def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
     groups = [("dense", t, cfg.methods) for t in cfg.dense_targets]
     groups += [("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets]
     groups += [("difference", "x3-x", tuple(DIFFERENCE))] if cfg.difference else []
-    lrs = cli.lr_values(cfg, "")
+    lrs = learning_rates(cfg.lr)
     keys = [(kind, t, m, lr, m if len(lrs) == 1 else f"{m}@{lr:g}") for kind, t, ms in groups for m in ms for lr in lrs]
     return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, m, lr, key in keys}
 
 
 def run(cfg: Config) -> dict:
     t0, specs = time.time(), jobs(cfg)
-    done = report.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
+    with jax.enable_x64(cfg.dtype == "float64"):
+        done = report.run_jobs(cfg, list(specs), lambda j: run_job(cfg, *specs[j][:4]), desc="triangular_1d")
     results: dict = {"config": dataclasses.asdict(cfg), "dense": {}, "sparse": {}, "difference": {}}
     for job, (kind, target, _, _, key) in specs.items():
         results[kind].setdefault(target, {})[key] = done[job]
@@ -212,11 +185,11 @@ def run(cfg: Config) -> dict:
             block["_wall_s"] = sum(r["wall_s"] for r in block.values())
     results["wall_s"] = time.time() - t0
     make_figures(results, cfg)
-    table = format_tables(results)
-    print(table)
+    report.write_results(cfg.workdir, _strip(results))
+    text = "\n\n".join(f"## {name}\n\n{t}" for name, t in tables(report.to_json(_strip(results))).items())
+    print(text + f"\n\nTotal wall time: {results['wall_s']:.0f} s")
     with open(os.path.join(cfg.workdir, "tables.md"), "w") as f:
-        f.write(table + "\n")
-    report.write_json(os.path.join(cfg.workdir, "metrics.json"), _strip(results))
+        f.write(text + "\n")
     return results
 
 
@@ -248,8 +221,8 @@ def _methods(block: dict) -> list[str]:
     return [k for k in next(iter(block.values())) if not k.startswith("_")]
 
 
-def _dense_table(dense: dict) -> list[str]:
-    lines = ["## Dense 1-D fits (min / mean final MSE over runs; paper = Milkert et al. 2025 Table 1)\n"]
+def _dense_table(dense: dict) -> str:
+    lines = ["Dense 1-D fits (min / mean final MSE over runs; paper = Milkert et al. 2025 Table 1)\n"]
     head = ["method"] + [
         f"{TARGET_LABEL[t]} {s} ({w})" for t in dense for s in ("min", "mean") for w in ("ours", "paper")
     ]
@@ -265,11 +238,11 @@ def _dense_table(dense: dict) -> list[str]:
     lines.append(f"Wall time per target (all methods): {walls}")
     pre = ["{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
            for t, b in dense.items() for k in _methods(dense) if "pretrain_mse" in b[k]]  # fmt: skip
-    return lines + (["MSE at the end of pretraining (min / mean): " + "; ".join(pre)] if pre else []) + [""]
+    return "\n".join(lines + (["MSE at the end of pretraining (min / mean): " + "; ".join(pre)] if pre else []))
 
 
-def _sparse_table(sparse: dict) -> list[str]:
-    lines = ["## Sparse data (10 train / 10 test points per run; min test MSE, mean in brackets)\n"]
+def _sparse_table(sparse: dict) -> str:
+    lines = ["Sparse data (10 train / 10 test points per run; min test MSE, mean in brackets)\n"]
     rows = []
     for k in _methods(sparse):
         cells = [_label(k, sparse, METHOD_LABEL)]
@@ -278,20 +251,20 @@ def _sparse_table(sparse: dict) -> list[str]:
             cells += [f"{mn:.2e} ({me:.1e})", f"{PAPER_SPARSE.get(block[k]['method'], {}).get(t, float('nan')):.2e}"]
         rows.append(cells)
     head = ["method"] + [f"{TARGET_LABEL[t]} ({w})" for t in sparse for w in ("ours", "paper")]
-    return [*lines, report.markdown_table(head, rows), ""]
+    return "\n".join([*lines, report.markdown_table(head, rows)])
 
 
-def format_tables(results: dict) -> str:
-    lines = _dense_table(results["dense"]) if results["dense"] else []
-    lines += _sparse_table(results["sparse"]) if results["sparse"] else []
-    if results["difference"]:
-        lines.append("## x^3 - x as a difference of two convex subnets (no paper numbers)\n")
-        d, labels = results["difference"]["x3-x"], {k: v[1] for k, v in DIFFERENCE.items()}
-        rows = [[_label(k, results["difference"], labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])]
-                for k in _methods(results["difference"])]  # fmt: skip
-        lines += [report.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows), ""]
-    lines.append(f"Total wall time: {results['wall_s']:.0f} s")
-    return "\n".join(lines)
+def _difference_table(block: dict) -> str:
+    d, labels = block["x3-x"], {k: v[1] for k, v in DIFFERENCE.items()}
+    rows = [[_label(k, block, labels), *(f"{v:.2e}" for v in summary(d[k])), _regions(d[k])] for k in _methods(block)]
+    table = report.markdown_table(["model", "min MSE", "mean MSE", "final regions (median)"], rows)
+    return "x^3 - x as a difference of two convex subnets (no paper numbers)\n\n" + table
+
+
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"dense", "sparse", "difference"}`` (those that ran): min / mean MSE over runs beside the paper's."""
+    makers = {"dense": _dense_table, "sparse": _sparse_table, "difference": _difference_table}
+    return {kind: make(results[kind]) for kind, make in makers.items() if results.get(kind)}
 
 
 def _layers(r: dict):
@@ -299,57 +272,56 @@ def _layers(r: dict):
 
 
 def make_figures(results: dict, cfg: Config) -> None:
+    """``{dense,sparse}_fits.png``, ``difference_fit.png`` (best runs) and ``{dense,sparse}_curves_regions.png``."""
+    for kind, block in ((k, results[k]) for k in ("dense", "sparse", "difference") if results[k]):
+        name = "difference_fit.png" if kind == "difference" else f"{kind}_fits.png"
+        _fits_figure(block, "test_mse" if kind == "sparse" else "train_mse", os.path.join(cfg.workdir, name))
+        if kind != "difference":
+            _curves_figure(block, cfg.depth, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"))
+
+
+def _fits_figure(block: dict, key: str, path: str) -> None:
+    """The best run of every target (rows) and method (columns) with its linear regions; title: the min ``key``."""
     import matplotlib.pyplot as plt
 
-    for kind in ("dense", "sparse"):
-        block = results[kind]
-        if not block:
-            continue
-        targets, methods = list(block), _methods(block)
-        fig, axes = plt.subplots(
-            len(targets), len(methods), figsize=(3.2 * len(methods), 2.6 * len(targets)), squeeze=False
-        )
-        for i, t in enumerate(targets):  # fits: best run of every method, with its linear regions
-            for j, m in enumerate(methods):
-                f, r = TARGETS[t][0], block[t][m]
-                plot_linear_regions(_layers(r), (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
-                mn = summary(r, "test_mse" if kind == "sparse" else "train_mse")[0]
-                axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {mn:.1e}", fontsize=8)
-                axes[i, j].legend().set_visible(False)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_fits.png"), dpi=110)
-        fig, axes = plt.subplots(2, len(targets), figsize=(4.2 * len(targets), 6.2), squeeze=False)
-        for i, t in enumerate(targets):  # loss curves and region counts
-            for m in methods:
-                r = block[t][m]
-                axes[0, i].semilogy(r["loss_curve_median"], label=m, lw=1)
-                if r["switch_step"]:
-                    axes[0, i].axvline(r["switch_step"], color="0.6", ls=":", lw=0.8)
-                steps = [s["step"] for s in r["snapshots"]]
-                axes[1, i].plot(steps, [np.mean(s["regions"]) for s in r["snapshots"]], "-o", ms=2, label=m)
-            axes[1, i].axhline(2**cfg.depth, color="k", ls="--", lw=0.8, label=f"2^{cfg.depth}")
-            axes[0, i].set_title(f"{TARGET_LABEL[t]}: median training MSE", fontsize=9)
-            axes[1, i].set_title(f"{TARGET_LABEL[t]}: mean linear regions on [0,1]", fontsize=9)
-            axes[1, i].set_xlabel("step")
-            axes[0, i].legend(fontsize=7)
-            axes[1, i].legend(fontsize=7)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"), dpi=110)
-    if results["difference"]:
-        d = results["difference"]["x3-x"]
-        models = _methods(results["difference"])
-        fig, axes = plt.subplots(1, len(models), figsize=(4 * len(models), 3), squeeze=False)
-        for ax, k in zip(axes[0], models, strict=True):
-            plot_linear_regions(_layers(d[k]), (0.0, 1.0), ax=ax, target=lambda z: z**3 - z)
-            ax.set_title(f"x^3 - x, {k}: {summary(d[k])[0]:.1e}", fontsize=8)
-        fig.tight_layout()
-        report.save_figure(fig, os.path.join(cfg.workdir, "difference_fit.png"), dpi=110)
+    targets, methods = list(block), _methods(block)
+    n, k = len(targets), len(methods)
+    fig, axes = plt.subplots(n, k, figsize=(3.2 * k, 2.6 * n), squeeze=False)
+    for i, t in enumerate(targets):
+        f = _target_fn(t)
+        for j, m in enumerate(methods):
+            r = block[t][m]
+            plot_linear_regions(_layers(r), (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
+            axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {summary(r, key)[0]:.1e}", fontsize=8)
+            axes[i, j].legend().set_visible(False)
+    fig.tight_layout()
+    report.save_figure(fig, path, dpi=110)
+
+
+def _curves_figure(block: dict, depth: int, path: str) -> None:
+    """Per target: the median training MSE (dotted: the switch) and the mean number of linear regions per step."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, len(block), figsize=(4.2 * len(block), 6.2), squeeze=False)
+    for i, t in enumerate(block):
+        for m in _methods(block):
+            r = block[t][m]
+            axes[0, i].semilogy(r["loss_curve_median"], label=m, lw=1)
+            if r["switch_step"]:
+                axes[0, i].axvline(r["switch_step"], color="0.6", ls=":", lw=0.8)
+            steps = [s["step"] for s in r["snapshots"]]
+            axes[1, i].plot(steps, [np.mean(s["regions"]) for s in r["snapshots"]], "-o", ms=2, label=m)
+        axes[1, i].axhline(2**depth, color="k", ls="--", lw=0.8, label=f"2^{depth}")
+        axes[1, i].set_xlabel("step")
+        for ax, title in zip(axes[:, i], ("median training MSE", "mean linear regions on [0,1]"), strict=True):
+            ax.set_title(f"{TARGET_LABEL[t]}: {title}", fontsize=9)
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    report.save_figure(fig, path, dpi=110)
 
 
 def main(argv=None):
-    return cli.main(
-        argv, prog="python -m experiments.triangular_1d", doc=__doc__, configs=CONFIGS, quick=quick, run=run
-    )
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

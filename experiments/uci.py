@@ -21,18 +21,21 @@ import dataclasses
 import os
 import time
 import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.uci import SPLIT_RULES, UCI_NAMES, check_dataset_name, load_uci, stacked_splits
+from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, mse, on_batch
+from gmpjax.train.optim import keras_adam
 from gmpjax.train.replicas import replica_grid, train_replicas
 from gmpjax.train.rules import PlateauConfig, Rules
 
@@ -58,21 +61,10 @@ class Config(cli.Common):
     seeds: int = cli.field(10, "number of random 80/20 splits (split s uses seed --seed + s)")
     workdir: str = cli.field("results/uci", "output folder; alias --out")
     datasets: tuple[str, ...] = cli.field(UCI_NAMES, "subset of " + " ".join(UCI_NAMES))
-    monitor: str = cli.field(
-        "val",
-        "split early stopping and lr decay watch: 'val' (carved from the training "
-        "part) or 'test' (released code; leaks test data)",
-        choices=("val", "test"),
-    )
-    split: str = cli.field(
-        "gmpjax",
-        "80/20 split generator: gmpjax's (default_rng) or the released code's (sklearn train_test_split)",
-        choices=SPLIT_RULES,
-    )
+    monitor: str = cli.field("val", "split the rules watch: val (part of train), test (leaks)", choices=("val", "test"))
+    split: str = cli.field("gmpjax", "80/20 splits: gmpjax's default_rng or released (sklearn)", choices=SPLIT_RULES)
     val_fraction: float = cli.field(0.2, "share of the training part carved out as validation (--monitor val)")
-    init: str = cli.field(
-        "uniform", "GmP init: paper's uniform (r=1) or released Glorot-derived", choices=("uniform", "official")
-    )
+    init: str = cli.field("uniform", "GmP init: uniform (paper, r=1) or official", choices=("uniform", "official"))
     hidden: int = cli.field(100, "hidden units")
     loss: str = cli.field("mse", "training loss", choices=("mse", "mae"))
     standardize_target: bool = cli.field(True, "standardise targets (--no-standardize-target: raw targets)")
@@ -136,11 +128,6 @@ def quick(cfg: Config) -> dict:
     }
 
 
-def optimizer(lr: float) -> optax.GradientTransformation:
-    """Adam with Keras' epsilon (1e-7); the learning rate is a per-replica hyper-parameter."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr, eps=1e-7)
-
-
 def train_dataset(cfg: Config, method: str, data: dict, lrs) -> tuple[dict[str, np.ndarray], int]:
     """Every split x learning rate of one dataset x method (``replica_grid``: replica ``s * L + l``).
 
@@ -158,7 +145,7 @@ def train_dataset(cfg: Config, method: str, data: dict, lrs) -> tuple[dict[str, 
     make = lambda k: MLP(D, (cfg.hidden,), 1, parameterization=method, init=cfg.init, rngs=nnx.Rngs(k))  # noqa: E731
     split = {k: (jnp.asarray(data[f"x_{k}"]), jnp.asarray(data[f"y_{k}"])) for k in ("fit", "val", "test")}
     out = train_replicas(
-        make, optimizer, on_batch(mse if cfg.loss == "mse" else mae, squeeze=True),
+        make, keras_adam, on_batch(mse if cfg.loss == "mse" else mae, squeeze=True),
         {"train": split["fit"], "val": split["val"]}, loop, keys=keys, lrs=lr_of,
         metrics=on_batch({"mse": mse}, squeeze=True), data_axis=0, data_index=split_of,
         shuffle_keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), chunk=cfg.chunk or None,
@@ -174,7 +161,7 @@ def train_dataset(cfg: Config, method: str, data: dict, lrs) -> tuple[dict[str, 
     return {k: np.asarray(v).reshape(S, len(lrs)) for k, v in cols.items()}, max_epochs
 
 
-def table(results: dict, datasets, methods) -> str:
+def table(results: Mapping[str, Any], datasets: Sequence[str], methods: Sequence[str]) -> str:
     """Table 1 layout: one row per method, one column per dataset, "ours (paper m ± se)" in each cell."""
 
     def cell(d, m):
@@ -237,7 +224,7 @@ def run(cfg: Config) -> dict:
                 *load_uci(d), splits=cfg.seeds, seed=cfg.seed, monitor=cfg.monitor, val_fraction=cfg.val_fraction,
                 standardize_target=cfg.standardize_target, rule=cfg.split,
             )  # fmt: skip
-        lrs = cli.lr_values(cfg, m)
+        lrs = learning_rates(cfg.lr, m)
         t0, c0 = time.perf_counter(), time.process_time()
         out, max_epochs = train_dataset(cfg, m, cache[d], lrs)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -270,29 +257,41 @@ def run(cfg: Config) -> dict:
         gmp_within_2se_or_better=sum(c["within_2se_or_better"] for c in checks.values()),
         gmp_first=sum(c["gmp_first"] for c in checks.values()), device=str(jax.devices()[0]), table_md=md,
     )  # fmt: skip
-    report.write_json(os.path.join(cfg.workdir, "results.json"), summary)
+    report.write_results(cfg.workdir, summary)
     with open(os.path.join(cfg.workdir, "table.md"), "w") as f:
         f.write(md + "\n")
     plot_results(results, datasets, cfg.methods, os.path.join(cfg.workdir, "uci_rmse.png"))
+    report.print_tables(tables(report.to_json(summary)))
     print(
-        f"\nTest RMSE, mean ± s.e. over {cfg.seeds} splits — monitor={cfg.monitor}, init={cfg.init}, "
-        f"max_epochs={cfg.max_epochs} ({cfg.large_max_epochs} for > {cfg.large_rows} fit rows) "
-        "(ours, paper Table 1 in parentheses)\n"
-    )
-    print(md + "\n\nSelected learning rates (per split):")
-    for d, r in results.items():
-        print(f"  {d:9s} " + "  ".join(f"{m}:{sorted(set(v['selected_lr']))}" for m, v in r.items()))
-    n = len(checks)
-    print(
-        f"\nGmP within 2 s.e. of the paper's GmP (or better): {summary['gmp_within_2se_or_better']}/{n}; "
-        f"GmP ranks first: {summary['gmp_first']}/{n}\nwall time: {summary['wall_s']:.1f} s, process CPU time: "
+        f"wall time: {summary['wall_s']:.1f} s, process CPU time: "
         f"{summary['cpu_s']:.1f} s on {summary['device']} ({os.cpu_count()} cores visible)"
     )
     return summary
 
 
+def tables(results: Mapping[str, Any]) -> dict[str, str]:
+    """``{"rmse": ..., "summary": ...}``: Table 1 (ours beside the paper's) and, per dataset, the learning rates the
+    splits selected and whether GmP is within 2 paper s.e. of the paper's GmP (or better) and ranks first."""
+    res, methods = results["results"], results["config"]["methods"]
+    datasets = sorted(res, key=UCI_NAMES.index)
+    checks = results["target_check"]
+    rows = [
+        [d, *(f"{sorted(set(res[d][m]['selected_lr']))}" if m in res[d] else "—" for m in methods),
+         *((checks[d]["within_2se_or_better"], checks[d]["gmp_first"]) if d in checks else ("—", "—"))]
+        for d in datasets
+    ]  # fmt: skip
+    n, c = len(checks), results["config"]
+    gmp = f"GmP within 2 s.e. of the paper's GmP (or better): {results['gmp_within_2se_or_better']}/{n}; first: "
+    rmse = f"Test RMSE, mean ± s.e. over {c['seeds']} splits (ours; paper Table 1 in parentheses); monitor "
+    rmse += f"{c['monitor']}, init {c['init']}, <= {c['max_epochs']} epochs "
+    rmse += f"({c['large_max_epochs']} above {c['large_rows']} fit rows)"
+    head = ["dataset", *(f"{m.upper()} lrs" for m in methods), "GmP within 2 s.e.", "GmP first"]
+    summary = report.markdown_table(head, rows) + f"\n\n{gmp}{results['gmp_first']}/{n}"
+    return {"rmse": table(res, datasets, methods) + "\n\n" + rmse, "summary": summary}
+
+
 def main(argv=None):
-    return cli.main(argv, prog="python -m experiments.uci", doc=__doc__, configs=CONFIGS, quick=quick, run=run)
+    return cli.main(argv, __name__)
 
 
 if __name__ == "__main__":

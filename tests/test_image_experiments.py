@@ -13,6 +13,7 @@ import pytest
 from experiments import cli, imagenet32_vgg6, imagenet_resnet18
 from gmpjax.data import DataError
 from gmpjax.layers import check_parameterization
+from gmpjax.layers.registry import learning_rates
 from gmpjax.train.checkpoint import Checkpointer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +51,10 @@ def _params(run_dir):
         return ckpt.restore_params()
 
 
-def test_quick_vgg6_end_to_end(reference):
+def test_quick_vgg6_end_to_end(reference, results_tables):
     work, out = reference
+    top1 = results_tables(imagenet32_vgg6, work, ["top1"])["top1"]
+    assert "| gmp_imn | 43.14 | 43.62 | 42.70 | 67.36 |" in top1  # the paper's GmP+IMN row beside ours
     assert out["steps"] == 4 and out["config"]["parameterization"] == "gmp_imn"
     assert out["config"]["dataset"] == "digits" and out["config"]["lr"] == 0.1
     assert 0.0 <= out["val_top1"] <= out["val_top5"] <= 1.0
@@ -109,7 +112,7 @@ def test_configs_and_quick_overrides():
     # The ResNet-18 script shares run() with VGG-6 (exercised above); check its configs and quick overrides.
     r18 = imagenet_resnet18
     cfg = _parse(r18, ["--quick", "--epochs", "2"])
-    assert (cfg.MODEL, cfg.dataset, cfg.epochs, cfg.input_size, cli.lr_values(cfg, "bn")) == (
+    assert (cfg.MODEL, cfg.dataset, cfg.epochs, cfg.input_size, learning_rates(cfg.lr, "bn")) == (
         "resnet18",
         "digits",
         2,
@@ -136,7 +139,7 @@ def test_configs_and_quick_overrides():
         3,
         0.25,
     )
-    assert [cli.lr_values(vgg, m) for m in ("gmp_imn", "bn")] == [(0.1,), (0.01,)]
+    assert [learning_rates(vgg.lr, m) for m in ("gmp_imn", "bn")] == [(0.1,), (0.01,)]
 
 
 def test_missing_dataset_and_bad_options(tmp_path, capsys):

@@ -234,3 +234,20 @@ def test_registry_and_linen_bridge():
 def test_bad_input_raises_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_learning_rates_resolve_cv_by_the_registry_and_refuse_bad_values():
+    from gmpjax.layers.registry import default_lr, learning_rates, names
+
+    for name in names():
+        assert learning_rates(("cv",), name) == (default_lr(name),)
+    assert learning_rates(("cv", "0.1", 0.3, "0.3"), "gmp") == (0.1, 0.3)  # duplicates once, order kept
+    assert learning_rates(("0.01", "cv"), "GmP+IMN") == (0.01, 0.1)  # any spelling of the name
+    assert learning_rates(["2e-3"]) == (0.002,)
+    for bad in ("fast", "-1", "0", "inf", "nan"):
+        with pytest.raises(ValueError, match="must be 'cv' or positive numbers"):
+            learning_rates([bad], "sp")
+    with pytest.raises(ValueError, match="'cv' needs a parameterization"):
+        learning_rates(["cv"])
+    with pytest.raises(ValueError, match="unknown parameterization"):
+        learning_rates(["cv"], "foo")

@@ -68,3 +68,14 @@ def test_train_replicas_checks_its_arguments_and_takes_built_states():
     again = train_replicas((first.graphdef, first.init), optax.sgd, L.on_batch(L.mse), data, cfg, keys=keys, lrs=0.1)
     jax.tree.map(np.testing.assert_array_equal, first.result.state.params, again.result.state.params)
     assert first.model(1)(x).shape == (16, 1) and replica_grid(1, [0.5])[1].tolist() == [0.5]
+
+
+def test_top_k_hits_mean_is_top_k_accuracy_and_k_above_classes_hits_everything(rng):
+    logits, y = jnp.asarray(rng.normal(size=(40, 7))), jnp.asarray(rng.integers(0, 7, 40))
+    hits = L.top_k_hits(logits, y, (1, 3, 9))
+    assert {k: v.shape for k, v in hits.items()} == {"top1": (40,), "top3": (40,), "top9": (40,)}
+    np.testing.assert_allclose(float(hits["top1"].mean()), float(L.accuracy(logits, y)))
+    np.testing.assert_allclose(float(hits["top3"].mean()), float(L.top_k_accuracy(logits, y, 3)))
+    assert bool(jnp.all(hits["top9"] == 1.0)) and hits["top1"].dtype == jnp.float32
+    with pytest.raises(ValueError, match="ks must be ints >= 1"):
+        L.top_k_hits(logits, y, (0,))

@@ -23,7 +23,11 @@ def test_quickstart_runs_and_writes_metrics(tmp_path):
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / "results.json").read_text())
+    from experiments import quickstart as Q
+
+    rmse = Q.tables(metrics)["rmse"]
+    assert rmse in res.stdout and rmse.count("\n| ") == 2  # the sp and gmp rows, as printed
     assert set(metrics["results"]) == {"sp", "gmp"}
     for r in metrics["results"].values():
         assert len(r["rmse"]) == 2 and all(0 < v < 10 for v in r["rmse"])

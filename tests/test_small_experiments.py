@@ -29,11 +29,12 @@ def _finite(x) -> bool:
 
 
 # ----------------------------------------------------------------------------- perturbation demo
-def test_perturbation_demo(tmp_path):
+def test_perturbation_demo(tmp_path, results_tables, capsys):
     from experiments import perturbation_2d as P
 
     res = P.main(["--quick", "--out", str(tmp_path)])  # --out: the alias of --workdir
-    for f in ("metrics.json", "perturbation_panels.png", "worst_case_180.png"):
+    assert results_tables(P, tmp_path, ["angles"])["angles"] in capsys.readouterr().out  # printed = README's table
+    for f in ("results.json", "perturbation_panels.png", "worst_case_180.png"):
         assert (tmp_path / f).exists(), f
     wc = res["worst_case"]
     assert wc["sp_angle_deg"] == pytest.approx(180.0, abs=1e-6)
@@ -46,13 +47,15 @@ def test_perturbation_demo(tmp_path):
 
 
 # ----------------------------------------------------------------------------- 1-D Levy
-def test_levy_quick(tmp_path):
+def test_levy_quick(tmp_path, results_tables, capsys):
     from experiments import levy_1d as L
 
     out = L.main(["--quick", "--workdir", str(tmp_path), "--no-progress"])
-    for f in ("metrics.json", "levy_max_dphi.png", "levy_fit_spectrum_lr_cv.png"):
+    for f in ("results.json", "levy_max_dphi.png", "levy_fit_spectrum_lr_cv.png"):
         assert (tmp_path / f).exists(), f
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    rmse = results_tables(L, tmp_path, ["rmse"])["rmse"]
+    assert rmse in capsys.readouterr().out and "| cv | GMP | 0.1 |" in rmse and "0.496" in rmse  # notebook's RMSE
+    saved = json.loads((tmp_path / "results.json").read_text())
     runs = saved["runs"]["cv"]
     assert list(runs) == list(L.get_config().methods)
     for s in runs.values():
@@ -137,13 +140,15 @@ def test_banana_missing_file_says_how_to_fix(tmp_path, monkeypatch):
     assert "2d_banana.csv" in str(e.value)
 
 
-def test_banana_quick(tmp_path, banana_data_dir):
+def test_banana_quick(tmp_path, banana_data_dir, results_tables, capsys):
     from experiments import banana_2d as B
 
     out = B.main(["--quick", "--workdir", str(tmp_path), "--no-progress"])
-    for f in ("metrics.json", "banana_trajectories.png", "banana_max_dtheta.png", "banana_boundaries.png"):
+    for f in ("results.json", "banana_trajectories.png", "banana_max_dtheta.png", "banana_boundaries.png"):
         assert (tmp_path / f).exists(), f
-    saved = json.loads((tmp_path / "metrics.json").read_text())
+    acc = results_tables(B, tmp_path, ["accuracy"])["accuracy"]
+    assert acc in capsys.readouterr().out and "| GMP | 0.1 |" in acc and "0.885" in acc  # notebook's accuracy
+    saved = json.loads((tmp_path / "results.json").read_text())
     assert list(saved["methods"]) == list(B.get_config().methods)
     for s in saved["methods"].values():
         acc = np.asarray(s["test_acc_per_seed"])

@@ -159,6 +159,7 @@ def test_quick_tensor_parallel_run_and_resume(tmp_path):
     proc = _run_child(args)
     assert proc.returncode == 0, proc.stdout[-3000:]
     summary = json.loads((work / "results.json").read_text())
+    assert "| gmp_imn |" in lm.tables(summary)["bpc"] and "provenance" in summary
     assert (work / "loss_curves.png").stat().st_size > 1000
     assert summary["machine"]["mesh"] == {"data": 2, "model": 4}
     row = summary["table"]["gmp_imn"]

@@ -318,6 +318,26 @@ def test_two_phase_regions_exact_in_phase1_and_switch_keeps_function():
         assert int(jax.tree.leaves(sw.opt_state)[0]) == 0
 
 
+def test_init_method_net_builds_the_papers_rows():
+    from gmpjax.layers.triangle import INIT_METHODS, init_method_net
+
+    x = jnp.linspace(0, 1, 33)[:, None]
+    kaiming = init_method_net("kaiming", 3, rngs=nnx.Rngs(4))
+    np.testing.assert_array_equal(kaiming(x), ReLUMLP((1, 4, 4, 4, 1), init="kaiming", rngs=nnx.Rngs(4))(x))
+    peaks = {"margin": 0.05, "peak_range": (0.3, 0.7)}
+    noreg, thm31 = (
+        init_method_net(m, 3, sign=1, output_affine=True, rngs=nnx.Rngs(0), **peaks) for m in ("noreg", "thm31")
+    )
+    assert (noreg.scale_mode, thm31.scale_mode, thm31.sign, thm31.margin) == ("free", "theorem31", 1, 0.05)
+    convex = init_method_net("thm31", 3, rngs=nnx.Rngs(0), **peaks)  # Theorem 3.1, sign -1: exactly 2^d regions
+    assert count_linear_regions(convex.layer_arrays(), min_width=1e-6) == 8
+    skip = init_method_net("skip", 3, rngs=nnx.Rngs(0), **peaks)
+    assert isinstance(skip, TriangleNet) and skip(x).shape == (33, 1)
+    assert len(INIT_METHODS) == 5
+    with pytest.raises(ValueError, match="unknown method 'xavier'"):
+        init_method_net("xavier", 3, rngs=nnx.Rngs(0))
+
+
 def test_two_phase_continues_training_after_switch_and_validates_config():
     x = jnp.linspace(0, 1, 100)[:, None]
     cfg = TwoPhaseConfig(pretrain_steps=20, finetune_steps=20, chunk_steps=20)
@@ -330,6 +350,19 @@ def test_two_phase_continues_training_after_switch_and_validates_config():
         progress=False,
     )
     assert res.losses.shape == (2, 40) and res.switch_step == 20
+    # summary: per-replica MSEs of the returned models, the best run and its layers
+    test = (x[::7], x[::7] ** 3)
+    summ = res.summary((x, x**3), test)
+    for r in range(2):
+        np.testing.assert_allclose(summ["train_mse"][r], float(jnp.mean((res.model(r)(x) - x**3) ** 2)), rtol=1e-5)
+    assert summ["pretrain_mse"].shape == summ["test_mse"].shape == (2,) and summ["switch_step"] == 20
+    assert summ["best_run"] == int(np.argmin(summ["test_mse"])) and summ["loss_curve_median"].shape == (40,)
+    best = res.model(summ["best_run"]).layer_arrays()
+    for (W, b), (W2, b2) in zip(summ["best_layers"], best, strict=True):
+        np.testing.assert_allclose(W, W2) and np.testing.assert_allclose(b, b2)
+    assert "test_mse" not in res.summary((x, x**3)) and res.summary((x, x**3))["best_run"] == int(
+        np.argmin(summ["train_mse"])
+    )
     # the first phase-2 loss equals the last phase-1 loss up to one update (no jump at the switch)
     jump = np.abs(res.losses[:, 20] - res.losses[:, 19]) / res.losses[:, 19]
     assert np.all(jump < 0.2)

@@ -14,11 +14,12 @@ TINY_1D = [
 ]  # fmt: skip
 
 
-def test_triangular_1d_small_run_writes_tables_json_and_figures_and_resumes(tmp_path, capsys):
+def test_triangular_1d_small_run_writes_tables_json_and_figures_and_resumes(tmp_path, capsys, results_tables):
     t1d.main([*TINY_1D, "--workdir", str(tmp_path)])
     out = capsys.readouterr().out
     assert "pretraining + Thm 3.1" in out and "7.86e-08" in out and "2.27e-05" in out  # paper numbers side by side
-    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(t in out for t in results_tables(t1d, tmp_path, ["dense", "sparse"]).values())
+    m = json.loads((tmp_path / "results.json").read_text())
     assert m["config"]["seeds"] == 2 and m["config"]["quick"] is True  # explicit flags win over --quick
     thm = m["dense"]["x3"]["thm31"]
     assert len(thm["train_mse"]) == 2 and thm["switch_step"] == 30
@@ -34,7 +35,7 @@ def test_triangular_1d_small_run_writes_tables_json_and_figures_and_resumes(tmp_
         assert (tmp_path / name).stat().st_size > 0
     # --resume reloads every job from workdir/jobs (nothing retrained) and reports the same numbers
     t1d.main([*TINY_1D, "--workdir", str(tmp_path), "--resume"])
-    again = json.loads((tmp_path / "metrics.json").read_text())
+    again = json.loads((tmp_path / "results.json").read_text())
     assert again["dense"] == m["dense"] and again["sparse"] == m["sparse"]
     # --resume with other settings would mix two runs: refused before anything trains
     with pytest.raises(SystemExit) as e:
@@ -65,9 +66,10 @@ def test_triangular_1d_none_selects_no_target():
     assert cfg.sparse_targets == () and cfg.dense_targets == ("x3",)
 
 
-def test_triangular_head_digits_small_run(tmp_path, capsys):
+def test_triangular_head_digits_small_run(tmp_path, capsys, results_tables):
     argv = ["--quick", "--epochs", "2", "--seeds", "1", "--hidden", "16", "--depth", "2", "--no-progress"]
     out = th.main([*argv, "--workdir", str(tmp_path)])
+    assert "paper: ~0.5 %" in results_tables(th, tmp_path, ["accuracy"])["accuracy"]
     assert set(out["results"]) == {"relu", "triangle"}
     for r in out["results"].values():
         assert r["final_acc_mean"] > 0.2  # 10 classes: chance is 0.1

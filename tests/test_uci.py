@@ -346,6 +346,11 @@ def test_quick_experiment_cli_runs(tmp_path):
             assert len(r["test_rmse"]) == 2 and np.all(np.isfinite(r["test_rmse"]))
             assert all(lr in (0.01, 0.1) for lr in r["selected_lr"])
     assert (tmp_path / "uci_rmse.png").stat().st_size > 0 and (tmp_path / "table.md").exists()
+    from experiments import uci as exp
+
+    tables = exp.tables(res)
+    assert list(tables) == ["rmse", "summary"] and all(t in proc.stdout for t in tables.values())
+    assert "paper 3.057" in tables["rmse"] and "| boston |" in tables["summary"] and "provenance" in res
 
 
 @pytest.mark.parametrize("n", [308, 506, 768, 9568])

@@ -50,6 +50,7 @@ __all__ = [
     "names",
     "check_parameterization",
     "default_lr",
+    "learning_rates",
     "make_dense",
     "make_conv",
     "row_of_layer",
@@ -256,6 +257,33 @@ def default_lr(name: str) -> float:
     (0.1, 0.01)
     """
     return get(name).cv_lr
+
+
+def learning_rates(settings: Sequence[str | float], name: str | None = None) -> tuple[float, ...]:
+    """The learning rates ``settings`` give parameterization ``name``, duplicates removed (order kept).
+
+    Each setting is ``"cv"`` (``default_lr(name)``, the paper's cross-validated rate) or a positive number
+    (a float or its text, as on a command line).
+
+    >>> learning_rates(("cv", "0.3", 0.1), "gmp"), learning_rates(["1e-3"])
+    ((0.1, 0.3), (0.001,))
+    """
+    out: list[float] = []
+    for v in settings:
+        if v == "cv":
+            if name is None:
+                raise ValueError("learning rate 'cv' needs a parameterization (its row's cv_lr); give numbers")
+            x = default_lr(name)
+        else:
+            try:
+                x = float(v)
+            except (TypeError, ValueError):
+                x = math.nan
+        if not 0 < x < math.inf:
+            raise ValueError(f"values must be 'cv' or positive numbers (got {v!r})")
+        if x not in out:
+            out.append(x)
+    return tuple(out)
 
 
 def make_dense(name: str, in_features: int, out_features: int, **kwargs: Any) -> nnx.Module:

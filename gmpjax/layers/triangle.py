@@ -40,7 +40,15 @@ S0Mode = Literal["bounded", "trained", "normalised"]
 S0_BOUND_INIT = 5.0
 PeakInit = Literal["uniform", "half"]
 
-__all__ = ["ReLUMLP", "TriangleNet", "TriangleDifference", "TriangleActivation", "init_peaks"]
+__all__ = [
+    "ReLUMLP",
+    "TriangleNet",
+    "TriangleDifference",
+    "TriangleActivation",
+    "init_peaks",
+    "INIT_METHODS",
+    "init_method_net",
+]
 
 
 def init_peaks(
@@ -293,6 +301,43 @@ class TriangleNet(nnx.Module):
     def __call__(self, x: Array) -> Array:
         x = check_input(x, 1, "TriangleNet")
         return relu_mlp(self.layer_arrays(), x)
+
+
+INIT_METHODS: tuple[str, ...] = ("kaiming", "raai", "skip", "noreg", "thm31")
+"""The rows of Milkert et al. (2025), Table 1, as :func:`init_method_net` builds them."""
+
+
+def init_method_net(
+    method: str,
+    depth: int,
+    *,
+    width: int = 4,
+    sign: int = -1,
+    output_affine: bool = False,
+    s0: S0Mode = "bounded",
+    param_dtype: Any = jnp.float32,
+    rngs: nnx.Rngs,
+    **peaks: Any,
+) -> nnx.Module:
+    """The network of one row of Table 1 (Milkert et al. 2025) for a 1-D target on ``[0, 1]``.
+
+    ``kaiming`` / ``raai``: a :class:`ReLUMLP` ``1 -> width x depth -> 1`` with that initialisation; ``skip``:
+    a :class:`TriangleNet` (``sign``, ``output_affine``) built from random peaks and trained raw ("skip
+    pretraining", ``mode="raw"``); ``noreg`` / ``thm31``: a :class:`TriangleNet` of peaks with free scales /
+    Theorem 3.1's scales (``s0``), to pretrain and then switch to its raw weights. ``peaks``: the
+    :class:`TriangleNet` keywords ``margin``, ``peak_range``, ... (ignored by the ReLU rows).
+
+    >>> [type(init_method_net(m, 3, rngs=nnx.Rngs(0))).__name__ for m in INIT_METHODS]
+    ['ReLUMLP', 'ReLUMLP', 'TriangleNet', 'TriangleNet', 'TriangleNet']
+    """
+    if method in ("kaiming", "raai"):
+        return ReLUMLP((1,) + (width,) * depth + (1,), init=method, param_dtype=param_dtype, rngs=rngs)
+    net = dict(sign=sign, output_affine=output_affine, param_dtype=param_dtype, rngs=rngs, **peaks)
+    if method == "skip":
+        return TriangleNet(depth, mode="raw", **net)
+    if method in ("noreg", "thm31"):
+        return TriangleNet(depth, scales="free" if method == "noreg" else "theorem31", s0=s0, **net)
+    raise ValueError(f"init_method_net: unknown method {method!r}; choose from {' '.join(INIT_METHODS)}.")
 
 
 class TriangleDifference(nnx.Module):

@@ -33,7 +33,7 @@ from flax import nnx
 Array = jax.Array
 ArrayFn = Callable[[Array, Array], Array]
 
-__all__ = ["mse", "mae", "bce", "xent", "accuracy", "top_k_accuracy", "on_batch"]
+__all__ = ["mse", "mae", "bce", "xent", "accuracy", "top_k_accuracy", "top_k_hits", "on_batch"]
 
 
 def mse(pred: Array, target: Array) -> Array:
@@ -65,6 +65,21 @@ def accuracy(logits: Array, labels: Array) -> Array:
     if jnp.shape(logits) == jnp.shape(labels):
         return jnp.mean((logits > 0) == (labels.astype(logits.dtype) > 0.5), dtype=logits.dtype)
     return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def top_k_hits(logits: Array, labels: Array, ks: tuple[int, ...] = (1, 5)) -> dict[str, Array]:
+    """Per example, ``{"top<k>": 1.0 where the label is among the k largest logits}`` (float32, shape ``(N,)``).
+
+    ``k`` above the number of classes ``C`` counts as ``C`` (every label is a hit).
+
+    >>> hits = top_k_hits(jnp.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2]]), jnp.array([2, 0]), (1, 2))
+    >>> hits["top1"].tolist(), hits["top2"].tolist()
+    ([0.0, 1.0], [1.0, 1.0])
+    """
+    if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
+        raise ValueError(f"top_k_hits: ks must be ints >= 1 (got {ks!r}).")
+    top = jax.lax.top_k(logits, min(max(ks), logits.shape[-1]))[1] == labels[..., None]
+    return {f"top{k}": jnp.any(top[..., :k], axis=-1).astype(jnp.float32) for k in ks}
 
 
 def top_k_accuracy(logits: Array, labels: Array, k: int = 5) -> Array:

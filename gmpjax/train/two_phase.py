@@ -173,6 +173,27 @@ class TwoPhaseResult:
         apply = lambda p, r, xx: nnx.merge(graphdef, p, r)(xx)  # noqa: E731
         return jax.vmap(apply, in_axes=(0, 0, axis))(state.params, state.rest, x)
 
+    def mse(self, x: jax.Array, y: jax.Array, *, pretrain: bool = False) -> np.ndarray:
+        """Every replica's mean squared error ``(R,)`` of :meth:`outputs` at ``x`` against ``y``."""
+        return np.asarray(jnp.mean((self.outputs(x, pretrain=pretrain) - y) ** 2, axis=(-2, -1)))
+
+    def summary(self, train: tuple[jax.Array, jax.Array], test: tuple[jax.Array, jax.Array] | None = None) -> dict:
+        """The numbers of a run on ``train = (x, y)`` (and ``test``), replica axis first.
+
+        ``train_mse (R,)``, ``loss_curve_median`` / ``loss_curve_min`` over replicas, ``switch_step``,
+        ``snapshots``, ``pretrain_mse (R,)`` after a peak phase, ``test_mse (R,)`` with a test set, and
+        ``best_run`` (lowest test MSE, else training MSE) with its ``best_layers`` ``[(W, b), ...]``.
+        """
+        out: dict[str, Any] = {"train_mse": self.mse(*train), "loss_curve_median": np.median(self.losses, 0)}
+        out |= {"loss_curve_min": np.min(self.losses, 0), "switch_step": self.switch_step, "snapshots": self.snapshots}
+        if self.switch_step:
+            out["pretrain_mse"] = self.mse(*train, pretrain=True)
+        if test is not None:
+            out["test_mse"] = self.mse(*test)
+        out["best_run"] = best = int(np.argmin(out["test_mse"] if test is not None else out["train_mse"]))
+        out["best_layers"] = [(W[best], b[best]) for W, b in self.stacked_layers()]
+        return out
+
     def stacked_layers(self, *, pretrain: bool = False) -> list[tuple[jax.Array, jax.Array]]:
         """``layer_arrays()`` of every replica, stacked: ``[(W (R, in, out), b (R, out)), ...]``."""
         return stacked_layers(*self._pick(pretrain))
