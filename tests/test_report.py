@@ -64,3 +64,10 @@ def test_collect_can_leave_out_per_step_curves(fake):
     path = report.collect(str(work), "curves", root=str(fake), drop=["curve"])
     saved = json.loads(open(path).read())
     assert saved["a"] == {"mse": 0.5} and saved["provenance"]["dropped"] == ["curve"]
+
+
+def test_the_repository_tables_match_the_committed_results():
+    """README and docs tables equal what ``tables()`` gives for ``results/*.json`` (edit the JSON, not the table)."""
+    with open(os.path.join(ROOT, "README.md")) as f:
+        assert f.read().count("<!-- results ") >= 6
+    assert report.main(["--check", "--root", ROOT]) == 0
