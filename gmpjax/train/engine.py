@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast, runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +54,8 @@ __all__ = [
     "early_stopping_init",
     "early_stopping_update",
     "MetricsLogger",
+    "ScalarWriter",
+    "check_writers",
 ]
 
 
@@ -371,14 +373,52 @@ def early_stopping_update(
     )
 
 
+@runtime_checkable
+class ScalarWriter(Protocol):
+    """What the loggers write to: clu's ``metric_writers`` interface, scalars only.
+
+    ``MetricsLogger`` is one; so is ``clu.metric_writers.create_default_writer(...)`` or
+    a thin adapter around TensorBoard or W&B. ``flush()``, when the writer has it, is called at the end.
+    """
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        """Record ``scalars`` (name -> number) at ``step``."""
+
+
+def check_writers(writers: Sequence[Any]) -> tuple[ScalarWriter, ...]:
+    """``writers`` as a tuple, or a TypeError naming the first without ``write_scalars(step, scalars)``."""
+    for w in writers:
+        if not isinstance(w, ScalarWriter):
+            raise TypeError(
+                f"writers: every writer needs write_scalars(step, scalars) (got {type(w).__name__}); "
+                "pass clu metric writers or adapters with that method."
+            )
+    return tuple(writers)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class MetricsLogger:
     """Append metrics as JSON lines to ``<workdir>/<filename>`` (one object per ``log`` call).
 
     ``workdir=None`` writes nothing (``log`` still returns the record), e.g. on the
-    processes of a multi-host run other than the first.
+    processes of a multi-host run other than the first. Each of ``writers`` (clu-style
+    ``write_scalars(step, scalars)``) receives the numeric values of every record.
+
+    >>> class Print:
+    ...     def write_scalars(self, step, scalars):
+    ...         print(step, scalars)
+    >>> MetricsLogger(None, writers=[Print()]).log(3, loss=0.5, note="x")
+    3 {'loss': 0.5}
+    {'step': 3, 'loss': 0.5, 'note': 'x'}
     """
 
-    def __init__(self, workdir: str | os.PathLike | None, filename: str = "metrics.jsonl"):
+    def __init__(
+        self, workdir: str | os.PathLike | None, filename: str = "metrics.jsonl", *, writers: Sequence[Any] = ()
+    ):
+        self.writers = check_writers(writers)
         self.path: str | None
         if workdir is None:
             self.path = None
@@ -387,7 +427,7 @@ class MetricsLogger:
             os.makedirs(os.fspath(workdir), exist_ok=True)
 
     def log(self, step: int, **metrics) -> dict:
-        """Write ``{"step": step, **metrics}`` (arrays as lists) and return it."""
+        """Write ``{"step": step, **metrics}`` (arrays as lists), pass its numbers to the writers, return it."""
         rec = {"step": int(step)}
         for k, v in metrics.items():
             v = jax.device_get(v)
@@ -395,7 +435,18 @@ class MetricsLogger:
         if self.path is not None:
             with open(self.path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.writers:
+            scalars = {k: v for k, v in rec.items() if k != "step" and _is_number(v)}
+            for w in self.writers:
+                w.write_scalars(int(step), scalars)
         return rec
+
+    def flush(self) -> None:
+        """Flush the writers that buffer."""
+        for w in self.writers:
+            flush = getattr(w, "flush", None)
+            if callable(flush):
+                flush()
 
     def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
         """clu's writer interface: the same as ``log(step, **scalars)``."""

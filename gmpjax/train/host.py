@@ -43,7 +43,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol, cast, runtime_checkable
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ import numpy as np
 
 from gmpjax._optional import progress_bar
 from gmpjax.train.checkpoint import Checkpointer, abstract_state
-from gmpjax.train.engine import MetricsLogger, TrainState
+from gmpjax.train.engine import MetricsLogger, ScalarWriter, TrainState
 from gmpjax.train.plateau import get_learning_rate
 from gmpjax.train.plateau import set_learning_rate as _set_lr
 from gmpjax.train.rules import (
@@ -70,7 +70,7 @@ TrainStep = Callable[[TrainState, Any], tuple[TrainState, Mapping[str, Any]]]
 HostEvalFn = Callable[[TrainState], Mapping[str, Any]]
 Callback = Callable[[int, TrainState, dict], "bool | None"]
 
-__all__ = ["HostConfig", "HostResult", "ScalarWriter", "train", "sum_batches"]
+__all__ = ["HostConfig", "HostResult", "train", "sum_batches"]
 
 log = logging.getLogger("gmpjax")
 
@@ -142,51 +142,15 @@ class HostResult:
     resumed_from: int | None
 
 
-@runtime_checkable
-class ScalarWriter(Protocol):
-    """What ``train(logger=...)`` writes to: clu's ``metric_writers`` interface, scalars only.
-
-    ``engine.MetricsLogger`` is one; so is ``clu.metric_writers.create_default_writer(...)`` or
-    a thin adapter around TensorBoard or W&B. ``flush()``, when the writer has it, is called at the end.
-    """
-
-    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
-        """Record ``scalars`` (name -> number) at ``step``."""
-
-
-class _Sink:
-    """Turns the loop's records into ``MetricsLogger`` lines or ``write_scalars`` calls."""
-
-    def __init__(self, logger: MetricsLogger | ScalarWriter | None):
-        if logger is not None and not isinstance(logger, (MetricsLogger, ScalarWriter)):
-            raise TypeError(
-                f"train: logger must be a MetricsLogger or have write_scalars(step, scalars) "
-                f"(got {type(logger).__name__})."
-            )
-        self.logger = logger
-        self.records = logger if isinstance(logger, MetricsLogger) else MetricsLogger(None)
-
-    def truncate(self, last_step: int | None) -> None:
-        """A ``MetricsLogger`` drops what follows the restored step; other writers get those steps again."""
-        self.records.truncate(last_step)
-
-    def log(self, step: int, **metrics: Any) -> dict:
-        """Write ``metrics`` at ``step``; returns the record ``{"step": step, **metrics}`` (host values)."""
-        rec = self.records.log(step, **metrics)
-        if self.logger is not None and not isinstance(self.logger, MetricsLogger):
-            scalars = {k: v for k, v in rec.items() if k != "step" and _is_number(v)}
-            self.logger.write_scalars(step, scalars)
-        return rec
-
-    def flush(self) -> None:
-        """Flush a writer that buffers."""
-        flush = getattr(self.logger, "flush", None)
-        if callable(flush):
-            flush()
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _as_logger(logger: MetricsLogger | ScalarWriter | None) -> MetricsLogger:
+    """The loop's one logger: ``logger`` itself, or a file-less ``MetricsLogger`` writing to it (or to nothing)."""
+    if logger is None or isinstance(logger, MetricsLogger):
+        return logger if logger is not None else MetricsLogger(None)
+    if not isinstance(logger, ScalarWriter):
+        raise TypeError(
+            f"train: logger must be a MetricsLogger or have write_scalars(step, scalars) (got {type(logger).__name__})."
+        )
+    return MetricsLogger(None, writers=(logger,))
 
 
 # ------------------------------------------------------------------------------------- JSON of the loop state
@@ -325,7 +289,7 @@ def train(
     """
     if config.rules is not None and eval_fn is None:
         raise ValueError(f"HostConfig.rules (monitor {config.rules.monitor!r}) needs an eval_fn.")
-    sink = _Sink(logger)
+    sink = _as_logger(logger)
     run = _Run(config, state, _fresh_rules(state, config.rules), checkpointer, dict(config_json or {}), extra)
     # the best parameters: with a checkpointer, the best step on disk (orbax's best-step tracking); without, a copy
     if config.rules is not None and config.rules.keeps_best and checkpointer is None:
@@ -350,7 +314,7 @@ def _steps(
     eval_fn: HostEvalFn | None,
     it: Iterator[Any],
     step: int,
-    sink: _Sink,
+    sink: MetricsLogger,
     callbacks: tuple[Callback, ...],
     bar: Any,
     data_iterator: Any,
@@ -440,7 +404,7 @@ class _Run:
             on_resume(latest, saved)
         return latest
 
-    def evaluate(self, eval_fn: HostEvalFn, sink: _Sink, step: int) -> bool:
+    def evaluate(self, eval_fn: HostEvalFn, sink: MetricsLogger, step: int) -> bool:
         """Evaluate, log and apply the rules; returns whether the monitored value improved."""
         ev = _host_metrics(eval_fn(self.state))
         head: dict[str, Any] = {}

@@ -50,8 +50,16 @@ import optax
 from flax import nnx
 
 from gmpjax.train.checkpoint import Checkpointer
-from gmpjax.train.engine import MetricsLogger, TrainState, init_train_state, make_eval_step, make_train_step
-from gmpjax.train.host import Callback, HostConfig, HostResult, ScalarWriter, sum_batches, train
+from gmpjax.train.engine import (
+    MetricsLogger,
+    ScalarWriter,
+    TrainState,
+    check_writers,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+)
+from gmpjax.train.host import Callback, HostConfig, HostResult, sum_batches, train
 from gmpjax.train.plateau import get_learning_rate
 from gmpjax.train.sharding import is_primary, shard_eval_step, shard_state, shard_train_step, to_host
 
@@ -124,38 +132,6 @@ class HostRun:
             out["epochs_done"] = self.result.step / steps_per_epoch
         out |= {"wall_s": self.wall_s, "early_stopped": self.result.stopped, "restored_best": self.restored_best}
         return out | {k: v for k, v in self.final.items() if k not in _NOT_EVAL}
-
-
-class _Logger(MetricsLogger):
-    """``metrics.jsonl`` (what a resume truncates and ``HostRun.history`` reads back) plus clu-style writers."""
-
-    def __init__(self, workdir: str | None, writers: Sequence[ScalarWriter]):
-        super().__init__(workdir)
-        for w in writers:
-            if not isinstance(w, ScalarWriter):
-                raise TypeError(
-                    f"HostTrainer.fit: every writer needs write_scalars(step, scalars) (got {type(w).__name__}); "
-                    "pass clu metric writers or adapters with that method."
-                )
-        self.writers = tuple(writers)
-
-    def log(self, step: int, **metrics: Any) -> dict:
-        rec = super().log(step, **metrics)
-        if self.path is not None:  # only the primary process writes
-            scalars = {k: v for k, v in rec.items() if k != "step" and _is_number(v)}
-            for w in self.writers:
-                w.write_scalars(int(step), scalars)
-        return rec
-
-    def flush(self) -> None:
-        for w in self.writers:
-            flush = getattr(w, "flush", None)
-            if callable(flush):
-                flush()
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class _Throughput:
@@ -316,7 +292,8 @@ class HostTrainer:
                 "HostTrainer.fit: eval_batches and HostTrainer(eval_fn=...) go together; give both or neither."
             )
         primary = is_primary()
-        logger = _Logger(os.fspath(workdir) if primary else None, writers)
+        writers = check_writers(writers)  # refused on every process; only the primary one writes to them
+        logger = MetricsLogger(os.fspath(workdir) if primary else None, writers=writers if primary else ())
         report = on_eval if primary else None
         evaluate = None if eval_batches is None else _Evaluator(self, eval_batches, eval_steps, report)
         timer = _Throughput(logger, examples_per_step, config) if examples_per_step else None
