@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import out_folder
+from experiments.report import cpu_model
 from gmpjax.data import images as im
 
 FILE_NAME = "input_pipeline.json"  # written into the --out folder
@@ -188,17 +189,6 @@ def jpeg_source(n: int, seed: int = 0, quality: int = 90) -> im.EncodedSource:
 # Measurement.
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _load() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else [float("nan")] * 3
 
@@ -339,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.quick:
         sizes = {"imagenet32": (16, 64, 2), "imagenet224": (4, 12, 1)}
     machine = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "visible_cores": cores,
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),

@@ -27,6 +27,7 @@ import numpy as np
 __all__ = [
     "COLORS",
     "color",
+    "cpu_model",
     "fmt_mean_se",
     "markdown_table",
     "mean_se",
@@ -187,18 +188,25 @@ def _git(*args: str) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; elsewhere ``platform``'s processor or architecture)."""
+    import platform
+
+    fallback = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), fallback)
+    except OSError:
+        return fallback
+
+
 def machine() -> dict[str, Any]:
     """This machine in words: CPU model, cores, memory, OS, Python and jax versions, jax backend and devices."""
     import platform
 
     import jax
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_model()
     mem_gib = None
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
