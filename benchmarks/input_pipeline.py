@@ -18,7 +18,8 @@ conversion, lighting and mean subtraction inside the jitted train step on the de
 loader delivered float32 images, so the comparison is of what each hands to the train step.
 
 The JSON report (``input_pipeline.json`` in the ``--out`` folder, default ``benchmarks/results``) records
-the machine (CPU model, visible cores, load average before and after every measurement), the results, and
+the machine (CPU model, visible cores, load average before and after every measurement; read by
+``gmpjax.provenance``), the run's ``provenance`` (commit, command), the results, and
 how many cores feed one GPU at published step rates (``FEED_RATES``). ``--quick`` runs tiny sizes (the test suite
 uses it and never judges the timings).
 """
@@ -31,7 +32,6 @@ import concurrent.futures as cf
 import io
 import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -40,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import out_folder
-from experiments.report import cpu_model
 from gmpjax.data import images as im
+from gmpjax.provenance import load_average, provenance
 
 FILE_NAME = "input_pipeline.json"  # written into the --out folder
 
@@ -189,10 +189,6 @@ def jpeg_source(n: int, seed: int = 0, quality: int = 90) -> im.EncodedSource:
 # Measurement.
 
 
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else [float("nan")] * 3
-
-
 def _cpu_seconds() -> float | None:
     """CPU time (user + system) of this process and its live child processes (grain workers), Linux only."""
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -225,7 +221,7 @@ def _time(batches, batch_size: int, num_batches: int) -> tuple[float, float, flo
 
 
 def measure(input_name: str, loader_name: str, workers: int, source, batch: int, num_batches: int) -> dict:
-    load_before = _load()
+    load_before = load_average()
     if loader_name == "grain":
         pre = im.make_preprocess("imagenet32" if input_name == "imagenet32" else "imagenet", train=True)
         loader = im.ImageLoader(
@@ -251,7 +247,7 @@ def measure(input_name: str, loader_name: str, workers: int, source, batch: int,
         "images_per_s_per_worker": round(ips / workers, 1),
         "cpu_ms_per_image": None if cpu is None else round(cpu, 4),
         "load_before": load_before,
-        "load_after": _load(),
+        "load_after": load_average(),
     }
 
 
@@ -328,13 +324,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     sizes = {"imagenet32": (256, 32768, 400), "imagenet224": (64, 256, 40)}  # batch, examples, timed batches
     if args.quick:
         sizes = {"imagenet32": (16, 64, 2), "imagenet224": (4, 12, 1)}
+    prov = provenance()
     machine = {
-        "cpu": cpu_model(),
+        "cpu": prov["machine"]["cpu"],
         "visible_cores": cores,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "load_average_start": _load(),
+        "cpu_count": prov["machine"]["cores"],
+        "platform": prov["machine"]["os"],
+        "python": prov["machine"]["python"],
+        "load_average_start": load_average(),
     }
     results = []
     for inp in inputs:
@@ -344,14 +341,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
             for loader in ("legacy", "grain"):
                 r = measure(inp, loader, w, src, batch, nb)
                 results.append(r)
+                load = " -> ".join(str((r[k] or ["?"])[0]) for k in ("load_before", "load_after"))
                 print(
                     f"{inp:12s} {loader:7s} workers={w}: {r['images_per_s']:10,.0f} images/s, "
-                    f"{r['cpu_ms_per_image']} CPU ms/image (load {r['load_before'][0]} -> {r['load_after'][0]})",
+                    f"{r['cpu_ms_per_image']} CPU ms/image (load {load})",
                     flush=True,
                 )
-    machine["load_average_end"] = _load()
+    machine["load_average_end"] = load_average()
     report = {
         "machine": machine,
+        "provenance": prov,
         "quick": args.quick,
         "feed_rates": FEED_RATES,
         "results": results,

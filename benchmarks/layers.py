@@ -42,7 +42,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import re
 import sys
 import time
@@ -57,7 +56,7 @@ import optax
 from flax import nnx
 
 from benchmarks import out_folder
-from gmpjax import _unit_impls
+from gmpjax import _unit_impls, provenance
 from gmpjax import hyperspherical as hs
 from gmpjax.layers import GmPConv, GmPDense, WNDense
 
@@ -424,16 +423,17 @@ def bench_vgg(cfg: BenchConfig) -> dict:
 
 
 def device_info() -> dict:
-    d = jax.devices()[0]
+    """The timed device and its host (``gmpjax.provenance.machine``), the load at the start and ``nvidia-smi``'s GPU."""
+    m = provenance.machine()
     return {
-        "backend": jax.default_backend(),
-        "device_kind": d.device_kind,
+        "backend": m["backend"],
+        "device_kind": jax.devices()[0].device_kind,
         "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "jax": jax.__version__,
-        "load_avg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_count": m["cores"],
+        "processor": m["cpu"],
+        "python": m["python"],
+        "jax": m["jax"],
+        "load_avg_start": provenance.load_average(),
         "gpu": _nvidia_smi(),
     }
 
@@ -692,7 +692,11 @@ def run(cfg: BenchConfig, out_dir: str) -> dict:
     if cfg.reps < 1:
         raise ValueError(f"reps must be >= 1 (got {cfg.reps}); the issue asks for >= 30.")
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"device": device_info(), "config": dataclasses.asdict(cfg)}
+    report: dict[str, Any] = {
+        "device": device_info(),
+        "config": dataclasses.asdict(cfg),
+        "provenance": provenance.provenance(),
+    }
     if "unit" in cfg.groups:
         report["unit"] = bench_unit(cfg)
     if cfg.pick_impl and "unit" in report:
@@ -707,7 +711,7 @@ def run(cfg: BenchConfig, out_dir: str) -> dict:
         report["vgg"] = bench_vgg(cfg)
     report["targets"] = check_targets(report)
     report["wall_s"] = time.perf_counter() - t0
-    report["device"]["load_avg_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    report["device"]["load_avg_end"] = provenance.load_average()
     report["device"]["loaded"] = machine_loaded(report["device"])
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, device_file_name(report["device"]["device_kind"]) + ".json")

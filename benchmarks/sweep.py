@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -52,14 +51,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     import dataclasses
 
-    import jax
-
     from experiments import uci
     from gmpjax.data.uci import load_uci, stacked_splits
+    from gmpjax.provenance import provenance
 
     cfg = uci.get_config()
     data = stacked_splits(*load_uci(a.dataset), splits=cfg.seeds, seed=0, monitor="val", val_fraction=0.2)
     lrs = [float(v) for v in cfg.lr]
+    prov = provenance()  # at the start: the load average before the runs
     rows = []
     for name, kw in _layouts():
         t0, c0 = time.perf_counter(), time.process_time()
@@ -87,11 +86,13 @@ def main(argv: list[str] | None = None) -> dict:
             }
         )
         print(f"{name:12s} wall {wall:6.1f} s  cpu {cpu:6.1f} s  replica-epochs {rows[-1]['replica_epochs']}")
+    m = prov["machine"]
     result = {
         "what": f"one UCI paper-protocol job ({a.dataset}, {a.method}): 60 replicas, <= 1000 epochs",
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores visible, {jax.devices()[0].platform}",
-        "load_average_at_start": os.getloadavg()[0],
-        "jax": jax.__version__,
+        "machine": f"{m['cpu']}, {m['cores']} cores, {m['backend']}",
+        "load_average_at_start": prov["load_average"],
+        "jax": m["jax"],
+        "provenance": prov,
         "rows": rows,
     }
     os.makedirs(a.out, exist_ok=True)
