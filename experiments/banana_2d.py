@@ -206,10 +206,9 @@ def run(cfg: Config) -> dict:
         "methods": {name: {k: v for k, v in s.items() if k not in PLOTS} for name, s in res.items()},
         "wall_s": time.time() - t_all,
     }
-    report.write_results(cfg.workdir, out)
     print(f"2-D banana, {cfg.seeds} seeds, <= {cfg.epochs} epochs, split {out['sizes']}, GmP init {cfg.init!r}; "
           f"total wall {out['wall_s']:.1f} s")  # fmt: skip
-    report.print_tables(tables(out))
+    report.write_results(cfg.workdir, out, tables)
     print("Paper (Fig. 3i): GmP's max|dtheta| stays low; other parameterizations reach up to 180 deg.")
     return out
 

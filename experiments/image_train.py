@@ -281,8 +281,7 @@ def run_experiment(cfg: ImageConfig, tables: Callable[[Mapping[str, Any]], dict[
                 runs[name] = train_one(cfg, method, lr, seed, os.path.join(cfg.workdir, name))
     if shd.is_primary():
         results = {k: {**v, "history": None} for k, v in runs.items()}
-        report.write_results(cfg.workdir, results)
-        report.print_tables(tables(report.to_json(results)))
+        report.write_results(cfg.workdir, results, tables)
         for r in runs.values():
             c, rate = r["config"], r["images_per_s_median"] or float("nan")
             print(f"\nours: {c['dataset']}, top-1 {100 * r['val_top1']:.2f}% (chance {100 * r['chance_top1']:.1f}%), "

@@ -188,9 +188,8 @@ def run(cfg: Config) -> dict:
     plot(runs, data, cfg)
     table = {lb: {m: {k: v for k, v in s.items() if k not in PLOTS} for m, s in sm.items()} for lb, sm in runs.items()}
     out = {"config": dataclasses.asdict(cfg), "runs": table, "wall_s": time.time() - t_all}
-    report.write_results(cfg.workdir, out)
     print(f"1-D Levy, {cfg.seeds} seeds, <= {cfg.steps} steps, GmP init {cfg.init!r}; total wall {out['wall_s']:.1f} s")
-    report.print_tables(tables(out))
+    report.write_results(cfg.workdir, out, tables)
     print("\nPaper (Fig. 2c, lr 0.1 for all): GmP max_i|dphi| < 1 at every step; SP/WN/BN reach up to 2^16.")
     return out
 

@@ -197,9 +197,8 @@ def run(cfg: Config) -> dict:
         plot_worst_case(w, b, cfg, os.path.join(cfg.workdir, "worst_case_180.png"))
     res = {"config": dataclasses.asdict(cfg), "w": w, "b": b, "per_delta": table, "worst_case": wc}
     res["wall_s"] = time.time() - t0
-    report.write_results(cfg.workdir, res)
     print(f"unit: w = {w.tolist()}, b = {b:.3g}")
-    report.print_tables(tables(res))
+    report.write_results(cfg.workdir, res, tables)
     return res
 
 

@@ -99,8 +99,7 @@ def run(cfg: Config) -> dict:
         raise SystemExit("non-finite RMSE: training diverged")
     metrics = {"config": dataclasses.asdict(cfg), "results": results, "wall_time_s": wall,
                "backend": jax.default_backend()}  # fmt: skip
-    report.write_results(cfg.workdir, metrics)
-    report.print_tables(tables(metrics))
+    report.write_results(cfg.workdir, metrics, tables)
     print(f"wall time {wall:.1f}s on {jax.default_backend()}")
 
     import matplotlib.pyplot as plt

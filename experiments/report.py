@@ -33,7 +33,6 @@ __all__ = [
     "mean_se",
     "run_jobs",
     "plot_curves",
-    "print_tables",
     "save_figure",
     "to_json",
     "write_json",
@@ -175,14 +174,18 @@ RESULTS_FILE = "results.json"
 """The file every experiment writes in its ``--workdir`` (``write_results``)."""
 
 
-def write_results(workdir: str, results: Mapping[str, Any]) -> str:
+def write_results(
+    workdir: str, results: Mapping[str, Any], tables: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
+) -> dict[str, Any]:
     """Write ``results`` plus ``gmpjax.provenance.provenance()`` (commit, machine, date, command, load) to
-    ``<workdir>/results.json`` (atomic); returns the path. ``scripts/results_tables.py`` builds the docs from it."""
-    path = os.path.join(workdir, RESULTS_FILE)
-    write_json(path, {**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))})
-    return path
-
-
-def print_tables(tables: Mapping[str, str]) -> None:
-    """Print an experiment's ``tables(results)`` one after another (``scripts/results_tables.py`` reads the same)."""
-    print("\n\n".join(f"{name}:\n{text}" for name, text in tables.items()))
+    ``<workdir>/results.json`` (atomic); with the script's ``tables``, also print them and write them to
+    ``<workdir>/tables.md``. Returns the JSON values written (``scripts/results_tables.py`` builds the docs from them).
+    """
+    out = to_json({**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))})
+    write_json(os.path.join(workdir, RESULTS_FILE), out)
+    if tables is not None:
+        text = "\n\n".join(f"## {name}\n\n{table}" for name, table in tables(out).items())
+        with open(os.path.join(workdir, "tables.md"), "w") as f:
+            f.write(text + "\n")
+        print(text)
+    return out

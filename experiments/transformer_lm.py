@@ -18,8 +18,6 @@ import dataclasses
 import itertools
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -225,14 +223,11 @@ def run(cfg: Config) -> dict:
         m: dict(zip(("mean", "se"), mean_se([r["val_bpc"] for r in rs]), strict=True)) | {"n": len(rs)}
         for m, rs in results.items()
     }
-    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "devices": [str(d) for d in jax.devices()]}
     config = dataclasses.asdict(cfg) | {"peak_lr": cfg.peak_lr, "warmup_steps": cfg.warmup_steps}
-    command = "python -m experiments.transformer_lm " + " ".join(sys.argv[1:])
-    summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "command": command}
-    summary |= {"machine": machine | {"mesh": dict(mesh.shape)}, "runs": results}
-    report.write_results(str(workdir), summary)
+    summary = {"table": table, "config": config, "corpus": corpus.info, "wall_s": wall, "mesh": dict(mesh.shape)}
+    summary["runs"] = results
     plot(results, workdir / "loss_curves.png")
-    report.print_tables(tables(summary))
+    report.write_results(str(workdir), summary, tables)
     print(
         f"wall time {wall:.1f} s on {jax.devices()[0]} ({os.cpu_count()} cores visible), "
         f"mesh {dict(mesh.shape)}; results in {workdir}/results.json, loss_curves.png"

@@ -185,11 +185,8 @@ def run(cfg: Config) -> dict:
             block["_wall_s"] = sum(r["wall_s"] for r in block.values())
     results["wall_s"] = time.time() - t0
     make_figures(results, cfg)
-    report.write_results(cfg.workdir, _strip(results))
-    text = "\n\n".join(f"## {name}\n\n{t}" for name, t in tables(report.to_json(_strip(results))).items())
-    print(text + f"\n\nTotal wall time: {results['wall_s']:.0f} s")
-    with open(os.path.join(cfg.workdir, "tables.md"), "w") as f:
-        f.write(text + "\n")
+    report.write_results(cfg.workdir, _strip(results), tables)
+    print(f"\nTotal wall time: {results['wall_s']:.0f} s")
     return results
 
 

@@ -206,7 +206,7 @@ def plot_results(results: dict, datasets, methods, path: str) -> None:
 
 
 def run(cfg: Config) -> dict:
-    """Train every dataset x method, write ``results.json``, ``table.md``, ``uci_rmse.png``; print the table."""
+    """Train every dataset x method, write ``results.json``, ``tables.md``, ``uci_rmse.png``; print the tables."""
     if cfg.monitor == "test":
         warnings.warn(
             "--monitor test (protocol 'official') reproduces the released code: early stopping and lr "
@@ -257,11 +257,8 @@ def run(cfg: Config) -> dict:
         gmp_within_2se_or_better=sum(c["within_2se_or_better"] for c in checks.values()),
         gmp_first=sum(c["gmp_first"] for c in checks.values()), device=str(jax.devices()[0]), table_md=md,
     )  # fmt: skip
-    report.write_results(cfg.workdir, summary)
-    with open(os.path.join(cfg.workdir, "table.md"), "w") as f:
-        f.write(md + "\n")
     plot_results(results, datasets, cfg.methods, os.path.join(cfg.workdir, "uci_rmse.png"))
-    report.print_tables(tables(report.to_json(summary)))
+    report.write_results(cfg.workdir, summary, tables)
     print(
         f"wall time: {summary['wall_s']:.1f} s, process CPU time: "
         f"{summary['cpu_s']:.1f} s on {summary['device']} ({os.cpu_count()} cores visible)"

@@ -161,7 +161,7 @@ def test_quick_tensor_parallel_run_and_resume(tmp_path):
     summary = json.loads((work / "results.json").read_text())
     assert "| gmp_imn |" in lm.tables(summary)["bpc"] and "provenance" in summary
     assert (work / "loss_curves.png").stat().st_size > 1000
-    assert summary["machine"]["mesh"] == {"data": 2, "model": 4}
+    assert summary["mesh"] == {"data": 2, "model": 4}
     row = summary["table"]["gmp_imn"]
     assert row["n"] == 2 and 1.0 < row["mean"] < 8.0 and row["se"] >= 0
     first = summary["runs"]["gmp_imn"][0]

@@ -345,7 +345,7 @@ def test_quick_experiment_cli_runs(tmp_path):
         for r in by_method.values():
             assert len(r["test_rmse"]) == 2 and np.all(np.isfinite(r["test_rmse"]))
             assert all(lr in (0.01, 0.1) for lr in r["selected_lr"])
-    assert (tmp_path / "uci_rmse.png").stat().st_size > 0 and (tmp_path / "table.md").exists()
+    assert (tmp_path / "uci_rmse.png").stat().st_size > 0 and (tmp_path / "tables.md").exists()
     from experiments import uci as exp
 
     tables = exp.tables(res)
