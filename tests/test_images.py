@@ -260,6 +260,49 @@ def test_digits_default():
     np.testing.assert_array_equal(b["image"], tr.images[b["index"]])
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_flat_arrays_digits(seed):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    xtr, ytr, xte, yte = im.flat_arrays("digits", seed=seed)
+    assert (xtr.shape, xte.shape, ytr.dtype, xte.dtype) == ((1437, 64), (360, 64), np.int32, np.float32)
+    # the split of digits_source, and the reference computation in float64
+    np.testing.assert_array_equal(ytr, im.digits_source("train", 8, seed=seed).labels)
+    np.testing.assert_array_equal(yte, im.digits_source("test", 8, seed=seed).labels)
+    d = load_digits()
+    rtr, rte, _, _ = train_test_split(d.data, d.target, test_size=0.2, random_state=seed, stratify=d.target)
+    mu, sd = rtr.mean(0), rtr.std(0) + 1e-6
+    np.testing.assert_allclose(xtr, (rtr - mu) / sd, rtol=1e-4, atol=1e-5)  # float32 statistics
+    np.testing.assert_allclose(xte, (rte - mu) / sd, rtol=1e-4, atol=1e-5)
+    varying = rtr.std(0) > 0
+    np.testing.assert_allclose(xtr.std(0)[varying], 1.0, atol=1e-4)
+    np.testing.assert_allclose(xtr.mean(0), 0.0, atol=1e-5)
+    # max_train keeps the first rows and standardises with them alone
+    xs, ys, xt, _ = im.flat_arrays("digits", seed=seed, max_train=100)
+    assert xs.shape == (100, 64) and xt.shape == (360, 64)
+    np.testing.assert_array_equal(ys, ytr[:100])
+    np.testing.assert_allclose(xs.mean(0), 0.0, atol=1e-5)
+
+
+def test_flat_arrays_tfds_and_errors(tmp_path):
+    with tfds.testing.mock_data(num_examples=12):
+        xtr, ytr, xte, yte = im.flat_arrays("cifar10", max_train=10)
+        src = im.load_source("cifar10", "test")
+        raw = np.stack([np.asarray(src[i]["image"], np.float32).reshape(-1) / 255 for i in range(len(src))])
+    assert xtr.shape == (10, 32 * 32 * 3) and xte.shape == (12, 32 * 32 * 3) and ytr.shape == (10,)
+    assert xtr.dtype == xte.dtype == np.float32 and ytr.dtype == yte.dtype == np.int32
+    # the same per-feature affine map of the pixels/255 for train and test
+    np.testing.assert_allclose(xtr.mean(0), 0.0, atol=1e-5)
+    corr = [np.corrcoef(xte[:, j], raw[:, j])[0, 1] for j in range(5)]
+    np.testing.assert_allclose(corr, 1.0, atol=1e-5)
+    with pytest.raises(DataError, match="tfds build cifar10"):
+        im.flat_arrays("cifar10", data_dir=str(tmp_path))
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="max_train must be an int >= 1"):
+            im.flat_arrays("digits", max_train=bad)
+
+
 def test_errors(tmp_path, mock32):
     pre = im.make_preprocess("imagenet32", train=True)
     with pytest.raises(DataError, match="tfds build imagenet_resized/32x32"):

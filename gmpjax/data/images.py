@@ -93,6 +93,7 @@ __all__ = [
     "EncodedSource",
     "digits_source",
     "load_source",
+    "flat_arrays",
     "visible_cores",
     "random_flip",
     "to_float",
@@ -191,6 +192,15 @@ class EncodedSource:
         return {"image": self.images[i], "label": self.labels[i]}
 
 
+def _digits_split(target: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test row indices of digits: a stratified split (by ``target``) keeping ``test_fraction``."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(target))
+    tr, te = train_test_split(idx, test_size=test_fraction, random_state=seed, stratify=target)
+    return tr, te
+
+
 def digits_source(split: str, image_size: int = 32, *, test_fraction: float = 0.2, seed: int = 0) -> ArraySource:
     """sklearn's 8x8 digits as RGB uint8 images of ``image_size`` x ``image_size``.
 
@@ -202,7 +212,6 @@ def digits_source(split: str, image_size: int = 32, *, test_fraction: float = 0.
     """
     require("sklearn", "data", "digits_source")
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test", "validation"):
         raise ValueError(f"digits has splits 'train' and 'test' (alias 'validation'); got split={split!r}.")
@@ -210,7 +219,7 @@ def digits_source(split: str, image_size: int = 32, *, test_fraction: float = 0.
         raise ValueError(f"image_size must be an int >= 8 for digits (got {image_size!r}).")
     d = load_digits()
     imgs = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)
-    tr, te = train_test_split(np.arange(len(imgs)), test_size=test_fraction, random_state=seed, stratify=d.target)
+    tr, te = _digits_split(d.target, test_fraction, seed)
     idx = tr if split == "train" else te
     f = image_size // 8
     up = imgs[idx].repeat(f, axis=1).repeat(f, axis=2)
@@ -267,6 +276,67 @@ def load_source(dataset: str, split: str, *, image_size: int = 32, data_dir: str
         except Exception:  # noqa: BLE001 - fall back to the decoded source
             pass
     return src
+
+
+def flat_arrays(
+    dataset: str, *, seed: int = 0, data_dir: str | None = None, max_train: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A whole image-classification dataset as standardised flat feature vectors, for MLPs.
+
+    ``digits``: the 64 raw pixel values (0..16) of sklearn's 8x8 digits, split 80/20 stratified
+    (``random_state=seed``, the split of ``digits_source``: 1437 train / 360 test). Any other name:
+    the tfds dataset's ``train`` and ``test`` splits read through ``load_source`` (prepared in
+    ArrayRecord format under ``data_dir``), each image flattened to ``H * W * C`` values ``x / 255``.
+    The training set is cut to its first ``max_train`` examples; then every feature is standardised
+    with the training mean and standard deviation, ``(x - mean) / (sd + 1e-6)``.
+
+    Args:
+      dataset: ``"digits"`` or a tfds image dataset with ``train``/``test`` splits, e.g. ``"cifar10"``.
+      seed: seed of the digits split (unused for tfds datasets).
+      data_dir: tfds data directory (``load_source``).
+      max_train: keep only the first ``max_train`` training examples (None: all).
+
+    Returns:
+      ``(x_train, y_train, x_test, y_test)``: float32 ``(N, D)``, int32 ``(N,)``, float32 ``(M, D)``, int32 ``(M,)``.
+
+    Raises:
+      DataError: a tfds dataset is not prepared (the message says how).
+      ValueError: ``max_train`` is neither None nor a positive int.
+
+    >>> xtr, ytr, xte, yte = flat_arrays("digits", seed=0)
+    >>> xtr.shape, ytr.shape, xte.shape, yte.shape, xtr.dtype.name, ytr.dtype.name
+    ((1437, 64), (1437,), (360, 64), (360,), 'float32', 'int32')
+    """
+    keep = None if max_train is None else _check_int("max_train", max_train, 1)  # None: all examples
+    xtr, ytr, xte, yte = _digits_flat(seed) if dataset == "digits" else _tfds_flat(dataset, data_dir)
+    xtr, ytr = xtr[:keep], ytr[:keep]
+    mu, sd = xtr.mean(0), xtr.std(0) + 1e-6
+    return (
+        ((xtr - mu) / sd).astype(np.float32),
+        ytr.astype(np.int32),
+        ((xte - mu) / sd).astype(np.float32),
+        yte.astype(np.int32),
+    )
+
+
+def _digits_flat(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    require("sklearn", "data", "flat_arrays")
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    tr, te = _digits_split(d.target, 0.2, seed)
+    x = d.data.astype(np.float32)
+    return x[tr], d.target[tr], x[te], d.target[te]
+
+
+def _tfds_flat(dataset: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+        src = load_source(dataset, split, data_dir=data_dir)
+        items = [src[i] for i in range(len(src))]
+        x = np.stack([np.asarray(it["image"], np.float32).reshape(-1) / 255.0 for it in items])
+        return x, np.asarray([int(it["label"]) for it in items])
+
+    return (*arrays("train"), *arrays("test"))
 
 
 # ----------------------------------------------------------------------------------------------
