@@ -180,9 +180,6 @@ def run(cfg: Config) -> dict:
     results: dict = {"config": dataclasses.asdict(cfg), "dense": {}, "sparse": {}, "difference": {}}
     for job, (kind, target, _, _, key) in specs.items():
         results[kind].setdefault(target, {})[key] = done[job]
-    for kind in ("dense", "sparse", "difference"):
-        for block in results[kind].values():
-            block["_wall_s"] = sum(r["wall_s"] for r in block.values())
     results["wall_s"] = time.time() - t0
     make_figures(results, cfg)
     report.write_results(cfg.workdir, _strip(results), tables)
@@ -190,10 +187,8 @@ def run(cfg: Config) -> dict:
     return results
 
 
-def _strip(obj):
-    if isinstance(obj, dict):
-        return {k: _strip(v) for k, v in obj.items() if not k.startswith("_") or k == "_wall_s"}
-    return obj
+def _strip(obj):  # the best runs' layers (``_best_layers``) are for the figures only
+    return {k: _strip(v) for k, v in obj.items() if not k.startswith("_")} if isinstance(obj, dict) else obj
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -231,7 +226,9 @@ def _dense_table(dense: dict) -> str:
             cells += [f"{mn:.2e}", f"{pm:.2e}", f"{me:.2e}", f"{pme:.2e}"]
         rows.append([*cells, "/".join(_regions(block[k]) for block in dense.values())])
     lines += [report.markdown_table([*head, "final regions (median)"], rows), ""]
-    walls = ", ".join(f"{TARGET_LABEL[t]} {b['_wall_s']:.0f} s" for t, b in dense.items())
+    walls = ", ".join(
+        f"{TARGET_LABEL[t]} {sum(b[k]['wall_s'] for k in _methods(dense)):.0f} s" for t, b in dense.items()
+    )
     lines.append(f"Wall time per target (all methods): {walls}")
     pre = ["{}/{}: {:.2e} / {:.2e}".format(TARGET_LABEL[t], k, *summary(b[k], "pretrain_mse"))
            for t, b in dense.items() for k in _methods(dense) if "pretrain_mse" in b[k]]  # fmt: skip
