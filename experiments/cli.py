@@ -6,7 +6,8 @@ An experiment module holds a frozen ``Config(Common)`` dataclass, ``CONFIGS`` (p
 ``--workdir`` alias ``--out``, ``--quick``, ``--no-progress``, ``--resume``), ``--protocol`` when there are several,
 one flag per field (``max_epochs``: ``--max-epochs``) and dotted flags for a nested dataclass, as ml_collections'
 ``--config.x``: ``--rules.patience 10`` (``none`` for an optional value), ``--rules.plateau.factor 0.5``. A value
-a config rejects is one line (``prog: error: ...``) and exit status 2; so is tyro's message for an unknown flag.
+a config rejects is one line (``prog: error: ...``) and exit status 2; a flag tyro cannot read (a typo, ``--seeds
+two``) gets tyro's own message, also exit status 2.
 """
 
 from __future__ import annotations
