@@ -87,7 +87,6 @@ class ImageConfig(cli.Common):
                 raise ValueError(f"--{name.replace('_', '-')} must be a positive int (got {v!r}).")
         if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 0):
             raise ValueError(f"--workers must be an int >= 0 (0: load in the training process), got {self.workers!r}.")
-        cli.check_choice("schedule", [self.schedule], SCHEDULES)
         for flag, v, ok, want in [("width", self.width, self.width > 0, "> 0"),
                                   ("weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
                                   ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")]:  # fmt: skip

@@ -97,7 +97,6 @@ class Config(cli.Common):
         cli.check_choice("sparse_methods", self.sparse_methods, METHODS)
         cli.check_choice("dense_targets", self.dense_targets, TARGETS)
         cli.check_choice("sparse_targets", self.sparse_targets, TARGETS)
-        cli.check_choice("dtype", (self.dtype,), ("float32", "float64"))
         cli.positive(self, "depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps")
         if self.pretrain_steps < 0 or self.finetune_steps < 0:
             raise ValueError("--pretrain-steps and --finetune-steps must be >= 0")

@@ -64,7 +64,6 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        cli.check_choice("dataset", (self.dataset,), ("digits", "cifar10"))
         cli.positive(self, "hidden", "depth", "epochs", "batch_size")
         if self.max_train is not None:
             cli.positive(self, "max_train")

@@ -34,7 +34,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 for name in (
     "jax", "jaxlib", "flax", "optax", "numpy", "orbax-checkpoint", "tqdm", "grain", "pillow", "scikit-learn",
-    "absl-py", "tensorflow-datasets", "matplotlib", "chex", "scipy", "pytest", "nbclient", "ipykernel",
+    "absl-py", "tensorflow-datasets", "matplotlib", "tyro", "chex", "scipy", "pytest", "nbclient", "ipykernel",
 ):
     try:
         print(f"{name:18s} {version(name)}")

@@ -104,8 +104,7 @@ def test_existing_checkpoints_are_not_overwritten(reference, capsys):
 
 
 def _parse(script, argv):
-    p = cli.build_parser(script.Config, prog="x", protocols=tuple(script.CONFIGS))
-    return cli.parse(p, script.Config, script.CONFIGS, argv, quick=script.quick)
+    return cli.parse(script, argv)
 
 
 def test_configs_and_quick_overrides():

@@ -54,7 +54,7 @@ def test_quickstart_quick_never_overrides_explicit_flags():
     from experiments import quickstart as Q
 
     def parse(argv):
-        return cli.parse(cli.build_parser(Q.Config, prog="q"), Q.Config, Q.CONFIGS, argv, quick=Q.quick)
+        return cli.parse(Q, argv)
 
     assert (parse([]).steps, parse([]).seeds, parse([]).methods) == (10_000, 5, ("sp", "gmp"))
     assert (parse(["--quick"]).steps, parse(["--quick"]).seeds) == (500, 2)

@@ -96,13 +96,7 @@ def test_quick_keeps_explicit_flags_and_protocols_are_configs():
     from experiments import levy_1d as L
 
     def parse(mod, argv):
-        return cli.parse(
-            cli.build_parser(mod.Config, prog="t", protocols=tuple(mod.CONFIGS)),
-            mod.Config,
-            mod.CONFIGS,
-            argv,
-            quick=mod.quick,
-        )
+        return cli.parse(mod, argv)
 
     cfg = parse(L, ["--quick", "--steps", "7", "--lr", "cv", "0.1"])
     assert (cfg.steps, cfg.lr, cfg.seeds, cfg.rules.patience) == (7, ("cv", "0.1"), 2, 100)

@@ -76,8 +76,7 @@ def test_model_is_causal_and_mlp_computes_in_bf16():
 
 
 def _parse(argv: list[str]) -> lm.Config:
-    parser = cli.build_parser(lm.Config, prog="lm", protocols=tuple(lm.CONFIGS))
-    return cli.parse(parser, lm.Config, lm.CONFIGS, argv, quick=lm.quick)
+    return cli.parse(lm, argv)
 
 
 @pytest.mark.parametrize(

@@ -257,8 +257,7 @@ def _parse(argv):
     from experiments import cli
     from experiments import uci as exp
 
-    parser = cli.build_parser(exp.Config, prog="uci", protocols=tuple(exp.CONFIGS))
-    return cli.parse(parser, exp.Config, exp.CONFIGS, argv, quick=exp.quick)
+    return cli.parse(exp, argv)
 
 
 def test_protocols_resolve_to_paper_and_released_settings():
