@@ -32,7 +32,6 @@ from flax import nnx
 from experiments import cli, report
 from gmpjax import cab
 from gmpjax.data.banana import banana_splits
-from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig, num_batches
 from gmpjax.train.losses import accuracy, bce, on_batch
@@ -188,8 +187,7 @@ def run(cfg: Config) -> dict:
     t_all = time.time()
     data = banana_splits(val_fraction=cfg.val_fraction)
     steps_per_epoch = num_batches(LoopConfig(cfg.epochs, "wrap", cfg.batch_size), len(data.x_train))[0]
-    many = any(len(learning_rates(cfg.lr, m)) > 1 for m in cfg.methods)  # then a result is named "method@lr"
-    jobs = {f"{m}@{lr:g}" if many else m: (m, lr) for m in cfg.methods for lr in learning_rates(cfg.lr, m)}
+    jobs = cfg.runs()
 
     def job(name: str) -> dict:
         t0, (m, lr) = time.time(), jobs[name]

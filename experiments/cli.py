@@ -92,6 +92,19 @@ class Common:
         if self.seed < 0:
             raise ValueError(f"--seed must be >= 0 (got {self.seed})")
 
+    def runs(self, methods: Sequence[str] | None = None) -> dict[str, tuple[str, float]]:
+        """``name -> (method, lr)`` for every method (default ``self.methods``) x its learning rates
+        (``registry.learning_rates``); the name is the method, ``method@lr`` when some method has several rates.
+
+        >>> Common(methods=("sp", "gmp"), lr=("cv", "0.1")).runs()
+        {'sp@0.01': ('sp', 0.01), 'sp@0.1': ('sp', 0.1), 'gmp@0.1': ('gmp', 0.1)}
+        """
+        from gmpjax.layers.registry import learning_rates
+
+        rates = {m: learning_rates(self.lr, m if self.lr_cv else None) for m in methods or self.methods}
+        many = any(len(r) > 1 for r in rates.values())
+        return {f"{m}@{lr:g}" if many else m: (m, lr) for m, r in rates.items() for lr in r}
+
 
 def positive(cfg: Any, *names: str) -> None:
     """ValueError naming ``--name`` for the first of ``names`` whose value is below 1."""

@@ -31,7 +31,6 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.levy import levy_data
-from gmpjax.layers.registry import learning_rates
 from gmpjax.models import MLP
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import mae, on_batch
@@ -86,14 +85,12 @@ def run(cfg: Config) -> dict:
     results, fits = {}, {}
     t0 = time.perf_counter()
     with jax.enable_x64(True):
-        for m in cfg.methods:
-            for lr in learning_rates(cfg.lr, m):
-                name = m if len(cfg.lr) == 1 else f"{m}@{lr:g}"
-                r = train_method(m, lr, cfg, data)
-                mean, se = report.mean_se(r["rmse"])
-                results[name] = {"lr": lr, "rmse": r["rmse"], "rmse_mean": mean, "rmse_se": se}
-                results[name]["final_train_mae"] = r["final_loss"]
-                fits[name] = r["pred"][0]
+        for name, (m, lr) in cfg.runs().items():
+            r = train_method(m, lr, cfg, data)
+            mean, se = report.mean_se(r["rmse"])
+            results[name] = {"lr": lr, "rmse": r["rmse"], "rmse_mean": mean, "rmse_se": se}
+            results[name]["final_train_mae"] = r["final_loss"]
+            fits[name] = r["pred"][0]
     wall = time.perf_counter() - t0
     if not all(np.isfinite(r["rmse_mean"]) for r in results.values()):
         raise SystemExit("non-finite RMSE: training diverged")

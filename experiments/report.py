@@ -174,14 +174,20 @@ RESULTS_FILE = "results.json"
 """The file every experiment writes in its ``--workdir`` (``write_results``)."""
 
 
+def _public(obj: Any) -> Any:
+    return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")} if isinstance(obj, Mapping) else obj
+
+
 def write_results(
     workdir: str, results: Mapping[str, Any], tables: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
     """Write ``results`` plus ``gmpjax.provenance.provenance()`` (commit, machine, date, command, load) to
     ``<workdir>/results.json`` (atomic); with the script's ``tables``, also print them and write them to
-    ``<workdir>/tables.md``. Returns the JSON values written (``scripts/results_tables.py`` builds the docs from them).
+    ``<workdir>/tables.md``. Keys starting with ``_`` (data only a figure reads) are left out at every depth.
+    Returns the JSON values written (``scripts/results_tables.py`` builds the docs from them).
     """
-    out = to_json({**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))})
+    public = _public({**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))})
+    out = to_json(public)
     write_json(os.path.join(workdir, RESULTS_FILE), out)
     if tables is not None:
         text = "\n\n".join(f"## {name}\n\n{table}" for name, table in tables(out).items())

@@ -1,6 +1,6 @@
 """1-D function fitting with the triangular-wave reparameterization (Milkert, Hyde & Laine, ICML 2025).
 
-In miniature, with the protocol of ``../shared/research/triangular-wave.md`` section 6 (each a config value):
+In miniature, with the protocol of ``docs/triangular.md`` (each setting a config value):
 
 * **dense table**: 500 points on [0, 1], a 4-wide x 5-deep ReLU net, 30 initialisations, min and mean final
   MSE for x^3 and x^11; rows Kaiming, RAAI, skip pretraining, pretraining without / with Theorem 3.1;
@@ -8,8 +8,7 @@ In miniature, with the protocol of ``../shared/research/triangular-wave.md`` sec
   tanh 3x (Kaiming vs pretraining + Thm 3.1);
 * **difference**: x^3 - x by ``gmpjax.layers.TriangleDifference`` vs a Kaiming width-8 MLP.
 
-Every method runs its seeds through ``gmpjax.train.two_phase.train_two_phase`` (the replica trainer, one
-full-batch phase after the other); methods without pretraining get as many updates in all.
+Seeds train as replicas (``gmpjax.train.two_phase``); methods without pretraining get as many updates in all.
 
     python -m experiments.triangular_1d            # full tables
     python -m experiments.triangular_1d --quick    # CI smoke run
@@ -33,7 +32,6 @@ from experiments import cli, report
 from gmpjax import triangular as tri
 from gmpjax.data.functions import TARGETS, dense_samples, sparse_samples, stable_tag
 from gmpjax.layers import ReLUMLP, TriangleDifference
-from gmpjax.layers.registry import learning_rates
 from gmpjax.layers.triangle import INIT_METHODS, init_method_net
 from gmpjax.regions import plot_linear_regions
 from gmpjax.train.losses import mse as mse_fn
@@ -41,6 +39,7 @@ from gmpjax.train.losses import on_batch
 from gmpjax.train.two_phase import TwoPhaseConfig, region_snapshot, train_two_phase
 
 TARGET_LABEL = {name: t.label for name, t in TARGETS.items()} | {"x3-x": "x^3 - x"}
+TARGET_FN = {name: t.fn for name, t in TARGETS.items()} | {"x3-x": lambda x: x**3 - x}
 METHODS = INIT_METHODS
 METHOD_LABEL = {"kaiming": "Kaiming (PyTorch default)", "raai": "RAAI", "skip": "skip pretraining",
                 "noreg": "pretraining, no reg.", "thm31": "pretraining + Thm 3.1"}  # fmt: skip
@@ -48,7 +47,7 @@ DIFFERENCE = {  # model: (schedule of, label); the x^3 - x experiment
     "difference_of_subnets": ("thm31", "difference of two Thm-3.1 subnets (width 8 after switch)"),
     "kaiming_width8": ("kaiming", "Kaiming width-8 MLP"),
 }
-# Milkert et al. 2025, Table 1 (dense) and the sparse table, as transcribed in research/triangular-wave.md §4.
+# Milkert et al. 2025, Table 1 (dense) and the sparse-data table (docs/triangular.md lists both).
 PAPER_DENSE = {  # method: {target: (min, mean)}
     "kaiming": {"x3": (2.11e-5, 7.20e-2), "x11": (2.19e-5, 2.82e-2)},
     "raai": {"x3": (2.14e-5, 3.97e-2), "x11": (4.40e-5, 4.12e-2)},
@@ -75,9 +74,11 @@ class Config(cli.Common):
     n_dense: int = cli.field(500, "equispaced points of the dense fits")
     n_sparse_train: int = cli.field(10, "random training points per run (sparse table)")
     n_sparse_test: int = cli.field(10, "random test points per run (sparse table)")
-    dense_targets: tuple[str, ...] = cli.field(("x3", "x11"), "dense-table targets (x3 x11 sin tanh3, or none)")
-    sparse_targets: tuple[str, ...] = cli.field(("x3", "x11", "sin", "tanh3"), "sparse-table targets (or none)")
-    sparse_methods: tuple[str, ...] = cli.field(("kaiming", "thm31"), "sparse-table methods")
+    dense_targets: tuple[str, ...] = cli.field(("x3", "x11"), "dense-table targets (or none)", choices=tuple(TARGETS))
+    sparse_targets: tuple[str, ...] = cli.field(
+        tuple(TARGETS), "sparse-table targets (or none)", choices=tuple(TARGETS)
+    )
+    sparse_methods: tuple[str, ...] = cli.field(("kaiming", "thm31"), "sparse-table methods", choices=METHODS)
     difference: bool = cli.field(True, "fit x^3 - x by a difference of two subnets (--no-difference skips it)")
     pretrain_steps: int = cli.field(1000, "full-batch steps on the peaks (phase 1)")
     finetune_steps: int = cli.field(20000, "full-batch steps on the raw weights (phase 2)")
@@ -94,9 +95,6 @@ class Config(cli.Common):
         for name in ("dense_targets", "sparse_targets"):  # 'none' (or '') selects no target
             object.__setattr__(self, name, tuple(t for t in getattr(self, name) if t not in ("", "none")))
         super().__post_init__()
-        cli.check_choice("sparse_methods", self.sparse_methods, METHODS)
-        cli.check_choice("dense_targets", self.dense_targets, TARGETS)
-        cli.check_choice("sparse_targets", self.sparse_targets, TARGETS)
         cli.positive(self, "depth", "n_dense", "n_sparse_train", "n_sparse_test", "chunk_steps")
         if self.pretrain_steps < 0 or self.finetune_steps < 0:
             raise ValueError("--pretrain-steps and --finetune-steps must be >= 0")
@@ -132,13 +130,9 @@ def schedule(method: str, cfg: Config, lr: float) -> TwoPhaseConfig:
     return TwoPhaseConfig(pre, fine, pretrain_lr=lr, finetune_lr=lr, chunk_steps=cfg.chunk_steps)
 
 
-def _target_fn(target: str):
-    return (lambda x: x**3 - x) if target == "x3-x" else TARGETS[target].fn
-
-
 def make_data(kind: str, target: str, cfg: Config, dtype):
     """``(train, test)``: dense/difference: ``n_dense`` points on [0, 1], no test set; sparse: per-run uniform draws."""
-    f = _target_fn(target)
+    f = TARGET_FN[target]
     if kind != "sparse":
         return dense_samples(f, cfg.n_dense, dtype), None
     key = jax.random.fold_in(jax.random.key(cfg.seed + 1), stable_tag(target))
@@ -167,9 +161,8 @@ def jobs(cfg: Config) -> dict[str, tuple[str, str, str, float, str]]:
     groups = [("dense", t, cfg.methods) for t in cfg.dense_targets]
     groups += [("sparse", t, cfg.sparse_methods) for t in cfg.sparse_targets]
     groups += [("difference", "x3-x", tuple(DIFFERENCE))] if cfg.difference else []
-    lrs = learning_rates(cfg.lr)
-    keys = [(kind, t, m, lr, m if len(lrs) == 1 else f"{m}@{lr:g}") for kind, t, ms in groups for m in ms for lr in lrs]
-    return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, m, lr, key in keys}
+    runs = [(kind, t, key, m, lr) for kind, t, ms in groups for key, (m, lr) in cfg.runs(ms).items()]
+    return {f"{kind}-{t}-{key}": (kind, t, m, lr, key) for kind, t, key, m, lr in runs}
 
 
 def run(cfg: Config) -> dict:
@@ -180,14 +173,14 @@ def run(cfg: Config) -> dict:
     for job, (kind, target, _, _, key) in specs.items():
         results[kind].setdefault(target, {})[key] = done[job]
     results["wall_s"] = time.time() - t0
-    make_figures(results, cfg)
-    report.write_results(cfg.workdir, _strip(results), tables)
+    for kind, block in ((k, results[k]) for k in ("dense", "sparse", "difference") if results[k]):  # the figures
+        name = "difference_fit.png" if kind == "difference" else f"{kind}_fits.png"
+        _fits_figure(block, "test_mse" if kind == "sparse" else "train_mse", os.path.join(cfg.workdir, name))
+        if kind != "difference":
+            _curves_figure(block, cfg.depth, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"))
+    report.write_results(cfg.workdir, results, tables)  # without the best runs' "_best_layers" (figures only)
     print(f"\nTotal wall time: {results['wall_s']:.0f} s")
     return results
-
-
-def _strip(obj):  # the best runs' layers (``_best_layers``) are for the figures only
-    return {k: _strip(v) for k, v in obj.items() if not k.startswith("_")} if isinstance(obj, dict) else obj
 
 
 # ---------------------------------------------------------------------------- reporting
@@ -260,19 +253,6 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
     return {kind: make(results[kind]) for kind, make in makers.items() if results.get(kind)}
 
 
-def _layers(r: dict):
-    return [(np.asarray(W), np.asarray(b)) for W, b in r["_best_layers"]]
-
-
-def make_figures(results: dict, cfg: Config) -> None:
-    """``{dense,sparse}_fits.png``, ``difference_fit.png`` (best runs) and ``{dense,sparse}_curves_regions.png``."""
-    for kind, block in ((k, results[k]) for k in ("dense", "sparse", "difference") if results[k]):
-        name = "difference_fit.png" if kind == "difference" else f"{kind}_fits.png"
-        _fits_figure(block, "test_mse" if kind == "sparse" else "train_mse", os.path.join(cfg.workdir, name))
-        if kind != "difference":
-            _curves_figure(block, cfg.depth, os.path.join(cfg.workdir, f"{kind}_curves_regions.png"))
-
-
 def _fits_figure(block: dict, key: str, path: str) -> None:
     """The best run of every target (rows) and method (columns) with its linear regions; title: the min ``key``."""
     import matplotlib.pyplot as plt
@@ -281,10 +261,9 @@ def _fits_figure(block: dict, key: str, path: str) -> None:
     n, k = len(targets), len(methods)
     fig, axes = plt.subplots(n, k, figsize=(3.2 * k, 2.6 * n), squeeze=False)
     for i, t in enumerate(targets):
-        f = _target_fn(t)
         for j, m in enumerate(methods):
             r = block[t][m]
-            plot_linear_regions(_layers(r), (0.0, 1.0), ax=axes[i, j], target=lambda z, f=f: np.asarray(f(z)))
+            plot_linear_regions(r["_best_layers"], (0.0, 1.0), ax=axes[i, j], target=TARGET_FN[t])
             axes[i, j].set_title(f"{TARGET_LABEL[t]} / {m}: {summary(r, key)[0]:.1e}", fontsize=8)
             axes[i, j].legend().set_visible(False)
     fig.tight_layout()

@@ -37,7 +37,6 @@ from flax import nnx
 
 from experiments import cli, report
 from gmpjax.data.images import flat_arrays
-from gmpjax.layers.registry import learning_rates
 from gmpjax.models.triangle_head import HEAD_ACTIVATIONS, TriangleHead, triangle_head_macs
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.losses import accuracy, on_batch, xent
@@ -120,8 +119,7 @@ def train_head(activation: str, lr: float, cfg: Config, data) -> dict:
 def run(cfg: Config) -> dict:
     # a DataError (cifar10 not prepared) becomes one line and exit status 2 (cli.main)
     data = flat_arrays(cfg.dataset, seed=cfg.seed, data_dir=cfg.tfds_data_dir, max_train=cfg.max_train)
-    lrs, t0 = learning_rates(cfg.lr), time.time()
-    specs = {a if len(lrs) == 1 else f"{a}@{lr:g}": (a, lr) for a in cfg.methods for lr in lrs}
+    specs, t0 = cfg.runs(), time.time()
     res = report.run_jobs(cfg, list(specs), lambda j: train_head(*specs[j], cfg, data), desc="triangular_head")
     out = {"config": dataclasses.asdict(cfg), "results": res, "wall_s": time.time() - t0}
     out["vgg16_head_mac_overhead"] = vgg16_head_overhead(5)
