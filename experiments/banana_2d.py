@@ -1,11 +1,11 @@
 """2-D banana classification (GmP paper Sec. 4.1.2, Fig. 3): CAB trajectories and stability under SP/WN/BN/GmP.
 
-Setup of the released notebook (``2d_banana/2d_banana.ipynb``; ``../shared/research/gmp-official.md`` Sec. 4.2):
+Setup of the released notebook (``2d_banana/2d_banana.ipynb``; ``docs/characteristic_activation.md``):
 ``gmpjax.data.banana.banana_splits`` (1000 points, 800/200, standardised), 10 hidden ReLU units and a sigmoid
 output (WN head for WN), binary cross-entropy, Adam (Keras epsilon 1e-7) on shuffled minibatches of 128 (the
 last one wraps around) for up to 5000 epochs, lr x0.1 after 50 epochs without a validation-accuracy gain,
 early stopping after 100 (best weights restored only when it fires, as Keras 2.8), float64. The seeds of a
-method are one ``gmpjax.train.loop.sweep``; every unit's CAB is tracked after every step.
+method are replicas (``train_replicas``); every unit's CAB is tracked after every step.
 
 Deviation (honest protocol): the notebook monitors the *test* set; here 20 % of the 800 training points are
 held out for validation (640 fitted: 5 batches per epoch). ``--protocol official`` is the released code:

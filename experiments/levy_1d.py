@@ -1,11 +1,11 @@
 """1-D Levy regression (GmP paper Sec. 4.1.1, Fig. 2): stability of the characteristic points under SP/WN/BN/GmP.
 
-Setup of the released notebook (``1d_levy/1d_levy.ipynb``; ``../shared/research/gmp-official.md`` Sec. 4.1):
+Setup of the released notebook (``1d_levy/1d_levy.ipynb``; ``docs/characteristic_activation.md``):
 ``gmpjax.data.levy_data`` (50 noisy points, a 201-point test grid), 100 ReLU units (GmP's fan-in-1 direction
 is a fixed random sign), a linear head (WN for WN), MAE loss, full-batch Adam (Keras epsilon 1e-7) for up to
 10 000 steps (one step = one epoch), lr x0.1 after 500 steps without a training-loss gain of 1e-4, early
 stopping on the training loss with patience 1000 (best weights restored only when it fires, as Keras 2.8),
-float64. The seeds of a method are one ``gmpjax.train.loop.sweep``; every unit's ``phi_i`` is tracked per step.
+float64. The seeds of a method are replicas (``train_replicas``); every unit's ``phi_i`` is tracked per step.
 ``--protocol official``: the released code's GmP init (r = |w_glorot|).
 
     python -m experiments.levy_1d                 # lr "cv" (0.1 GmP / 0.01 others) and 0.1 for all

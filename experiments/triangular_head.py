@@ -3,7 +3,7 @@
 A 2-hidden-layer MLP head ``Linear -> act -> Linear -> act -> Linear`` (``gmpjax.models.TriangleHead``)
 is trained with ``act = ReLU`` and with ``act = TriangleActivation(hidden, depth)`` (one learned convex
 1-D activation per neuron: a width-4, depth-``d`` triangle subnet in peak
-parameterisation; research/triangular-wave.md section 3.3), on the standardised flat features of
+parameterisation; ``docs/triangular.md``), on the standardised flat features of
 ``gmpjax.data.images.flat_arrays``:
 
 * ``digits`` (default; scikit-learn's 8x8 digits, 1437 train / 360 test, offline), or

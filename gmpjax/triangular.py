@@ -7,7 +7,7 @@ A width-4, depth-``d`` ReLU network is written as a closed-form function of the
     F_d(x) = x + sign * sum_{i<d} s_i W_i(x),   W_i = T_{a_i} o ... o T_{a_0},
 
 which has exactly ``2^d`` linear regions on [0, 1]. Conventions follow the verified
-notes (``shared/research/triangular-wave.md`` section 2): peaks are indexed from
+notes (``docs/triangular.md``, ``docs/math.md``): peaks are indexed from
 ``a_0``; the hidden neurons are ordered ``(sum, t1, t2, bias)``; ``sign = -1`` gives
 convex outputs and ``sign = +1`` concave ones; Theorem 3.1 ties the scales to the
 peaks through ``s_{i+1} = s_i (1 - a_{i+1}) a_{i+2}`` so a depth-``d`` net stores
