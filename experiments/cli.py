@@ -106,11 +106,11 @@ class Common:
         return {f"{m}@{lr:g}" if many else m: (m, lr) for m, r in rates.items() for lr in r}
 
 
-def positive(cfg: Any, *names: str) -> None:
-    """ValueError naming ``--name`` for the first of ``names`` whose value is below 1."""
+def positive(cfg: Any, *names: str, least: int = 1) -> None:
+    """ValueError naming ``--name`` for the first of ``names`` whose value is below ``least`` (None passes: unset)."""
     for name in names:
-        if getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(cfg, name)})")
+        if (v := getattr(cfg, name)) is not None and (isinstance(v, bool) or v < least):
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {least} (got {v!r})")
 
 
 def check_choice(flag: str, values: Sequence[Any], allowed: Sequence[Any]) -> None:

@@ -80,13 +80,9 @@ class ImageConfig(cli.Common):
         super().__post_init__()
         if self.MODEL not in MODELS:
             raise ValueError(f"the model must be one of {MODELS} (got {self.MODEL!r}).")
-        ints = ("batch_size", "epochs", "save_every", "keep", "log_every")
-        for name in (*ints, "max_steps", "max_eval_batches", "image_size"):
-            v = getattr(self, name)
-            if (v is not None or name in ints) and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive int (got {v!r}).")
-        if self.workers is not None and (isinstance(self.workers, bool) or self.workers < 0):
-            raise ValueError(f"--workers must be an int >= 0 (0: load in the training process), got {self.workers!r}.")
+        cli.positive(self, "batch_size", "epochs", "save_every", "keep", "log_every", "max_steps", "max_eval_batches")
+        cli.positive(self, "image_size")
+        cli.positive(self, "workers", least=0)  # 0: load in the training process
         for flag, v, ok, want in [("width", self.width, self.width > 0, "> 0"),
                                   ("weight-decay", self.weight_decay, self.weight_decay >= 0, ">= 0"),
                                   ("momentum", self.momentum, 0 <= self.momentum < 1, "in [0, 1)")]:  # fmt: skip

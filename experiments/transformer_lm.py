@@ -73,9 +73,9 @@ class Config(cli.Common):
             raise ValueError(
                 f"--lr takes one number here, the adamw peak learning rate, e.g. --lr 3e-3 (got {' '.join(self.lr)})"
             )
-        for name in "steps batch_size seq_len d_model heads layers mlp_ratio eval_every val_windows save_every".split():
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be a positive integer (got {getattr(self, name)})")
+        cli.positive(
+            self, *"steps batch_size seq_len d_model heads layers mlp_ratio eval_every val_windows save_every".split()
+        )
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
         if self.d_model % self.heads:

@@ -63,9 +63,7 @@ class Config(cli.Common):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        cli.positive(self, "hidden", "depth", "epochs", "batch_size")
-        if self.max_train is not None:
-            cli.positive(self, "max_train")
+        cli.positive(self, "hidden", "depth", "epochs", "batch_size", "max_train")
 
 
 def get_config() -> Config:

@@ -151,7 +151,7 @@ def test_missing_dataset_and_bad_options(tmp_path, capsys):
         )
         imagenet32_vgg6.run(dataclasses.replace(cfg, progress=False))
     for argv, match in [
-        (["--batch-size", "0"], "--batch-size must be a positive int"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
         (["--methods", "gmp_bn"], "--methods"),
         (["--schedule", "cosine"], "--schedule"),
         (["--workers", "-1"], "--workers"),
