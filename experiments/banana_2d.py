@@ -224,9 +224,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
     return {"accuracy": report.markdown_table(head.split(";"), rows)}
 
 
-def main(argv=None):
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()

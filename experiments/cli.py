@@ -16,7 +16,7 @@ import dataclasses
 import functools
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any, ClassVar, NoReturn
 
@@ -25,7 +25,7 @@ from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, Str
 
 from gmpjax.data.paths import DataError
 
-__all__ = ["Common", "field", "check_choice", "positive", "parse", "main"]
+__all__ = ["Common", "field", "check_choice", "positive", "parse", "main", "entry"]
 
 # flags of earlier versions -> their dotted successors
 RENAMED = {"--es-patience": "--rules.patience", "--stop-patience": "--rules.patience", "--restore": "--rules.restore",
@@ -228,3 +228,12 @@ def main(argv: Sequence[str] | None, module_name: str) -> Any:
         return module.run(cfg)
     except (ValueError, FileNotFoundError, DataError) as e:
         _error(_prog(module), str(e))
+
+
+def entry(module_name: str) -> Callable[[Sequence[str] | None], Any]:
+    """A script's ``main(argv=None)``: ``main(argv, module_name)`` (``argv=None`` reads ``sys.argv``)."""
+
+    def script_main(argv: Sequence[str] | None = None) -> Any:
+        return main(argv, module_name)
+
+    return script_main

@@ -70,9 +70,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
     return image_tables(results, PAPER_TABLE3, ("256",))
 
 
-def main(argv: list[str] | None = None) -> dict:
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()

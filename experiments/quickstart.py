@@ -121,9 +121,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
     return {"rmse": report.markdown_table(["method", "lr", f"test RMSE (mean ± s.e. over {n} seeds)"], rows)}
 
 
-def main(argv=None):
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -243,9 +243,7 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
     return {"bpc": report.markdown_table(["MLP", f"validation bpc after {steps} steps", "seeds"], rows)}
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()

@@ -292,9 +292,7 @@ def _curves_figure(block: dict, depth: int, path: str) -> None:
     report.save_figure(fig, path, dpi=110)
 
 
-def main(argv=None):
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()

@@ -170,9 +170,7 @@ def tables(out: Mapping[str, Any]) -> dict[str, str]:
     return {"accuracy": "\n".join(lines)}
 
 
-def main(argv=None):
-    return cli.main(argv, __name__)
-
+main = cli.entry(__name__)  # main(argv) runs the script; python -m runs it on sys.argv
 
 if __name__ == "__main__":
     main()
