@@ -217,7 +217,7 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
     summary["history"] = run.history
     if shd.is_primary():
         report.write_json(os.path.join(run_dir, "metrics.json"), summary)
-        report.plot_curves(run.records, os.path.join(run_dir, "curves.png"), title=f"{cfg.MODEL} {p}")
+        run.plot(os.path.join(run_dir, "curves.png"), ("val_top1", "val_top5"), title=f"{cfg.MODEL} {p}")
     return summary
 
 

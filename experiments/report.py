@@ -32,7 +32,6 @@ __all__ = [
     "markdown_table",
     "mean_se",
     "run_jobs",
-    "plot_curves",
     "save_figure",
     "to_json",
     "write_json",
@@ -105,26 +104,6 @@ def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
-
-
-def plot_curves(records: Sequence[Mapping[str, Any]], png: str, title: str = "") -> None:
-    """Train loss per logged step and validation top-1/top-5 per epoch (host-trainer records, ``metrics.jsonl``)."""
-    import matplotlib.pyplot as plt
-
-    tr = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
-    ev = [(r["epoch"], r["val_top1"], r["val_top5"]) for r in records if "val_top1" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    if tr:
-        ax[0].plot(*zip(*tr, strict=True))
-    ax[0].set(xlabel="step", ylabel="train loss", title=title)
-    if ev:
-        e, t1, t5 = zip(*ev, strict=True)
-        ax[1].plot(e, [100 * v for v in t1], "o-", label="top-1")
-        ax[1].plot(e, [100 * v for v in t5], "s-", label="top-5")
-        ax[1].legend()
-    ax[1].set(xlabel="epoch", ylabel="validation accuracy (%)")
-    fig.tight_layout()
-    save_figure(fig, png, dpi=100)
 
 
 def run_jobs(

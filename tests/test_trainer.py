@@ -84,6 +84,10 @@ def test_fit_trains_evaluates_and_writes(trainer, tmp_path):
     assert sorted(int(p.name) for p in (tmp_path / CHECKPOINTS).iterdir() if p.name.isdigit())[-1] == 20
     summary = run.summary()
     assert summary["steps"] == 20 and summary["val_mse"] == run.final["val_mse"] and "lr" not in summary
+    png = tmp_path / "figs" / "curves.png"
+    assert run.plot(str(png), title="t") == str(png) and png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match=r"\['val_top1'\] are not evaluated; choose from \['val_mse'\]"):
+        run.plot(str(png), ["val_top1"])
 
 
 def test_fit_restores_the_best_state_and_reports_its_evaluation(trainer, tmp_path):

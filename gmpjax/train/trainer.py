@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from gmpjax._optional import require
 from gmpjax.train.checkpoint import Checkpointer
 from gmpjax.train.engine import (
     MetricsLogger,
@@ -132,6 +133,33 @@ class HostRun:
             out["epochs_done"] = self.result.step / steps_per_epoch
         out |= {"wall_s": self.wall_s, "early_stopped": self.result.stopped, "restored_best": self.restored_best}
         return out | {k: v for k, v in self.final.items() if k not in _NOT_EVAL}
+
+    def plot(self, path: str, metrics: Sequence[str] | None = None, title: str = "") -> str:
+        """Save a figure of the run to ``path`` (needs matplotlib, the ``experiments`` extra); returns ``path``.
+
+        Left: ``train_loss`` per logged step. Right: ``metrics`` per evaluation against the step (default:
+        every number of the evaluation records but step, epoch and lr).
+        """
+        plt = require("matplotlib.pyplot", "experiments", "HostRun.plot")
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+        train = [(r["step"], r["train_loss"]) for r in self.records if "train_loss" in r]
+        if train:
+            left.plot(*zip(*train, strict=True))
+        left.set(xlabel="step", ylabel="train loss", title=title)
+        known = [k for k in (self.history[0] if self.history else {}) if k not in _NOT_EVAL]
+        if unknown := [m for m in metrics or () if m not in known]:
+            raise ValueError(f"HostRun.plot: metrics {unknown} are not evaluated; choose from {known}.")
+        names = metrics or known
+        for name in names:
+            right.plot([h["step"] for h in self.history], [h[name] for h in self.history], "o-", ms=3, label=name)
+        right.set(xlabel="step", ylabel="evaluation")
+        if names:
+            right.legend()
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return path
 
 
 class _Throughput:
