@@ -67,9 +67,11 @@ class Common:
 
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
+        # one spelling from here on, each name once (a registry name: "GmP+IMN" -> gmp_imn): lrs and tables key on it
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(map(_spelling, self.methods))))
         if self.method_names is None:
-            try:  # one spelling from here on (the registry name, "GmP+IMN" -> gmp_imn): lrs and tables key on it
-                object.__setattr__(self, "methods", tuple(check_parameterization(m) for m in self.methods))
+            try:
+                [check_parameterization(m) for m in self.methods]
             except ValueError as e:
                 raise ValueError(f"--methods: {e}") from None
         else:
@@ -104,6 +106,15 @@ class Common:
         rates = {m: learning_rates(self.lr, m if self.lr_cv else None) for m in methods or self.methods}
         many = any(len(r) > 1 for r in rates.values())
         return {f"{m}@{lr:g}" if many else m: (m, lr) for m, r in rates.items() for lr in r}
+
+
+def _spelling(name: str) -> str:
+    from gmpjax.layers import check_parameterization
+
+    try:
+        return check_parameterization(name)
+    except ValueError:
+        return name
 
 
 def positive(cfg: Any, *names: str, least: int = 1) -> None:

@@ -82,13 +82,13 @@ def _parse(argv: list[str]) -> lm.Config:
 @pytest.mark.parametrize(
     "argv, msg",
     [
-        (["--methods", "sp", "foo"], "--methods: unknown foo"),
-        (["--methods", "bn"], "--methods: unknown bn"),
+        (["--methods", "sp", "foo"], "--methods: unknown name 'foo'"),
+        (["--methods", "bn"], "--methods: unknown name 'bn'"),
         (["--lr", "-1"], "--lr values must be"),
         (["--lr", "cv"], "--lr takes one number"),
         (["--lr", "1e-3", "2e-3"], "--lr takes one number"),
         (["--seeds", "0"], "--seeds must be >= 1"),
-        (["--steps", "0"], "--steps must be a positive"),
+        (["--steps", "0"], "--steps must be >= 1"),
         (["--mesh", "2by4"], "--mesh"),
         (["--d-model", "30", "--heads", "4"], "divisible"),
         (["--quick", "--warmup", "40"], "--warmup must be in [0, --steps)"),
