@@ -62,19 +62,14 @@ class Common:
     resume: bool = field(False, "continue the run in --workdir (it must exist)")
 
     def __post_init__(self) -> None:
-        from gmpjax.layers import check_parameterization
         from gmpjax.layers.registry import learning_rates
 
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
         # one spelling from here on, each name once (a registry name: "GmP+IMN" -> gmp_imn): lrs and tables key on it
-        object.__setattr__(self, "methods", tuple(dict.fromkeys(map(_spelling, self.methods))))
-        if self.method_names is None:
-            try:
-                [check_parameterization(m) for m in self.methods]
-            except ValueError as e:
-                raise ValueError(f"--methods: {e}") from None
-        else:
+        spelled = (_spelling(m, strict=self.method_names is None) for m in self.methods)
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(spelled)))
+        if self.method_names is not None:
             check_choice("methods", self.methods, self.method_names)
         for f in dataclasses.fields(self):
             if f.metadata.get("choices") is not None:
@@ -108,12 +103,15 @@ class Common:
         return {f"{m}@{lr:g}" if many else m: (m, lr) for m, r in rates.items() for lr in r}
 
 
-def _spelling(name: str) -> str:
+def _spelling(name: str, strict: bool) -> str:
+    """The registry's name of a parameterization ("GmP+IMN" -> gmp_imn); any other name as given unless ``strict``."""
     from gmpjax.layers import check_parameterization
 
     try:
         return check_parameterization(name)
-    except ValueError:
+    except ValueError as e:
+        if strict:
+            raise ValueError(f"--methods: {e}") from None
         return name
 
 
