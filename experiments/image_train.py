@@ -11,25 +11,23 @@ the paper's step schedule (``get_config``) or the released code's plateau rule a
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 from experiments import cli, report
-from gmpjax.data.images import Preprocess, dataset_info, image_loaders
+from gmpjax.data.images import dataset_info, image_loaders
 from gmpjax.layers import check_parameterization, registry
 from gmpjax.layers.registry import learning_rates
 from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
 from gmpjax.train import sharding as shd
 from gmpjax.train.host import HostConfig
-from gmpjax.train.losses import top_k_hits
+from gmpjax.train.losses import xent_sums, xent_top_k
 from gmpjax.train.optim import make_optimizer
 from gmpjax.train.rules import Rules
 from gmpjax.train.schedules import PAPER_BOUNDARIES, RELEASED_EARLY_STOP_PATIENCE, RELEASED_PLATEAU, piecewise_epochs
@@ -122,24 +120,6 @@ def model_factory(cfg: ImageConfig, parameterization: str, num_classes: int) -> 
     return lambda key: ResNet18(num_classes, width=max(1, round(64 * cfg.width)), rngs=nnx.Rngs(key), **kw)
 
 
-def _ce_and_hits(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
-    """Per-example cross-entropy and top-1/top-5 hits (``gmpjax.train.losses.top_k_hits``)."""
-    logits, labels = model(preprocess.finish(batch, xp=jnp)), batch["label"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels), top_k_hits(logits, labels, (1, 5))
-
-
-def loss_fn(model: nnx.Module, batch: dict, preprocess: Preprocess) -> tuple[jax.Array, dict]:
-    """Mean softmax cross-entropy of integer labels; top-1/top-5 of the batch as metrics."""
-    ce, hits = _ce_and_hits(model, batch, preprocess)
-    return ce.mean(), {k: v.mean() for k, v in hits.items()}
-
-
-def eval_sums(model: nnx.Module, batch: dict, preprocess: Preprocess) -> dict:
-    """Masked sums (loss, top-1 and top-5 hits, count) of one evaluation batch."""
-    (ce, hits), mask = _ce_and_hits(model, batch, preprocess), batch["mask"]
-    return {"loss": jnp.sum(ce * mask), **{k: jnp.sum(v * mask) for k, v in hits.items()}, "count": jnp.sum(mask)}
-
-
 def run_name(cfg: ImageConfig, method: str, lr: float, seed: int) -> str:
     """``<method>_bs<batch>``, plus ``_lr<lr>`` when several rates run and ``_seed<seed>`` when several seeds do."""
     lr_part, seed_part = f"_lr{lr:g}" if len(cfg.lr) > 1 else "", f"_seed{seed}" if cfg.seeds > 1 else ""
@@ -169,7 +149,9 @@ def trainer(cfg: ImageConfig, p: str, lr: float, num_classes: int, spe: int, pre
     if key not in _TRAINERS:
         schedule = piecewise_epochs(lr, spe, boundaries) if cfg.schedule == "piecewise" else lr
         tx = make_optimizer("sgd", schedule, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        loss, sums = functools.partial(loss_fn, preprocess=pre[0]), functools.partial(eval_sums, preprocess=pre[1])
+        # softmax cross-entropy of the labels; top-1/top-5 of the train batch, masked sums over the evaluation split
+        loss = lambda m, b: xent_top_k(m(pre[0].finish(b, xp=jnp)), b["label"], (1, 5))  # noqa: E731
+        sums = lambda m, b: xent_sums(m(pre[1].finish(b, xp=jnp)), b["label"], b["mask"], (1, 5))  # noqa: E731
         make = model_factory(cfg, p, num_classes)
         _TRAINERS[key] = HostTrainer(make, tx, loss, mesh, eval_fn=sums, donate_state=True)
     return _TRAINERS[key]

@@ -19,7 +19,7 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -35,6 +35,7 @@ from gmpjax.data.text import TextCorpus, eval_windows, load_stdlib_corpus, windo
 from gmpjax.models.transformer import MLP_PARAMETERIZATIONS, TransformerLM
 from gmpjax.train import sharding
 from gmpjax.train.host import HostConfig
+from gmpjax.train.losses import xent, xent_sums
 from gmpjax.train.optim import make_optimizer
 from gmpjax.train.trainer import HostTrainer
 
@@ -119,21 +120,17 @@ def make_trainer(
     def make_model(key: jax.Array) -> TransformerLM:
         return TransformerLM(vocab_size, cfg.seq_len, parameterization=method, rngs=nnx.Rngs(key), **size)
 
-    def cross_entropy(model: nnx.Module, tokens: jax.Array) -> jax.Array:  # next-byte CE (nats), (B, L)
-        return optax.softmax_cross_entropy_with_integer_labels(model(tokens[:, :-1]), tokens[:, 1:])
-
-    def ce_sums(model: nnx.Module, tokens: jax.Array) -> dict[str, jax.Array]:
-        ce = cross_entropy(model, tokens)
-        return {"ce_sum": jnp.sum(ce), "count": jnp.asarray(ce.size, jnp.float32)}
-
-    def bits_per_char(sums: Mapping[str, Any]) -> dict[str, float]:  # mean next-byte cross-entropy / ln 2
-        return {"val_bpc": float(sums["ce_sum"] / sums["count"] / math.log(2.0))}
-
     lr = cfg.peak_lr
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, cfg.warmup_steps, cfg.steps, end_value=0.1 * lr)
     tx = make_optimizer("adamw", schedule, b2=0.99, weight_decay=cfg.weight_decay, clip_norm=1.0)
-    loss = lambda m, t: cross_entropy(m, t).mean()  # noqa: E731
-    return HostTrainer(make_model, tx, loss, mesh, eval_fn=ce_sums, metrics=bits_per_char)
+
+    def next_byte(fn: Callable[[jax.Array, jax.Array], Any]) -> Callable[[nnx.Module, jax.Array], Any]:
+        return lambda model, tokens: fn(model(tokens[:, :-1]), tokens[:, 1:])  # logits (B, L-1, V), labels (B, L-1)
+
+    def bits_per_char(sums: Mapping[str, Any]) -> dict[str, float]:  # mean next-byte cross-entropy / ln 2
+        return {"val_bpc": float(sums["loss"] / sums["count"] / math.log(2.0))}
+
+    return HostTrainer(make_model, tx, next_byte(xent), mesh, eval_fn=next_byte(xent_sums), metrics=bits_per_char)
 
 
 def train_one(cfg: Config, trainer: HostTrainer, corpus: TextCorpus, name: str, run_dir: Path) -> dict:

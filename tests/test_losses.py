@@ -1,4 +1,5 @@
-"""gmpjax.train.losses against numpy on random inputs, and the replica trainer's argument errors."""
+"""gmpjax.train.losses against numpy and optax on random inputs (sums for the host trainer's evaluation included),
+and the replica trainer's argument errors."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import pytest
 from flax import nnx
 
 from gmpjax.train import losses as L
+from gmpjax.train.host import sum_batches
 from gmpjax.train.loop import LoopConfig
 from gmpjax.train.replicas import replica_grid, train_replicas
 from gmpjax.train.rules import Rules
+from gmpjax.train.trainer import mean_metrics
 
 
 @pytest.fixture
@@ -79,3 +82,46 @@ def test_top_k_hits_mean_is_top_k_accuracy_and_k_above_classes_hits_everything(r
     assert bool(jnp.all(hits["top9"] == 1.0)) and hits["top1"].dtype == jnp.float32
     with pytest.raises(ValueError, match="ks must be ints >= 1"):
         L.top_k_hits(logits, y, (0,))
+
+
+def test_xent_top_k_is_xent_with_the_top_k_accuracies(rng):
+    logits, y = jnp.asarray(rng.normal(size=(30, 6)), jnp.float32), jnp.asarray(rng.integers(0, 6, 30))
+    loss, tops = L.xent_top_k(logits, y, (1, 2))
+    assert float(loss) == float(L.xent(logits, y)) and sorted(tops) == ["top1", "top2"]
+    np.testing.assert_allclose(float(tops["top1"]), float(L.accuracy(logits, y)))
+    np.testing.assert_allclose(float(tops["top2"]), float(L.top_k_accuracy(logits, y, 2)))
+
+
+def test_xent_sums_with_a_mask_are_the_sums_of_the_kept_rows(rng):
+    logits, y = jnp.asarray(rng.normal(size=(40, 7)), jnp.float32), jnp.asarray(rng.integers(0, 7, 40))
+    keep = rng.random(40) < 0.6
+    masked = L.xent_sums(logits, y, jnp.asarray(keep, jnp.float32), ks=(1, 5))
+    kept = L.xent_sums(logits[keep], y[keep], ks=(1, 5))
+    assert list(masked) == ["loss", "top1", "top5", "count"] == list(kept)
+    for k in masked:
+        np.testing.assert_allclose(float(masked[k]), float(kept[k]), rtol=1e-6)
+    hits = L.top_k_hits(logits[keep], y[keep], (1, 5))
+    assert float(kept["top1"]) == float(hits["top1"].sum()) and float(kept["top5"]) == float(hits["top5"].sum())
+    assert float(kept["count"]) == keep.sum()
+    np.testing.assert_allclose(float(kept["loss"] / kept["count"]), float(L.xent(logits[keep], y[keep])), rtol=1e-6)
+    with pytest.raises(ValueError, match="mask must have the shape of labels"):
+        L.xent_sums(logits, y, jnp.ones((40, 1)))
+
+
+def test_xent_sums_of_sequences_count_every_position(rng):
+    logits, y = jnp.asarray(rng.normal(size=(3, 5, 11)), jnp.float32), jnp.asarray(rng.integers(0, 11, (3, 5)))
+    s = L.xent_sums(logits, y)
+    assert list(s) == ["loss", "count"] and float(s["count"]) == 15.0 and s["count"].dtype == jnp.float32
+    ref = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    np.testing.assert_allclose(float(s["loss"] / s["count"]), float(ref), rtol=1e-6)
+
+
+def test_xent_sums_over_padded_batches_give_the_means_of_the_split(rng):
+    logits, y = rng.normal(size=(10, 4)).astype(np.float32), rng.integers(0, 4, 10)
+    pad = lambda a: np.concatenate([a, np.zeros((2, *a.shape[1:]), a.dtype)])  # noqa: E731
+    mask = pad(np.ones(10, np.float32))
+    batches = iter([(pad(logits)[i : i + 4], pad(y)[i : i + 4], mask[i : i + 4]) for i in (0, 4, 8)])
+    sums = sum_batches(lambda _, b: L.xent_sums(*b, ks=(2,)), None, batches, 3)
+    got = mean_metrics(sums)
+    np.testing.assert_allclose(got["val_loss"], float(L.xent(logits, y)), rtol=1e-6)
+    np.testing.assert_allclose(got["val_top2"], float(L.top_k_accuracy(jnp.asarray(logits), jnp.asarray(y), 2)))

@@ -8,7 +8,12 @@ Every function reduces to a scalar mean over the rows (``(N, ...)`` arrays):
   against ``y > 0.5``, when ``z`` and ``y`` have the same shape);
 * multi-class with logits ``(N, C)`` and integer labels ``(N,)``: ``xent`` (softmax
   cross-entropy, ``optax.softmax_cross_entropy_with_integer_labels``), ``accuracy``
-  (arg-max) and ``top_k_accuracy``.
+  (arg-max) and ``top_k_accuracy``; ``xent_top_k`` gives the mean cross-entropy with the
+  top-k shares as a train loss with metrics.
+
+``xent_sums`` instead gives sums over the (masked) rows with their ``count``: an ``eval_fn``
+of ``gmpjax.train.trainer.HostTrainer``, whose totals over the evaluation batches give exact
+means over a split that padded batches cover.
 
 >>> import jax.numpy as jnp
 >>> float(mse(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]))), float(mae(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0])))
@@ -33,7 +38,18 @@ from flax import nnx
 Array = jax.Array
 ArrayFn = Callable[[Array, Array], Array]
 
-__all__ = ["mse", "mae", "bce", "xent", "accuracy", "top_k_accuracy", "top_k_hits", "on_batch"]
+__all__ = [
+    "mse",
+    "mae",
+    "bce",
+    "xent",
+    "xent_top_k",
+    "xent_sums",
+    "accuracy",
+    "top_k_accuracy",
+    "top_k_hits",
+    "on_batch",
+]
 
 
 def mse(pred: Array, target: Array) -> Array:
@@ -52,7 +68,7 @@ def bce(logits: Array, labels: Array) -> Array:
 
 
 def xent(logits: Array, labels: Array) -> Array:
-    """Softmax cross-entropy of ``logits (N, C)`` against integer ``labels (N,)``, averaged."""
+    """Softmax cross-entropy of ``logits (..., C)`` against integer ``labels (...)``, averaged over every label."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
@@ -80,6 +96,68 @@ def top_k_hits(logits: Array, labels: Array, ks: tuple[int, ...] = (1, 5)) -> di
         raise ValueError(f"top_k_hits: ks must be ints >= 1 (got {ks!r}).")
     top = jax.lax.top_k(logits, min(max(ks), logits.shape[-1]))[1] == labels[..., None]
     return {f"top{k}": jnp.any(top[..., :k], axis=-1).astype(jnp.float32) for k in ks}
+
+
+def xent_top_k(logits: Array, labels: Array, ks: tuple[int, ...] = (1, 5)) -> tuple[Array, dict[str, Array]]:
+    """A train loss with metrics: ``(xent(logits, labels), {"top<k>": share of top-k hits})``.
+
+    Args:
+      logits: ``(N, C)`` (or ``(..., C)``).
+      labels: integer class labels, ``(N,)`` (or ``(...)``).
+      ks: the ``k`` of each top-k share (``top_k_hits``).
+
+    Returns:
+      ``(mean_i ce_i, {"top<k>": mean_i hit_i})``, ``ce_i = -log softmax(logits_i)[labels_i]``.
+
+    >>> loss, tops = xent_top_k(jnp.array([[0.0, 0.0], [0.0, 1.0]]), jnp.array([0, 0]), (1,))
+    >>> round(float(loss), 4), float(tops["top1"])
+    (1.0032, 0.5)
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return ce.mean(), {k: v.mean() for k, v in top_k_hits(logits, labels, ks).items()}
+
+
+def xent_sums(logits: Array, labels: Array, mask: Array | None = None, ks: tuple[int, ...] = ()) -> dict[str, Array]:
+    """Sums over the kept rows of one batch: cross-entropy, top-k hits and their number.
+
+    With ``ce_i = -log softmax(logits_i)[labels_i]``, ``hit_i^k = [labels_i among the k
+    largest of logits_i]`` and ``m_i`` the mask (1 everywhere when ``None``)::
+
+        {"loss": sum_i m_i ce_i, "top<k>": sum_i m_i hit_i^k, ..., "count": sum_i m_i}
+
+    Summed over the batches of a split, ``loss / count`` is the exact mean cross-entropy and
+    ``top<k> / count`` the top-k accuracy of its real rows (padding rows carry ``m_i = 0``):
+    the ``eval_fn`` of ``gmpjax.train.trainer.HostTrainer``, whose default ``mean_metrics``
+    divides by ``count``.
+
+    Args:
+      logits: ``(N, C)`` (or ``(..., C)``: every leading entry is a row).
+      labels: integer class labels, ``(N,)`` (or ``(...)``).
+      mask: ``None`` or weights of the rows, the shape of ``labels`` (1 keeps a row, 0 drops it).
+      ks: the ``k`` of each top-k count (``top_k_hits``); none by default.
+
+    Returns:
+      ``{"loss", "top<k>" for k in ks, "count"}``, scalars (``count`` float32 without a mask,
+      else in the mask's dtype).
+
+    Raises:
+      ValueError: ``mask`` does not have the shape of ``labels``.
+
+    >>> logits, labels = jnp.array([[2.0, 0.0], [0.0, 2.0], [5.0, 0.0]]), jnp.array([0, 0, 1])
+    >>> s = xent_sums(logits, labels, mask=jnp.array([1.0, 1.0, 0.0]), ks=(1,))
+    >>> round(float(s["loss"]), 4), float(s["top1"]), float(s["count"])
+    (2.2539, 1.0, 2.0)
+    """
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    hits = top_k_hits(logits, labels, ks) if ks else {}
+    if mask is None:
+        return {"loss": jnp.sum(ce), **{k: jnp.sum(v) for k, v in hits.items()}, "count": jnp.float32(ce.size)}
+    if jnp.shape(mask) != jnp.shape(labels):
+        raise ValueError(
+            f"xent_sums: mask must have the shape of labels {jnp.shape(labels)} (got {jnp.shape(mask)}); "
+            "pass one weight per row, 1 to keep it and 0 for a padding row."
+        )
+    return {"loss": jnp.sum(ce * mask), **{k: jnp.sum(v * mask) for k, v in hits.items()}, "count": jnp.sum(mask)}
 
 
 def top_k_accuracy(logits: Array, labels: Array, k: int = 5) -> Array:
