@@ -190,12 +190,10 @@ def run(cfg: Config) -> dict:
     jobs = cfg.runs()
 
     def job(name: str) -> dict:
-        t0, (m, lr) = time.time(), jobs[name]
-        with jax.enable_x64(True):
-            s = summarize(train_method(m, lr, cfg, data), m, lr, steps_per_epoch)
-        return {**s, "wall_s_incl_compile": time.time() - t0}
+        return summarize(train_method(*jobs[name], cfg, data), *jobs[name], steps_per_epoch)
 
-    res = report.run_jobs(cfg, list(jobs), job, desc="banana")
+    with jax.enable_x64(True):
+        res = report.run_jobs(cfg, list(jobs), job, desc="banana")
     plot(res, data, cfg)
     out = {
         "config": dataclasses.asdict(cfg),

@@ -178,12 +178,10 @@ def run(cfg: Config) -> dict:
     jobs = {f"{m}_lr{lr:g}": (m, lr) for (m, _), lr in lr_of.items()}  # GmP at 0.1 under "cv" and "0.1": trained once
 
     def job(name: str) -> dict:
-        t0, (m, lr) = time.time(), jobs[name]
-        with jax.enable_x64(True):
-            s = summarize(train_method(m, lr, cfg, data), m, lr, cfg.record_every)
-        return {**s, "wall_s_incl_compile": time.time() - t0}
+        return summarize(train_method(*jobs[name], cfg, data), *jobs[name], cfg.record_every)
 
-    done = report.run_jobs(cfg, list(jobs), job, desc="levy")
+    with jax.enable_x64(True):
+        done = report.run_jobs(cfg, list(jobs), job, desc="levy")
     runs = {lb: {m: done[f"{m}_lr{lr_of[m, lb]:g}"] for m in cfg.methods} for lb in cfg.lr}
     plot(runs, data, cfg)
     table = {lb: {m: {k: v for k, v in s.items() if k not in PLOTS} for m, s in sm.items()} for lb, sm in runs.items()}

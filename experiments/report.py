@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -115,7 +116,7 @@ def run_jobs(
     sweep continues where it stopped. The configuration (a dataclass) is saved with the jobs;
     resuming with a different one is an error (it would mix results of two settings), except
     for the fields in ``grow``, which only add or remove jobs (e.g. ``methods``), and
-    ``workdir``/``progress``.
+    ``workdir``/``progress``. Each result gets ``job_wall_s``: the seconds ``fn(job)`` took (compilation included).
     """
     from tqdm.auto import tqdm
 
@@ -142,7 +143,9 @@ def run_jobs(
                 out[job] = json.load(f)
             continue
         bar.set_postfix_str(job)
+        t0 = time.perf_counter()
         out[job] = to_json(fn(job))
+        out[job]["job_wall_s"] = time.perf_counter() - t0
         write_json(path, out[job])
     return out
 
