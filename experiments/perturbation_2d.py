@@ -136,23 +136,13 @@ def worst_case(w: np.ndarray, b: float, delta: float) -> dict[str, float]:
     }
 
 
-def _line(ax, c: cab.CAB, color, lw=1.5, ls="-", label=None):
-    u, phi = np.asarray(c.direction), np.asarray(c.location)
-    t = np.array([-1, 1]) * 1e3
-    d = np.array([-u[1], u[0]])
-    pts = phi[None, :] + t[:, None] * d[None, :]
-    ax.plot(pts[:, 0], pts[:, 1], color=color, lw=lw, ls=ls, label=label)
-    ax.plot([0, phi[0]], [0, phi[1]], color=color, ls=":", lw=1.5)
-    ax.scatter([phi[0]], [phi[1]], color=color, s=25, zorder=3)
-
-
 def plot_panels(w, b, cfg: Config, path: str) -> None:
     fig, axes = plt.subplots(1, len(cfg.deltas), figsize=(4 * len(cfg.deltas), 4.2))
     for ax, delta in zip(np.atleast_1d(axes), cfg.deltas, strict=True):
         cabs = _perturbed_cabs_jit(w, b, delta, bn_epsilon=cfg.bn_epsilon)
-        _line(ax, cabs["original"], "saddlebrown", lw=4, label="original")
+        cab.plot_cab(ax, cabs["original"], "saddlebrown", lw=4, label="original")
         for m in cfg.methods:
-            _line(ax, cabs[m], report.COLORS[m], label=f"{m.upper()} perturbed")
+            cab.plot_cab(ax, cabs[m], report.COLORS[m], label=f"{m.upper()} perturbed")
         ax.scatter([0], [0], color="k", s=20)
         ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title=f"delta = {delta:g}", xlabel="$x_1$", ylabel="$x_2$")
     np.atleast_1d(axes)[0].legend(fontsize=7, loc="lower left")
@@ -168,7 +158,7 @@ def plot_worst_case(w, b, cfg: Config, path: str) -> None:
     new = cab.CAB(cab.sp_direction(jnp.asarray(w + eps)), cab.sp_location(jnp.asarray(w + eps), b))
     fig, ax = plt.subplots(figsize=(5, 5))
     for c, col, lab in ((orig, "saddlebrown", "original"), (new, "tab:red", "SP, eps = -(1+delta) w")):
-        _line(ax, c, col, label=lab)
+        cab.plot_cab(ax, c, col, label=lab)
         phi, u = np.asarray(c.location), np.asarray(c.direction)
         ax.annotate("", xy=phi + 0.3 * u, xytext=phi, arrowprops=dict(color=col, arrowstyle="->", lw=2))
     ax.set(xlim=(-1, 1), ylim=(-1, 1), aspect="equal", title="Worst case (Prop. 2.3): normal turns 180 deg")

@@ -56,6 +56,7 @@ __all__ = [
     "step_change",
     "cab_of_layer",
     "track_cab",
+    "plot_cab",
 ]
 
 
@@ -308,3 +309,30 @@ def track_cab(
         return cab_of_layer(select(model))
 
     return track
+
+
+# --------------------------------------------------------------------------- figure
+def plot_cab(ax: Any, cab: CAB, color: Any = "k", *, label: str | None = None, lw: float = 1.5) -> Any:
+    """Draw one 2-D unit's CAB on matplotlib ``ax``: the boundary line ``{x : u.(x - phi) = 0}`` through the
+    location ``phi`` (solid), the segment from the origin to ``phi`` (dotted) and ``phi`` itself (a dot).
+
+    Args:
+      ax: a matplotlib Axes (set its limits; the line spans +-1000 around ``phi``).
+      cab: ``CAB`` of one unit, ``direction`` and ``location`` of shape ``(2,)``.
+      color, label, lw: the line's colour, legend label and width.
+
+    Returns:
+      ``ax``.
+    """
+    import numpy as np
+
+    u, phi = np.asarray(cab.direction, float), np.asarray(cab.location, float)
+    if u.shape != (2,) or phi.shape != (2,):
+        raise ValueError(
+            f"plot_cab draws one 2-D unit: direction and location of shape (2,), got {u.shape}, {phi.shape}."
+        )
+    pts = phi + np.array([[-1e3], [1e3]]) * np.array([-u[1], u[0]])  # two far points along the boundary
+    ax.plot(pts[:, 0], pts[:, 1], color=color, lw=lw, label=label)
+    ax.plot([0, phi[0]], [0, phi[1]], color=color, ls=":", lw=1.5)
+    ax.scatter([phi[0]], [phi[1]], color=color, s=25, zorder=3)
+    return ax

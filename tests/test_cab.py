@@ -258,3 +258,22 @@ def test_track_cab_needs_a_hidden_layer_or_select():
     graphdef, state = init_train_state(nnx.Linear(2, 3, rngs=nnx.Rngs(0)), optax.sgd(0.1))
     with pytest.raises(TypeError, match="select"):
         cab.track_cab(graphdef)(state)
+
+
+def test_plot_cab_draws_the_boundary_through_phi_orthogonal_to_u():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    u = jnp.array([0.6, 0.8])
+    c = cab.CAB(u, cab.gmp_location(u, jnp.array(-0.5)))  # phi = 0.5 u
+    fig, ax = plt.subplots()
+    assert cab.plot_cab(ax, c, "r", label="unit") is ax
+    line, segment = ax.get_lines()
+    pts = np.stack(line.get_data(), 1)
+    np.testing.assert_allclose((pts - np.asarray(c.location)) @ np.asarray(u), 0.0, atol=1e-9)  # on the boundary
+    np.testing.assert_allclose(np.stack(segment.get_data(), 1), [[0, 0], [0.3, 0.4]], atol=1e-7)  # origin -> phi
+    with pytest.raises(ValueError, match="one 2-D unit"):
+        cab.plot_cab(ax, cab.CAB(jnp.ones((3, 2)), jnp.ones((3, 2))))
+    plt.close(fig)
