@@ -19,7 +19,7 @@ loader delivered float32 images, so the comparison is of what each hands to the 
 
 The JSON report (``input_pipeline.json`` in the ``--out`` folder, default ``benchmarks/results``) records
 the machine (CPU model, visible cores, load average before and after every measurement; read by
-``gmpjax.provenance``), the run's ``provenance`` (commit, command), the results, and
+``gmpjax.records``), the run's ``provenance`` (commit, command), the results, and
 how many cores feed one GPU at published step rates (``FEED_RATES``). ``--quick`` runs tiny sizes (the test suite
 uses it and never judges the timings).
 """
@@ -41,7 +41,7 @@ import numpy as np
 
 from benchmarks import out_folder
 from gmpjax.data import images as im
-from gmpjax.provenance import load_average, provenance
+from gmpjax.records import load_average, provenance, write_json
 
 FILE_NAME = "input_pipeline.json"  # written into the --out folder
 
@@ -356,9 +356,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "results": results,
         "summary": summarize(results),
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, FILE_NAME), "w") as f:
-        json.dump(report, f, indent=1)
+    write_json(os.path.join(args.out, FILE_NAME), report)
     print()
     print(table(results))
     print(json.dumps(report["summary"], indent=1))

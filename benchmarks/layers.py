@@ -56,7 +56,7 @@ import optax
 from flax import nnx
 
 from benchmarks import out_folder
-from gmpjax import _unit_impls, provenance
+from gmpjax import _unit_impls, records
 from gmpjax import hyperspherical as hs
 from gmpjax.layers import GmPConv, GmPDense, WNDense
 
@@ -423,8 +423,8 @@ def bench_vgg(cfg: BenchConfig) -> dict:
 
 
 def device_info() -> dict:
-    """The timed device and its host (``gmpjax.provenance.machine``), the load at the start and ``nvidia-smi``'s GPU."""
-    m = provenance.machine()
+    """The timed device and its host (``gmpjax.records.machine``), the load at the start and ``nvidia-smi``'s GPU."""
+    m = records.machine()
     return {
         "backend": m["backend"],
         "device_kind": jax.devices()[0].device_kind,
@@ -433,7 +433,7 @@ def device_info() -> dict:
         "processor": m["cpu"],
         "python": m["python"],
         "jax": m["jax"],
-        "load_avg_start": provenance.load_average(),
+        "load_avg_start": records.load_average(),
         "gpu": _nvidia_smi(),
     }
 
@@ -695,7 +695,7 @@ def run(cfg: BenchConfig, out_dir: str) -> dict:
     report: dict[str, Any] = {
         "device": device_info(),
         "config": dataclasses.asdict(cfg),
-        "provenance": provenance.provenance(),
+        "provenance": records.provenance(),
     }
     if "unit" in cfg.groups:
         report["unit"] = bench_unit(cfg)
@@ -711,12 +711,10 @@ def run(cfg: BenchConfig, out_dir: str) -> dict:
         report["vgg"] = bench_vgg(cfg)
     report["targets"] = check_targets(report)
     report["wall_s"] = time.perf_counter() - t0
-    report["device"]["load_avg_end"] = provenance.load_average()
+    report["device"]["load_avg_end"] = records.load_average()
     report["device"]["loaded"] = machine_loaded(report["device"])
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, device_file_name(report["device"]["device_kind"]) + ".json")
-    with open(path, "w") as f:
-        json.dump(report, f, indent=1)
+    records.write_json(path, report)
     report["path"] = path
     return report
 

@@ -42,6 +42,7 @@ from pathlib import Path
 if not __package__:  # run as `python benchmarks/released_uci_compare.py`, possibly under a TF venv without gmpjax
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import out_folder  # noqa: E402 (needs the repository root on sys.path, set just above)
+from gmpjax.records import write_json  # noqa: E402 (numpy only: it works under the TF venv too)
 
 FILE_NAMES = {"keras": "keras.json", "ours": "ours.json"}  # written into the --out folder
 
@@ -244,6 +245,11 @@ def _result_files(paths) -> list[Path]:
     return files
 
 
+def _cell(rmse: float | None) -> str:
+    """A table cell: the RMSE to 3 decimals; ``nan`` for a diverged run (NaN, which ``write_json`` stores as null)."""
+    return "nan" if rmse is None else f"{rmse:.3f}"
+
+
 def table(paths) -> None:
     files = _result_files(paths)
     stems = [f.stem for f in files]
@@ -256,7 +262,7 @@ def table(paths) -> None:
         seeds = sorted({s for n in cols for s in runs[n][m]}, key=int)
         print(f"\n{m.upper()}\n| split | " + " | ".join(cols) + " |\n" + "|---" * (len(cols) + 1) + "|")
         for s in seeds:
-            cells = [f"{runs[n][m][s]:.3f}" if s in runs[n][m] else "" for n in cols]
+            cells = [_cell(runs[n][m][s]) if s in runs[n][m] else "" for n in cols]
             print(f"| {s} | " + " | ".join(cells) + " |")
 
 
@@ -291,9 +297,7 @@ def main(argv=None) -> None:
         table(a.files)
         return
     result = run_keras(a) if a.cmd == "keras" else run_ours(a)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FILE_NAMES[a.cmd]).write_text(json.dumps(result, indent=1))
+    write_json(Path(a.out) / FILE_NAMES[a.cmd], result)  # a diverged run's NaN RMSE is written as null
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ costs), the epochs the replicas ran, and the epochs the compiled programs steppe
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 
@@ -53,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from experiments import uci
     from gmpjax.data.uci import load_uci, stacked_splits
-    from gmpjax.provenance import provenance
+    from gmpjax.records import provenance, write_json
 
     cfg = uci.get_config()
     data = stacked_splits(*load_uci(a.dataset), splits=cfg.seeds, seed=0, monitor="val", val_fraction=0.2)
@@ -95,9 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
         "provenance": prov,
         "rows": rows,
     }
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, FILE_NAME), "w") as f:
-        json.dump(result, f, indent=1)
+    write_json(os.path.join(a.out, FILE_NAME), result)
     return result
 
 

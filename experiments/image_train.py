@@ -25,6 +25,7 @@ from gmpjax.layers import check_parameterization, registry
 from gmpjax.layers.registry import learning_rates
 from gmpjax.models import VGG6, ResNet18
 from gmpjax.models.vgg import VGG6_WIDTHS
+from gmpjax.records import write_json
 from gmpjax.train import sharding as shd
 from gmpjax.train.host import HostConfig
 from gmpjax.train.losses import xent_sums, xent_top_k
@@ -198,7 +199,7 @@ def train_one(cfg: ImageConfig, method: str, lr: float, seed: int, run_dir: str)
     summary |= {"best_val_top5": max(h["val_top5"] for h in run.history), "chance_top1": 1.0 / num_classes}
     summary["history"] = run.history
     if shd.is_primary():
-        report.write_json(os.path.join(run_dir, "metrics.json"), summary)
+        write_json(os.path.join(run_dir, "metrics.json"), summary)
         run.plot(os.path.join(run_dir, "curves.png"), ("val_top1", "val_top5"), title=f"{cfg.MODEL} {p}")
     return summary
 

@@ -1,4 +1,6 @@
-"""Reporting shared by the experiment scripts: atomic JSON, per-job results for ``--resume``, tables, figures.
+"""Reporting shared by the experiment scripts: per-job results for ``--resume``, the results file, tables, figures.
+
+JSON values and atomic JSON files come from ``gmpjax.records`` (``to_json``, ``write_json``), as for the benchmarks.
 
 >>> mean_se([1.0, 3.0]), fmt_mean_se(0.4741, 0.0132)
 ((2.0, 1.0), '0.474 ± 0.013')
@@ -6,8 +8,8 @@
 | a | b |
 |---|---|
 | 1 | 2 |
->>> color("gmp_imn@0.1"), to_json({"x": np.arange(2), "y": float("nan")})
-('tab:blue', {'x': [0, 1], 'y': None})
+>>> color("gmp_imn@0.1")
+'tab:blue'
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gmpjax.provenance import provenance
+from gmpjax.records import provenance, to_json, write_json
 
 __all__ = [
     "COLORS",
@@ -34,8 +35,6 @@ __all__ = [
     "mean_se",
     "run_jobs",
     "save_figure",
-    "to_json",
-    "write_json",
     "write_results",
 ]
 
@@ -65,36 +64,6 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(lines)
-
-
-def to_json(obj: Any) -> Any:
-    """``obj`` as JSON values: arrays become lists, dataclasses dicts, non-finite floats ``None``."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_json(v) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_json(dataclasses.asdict(obj))
-    if hasattr(obj, "tolist"):
-        return to_json(np.asarray(obj).tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def write_json(path: str, obj: Any) -> None:
-    """Write ``to_json(obj)`` to ``path`` atomically (temp file + rename)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(to_json(obj), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_figure(fig: Any, path: str, dpi: int = 120) -> str:
@@ -163,7 +132,7 @@ def _public(obj: Any) -> Any:
 def write_results(
     workdir: str, results: Mapping[str, Any], tables: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
-    """Write ``results`` plus ``gmpjax.provenance.provenance()`` (commit, machine, date, command, load) to
+    """Write ``results`` plus ``gmpjax.records.provenance()`` (commit, machine, date, command, load) to
     ``<workdir>/results.json`` (atomic); with the script's ``tables``, also print them and write them to
     ``<workdir>/tables.md``. Keys starting with ``_`` (data only a figure reads) are left out at every depth.
     Returns the JSON values written (``scripts/results_tables.py`` builds the docs from them).

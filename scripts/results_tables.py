@@ -34,7 +34,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from experiments.report import RESULTS_FILE, write_json  # noqa: E402 (after the repository root is on sys.path)
+from experiments.report import RESULTS_FILE  # noqa: E402 (after the repository root is on sys.path)
+from gmpjax.records import write_json  # noqa: E402
 
 COMMAND = "python scripts/results_tables.py"
 _BLOCK = re.compile(r"(<!-- results (\w+):(\w+)(?: ([\w.-]+))? -->\n)(.*?)(<!-- /results -->)", re.S)

@@ -153,3 +153,17 @@ def test_uci_compare_writes_fixed_names_and_tables_folders(tmp_path, capsys):
     assert "| split | keras | a/ours | b/ours |" in out and "| 1 | 1.500 | 1.600 | 1.700 |" in out
     with pytest.raises(SystemExit, match="holds neither keras.json nor ours.json"):
         ruc.main(["table", str(tmp_path)])
+
+
+def test_uci_compare_writes_a_diverged_run_as_null_and_tables_it_as_nan(tmp_path, capsys, monkeypatch):
+    """``main`` writes through ``gmpjax.records.write_json`` (NaN -> null); ``table`` reads null and old NaN files."""
+    from benchmarks import released_uci_compare as ruc
+
+    monkeypatch.setattr(ruc, "run_ours", lambda a: {"source": "test", "test_rmse": {"sp": {"0": float("nan")}}})
+    ruc.main(["ours", "--out", str(tmp_path / "new")])
+    assert json.loads((tmp_path / "new" / "ours.json").read_text())["test_rmse"] == {"sp": {"0": None}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keras.json").write_text('{"test_rmse": {"sp": {"0": NaN, "1": 2.0}}}')  # json.dumps wrote NaN
+    ruc.main(["table", str(tmp_path / "old"), str(tmp_path / "new")])
+    out = capsys.readouterr().out
+    assert "| split | keras | ours |" in out and "| 0 | nan | nan |" in out and "| 1 | 2.000 |  |" in out

@@ -11,6 +11,7 @@ import types
 import pytest
 
 from experiments import report
+from gmpjax.records import write_json
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "results_tables.py")
@@ -60,7 +61,7 @@ def test_bad_blocks_name_the_fix(fake):
     with pytest.raises(KeyError, match="not 'u'"):
         rt.rebuild("<!-- results _fake:u fake -->\n<!-- /results -->", str(fake))
     bare = fake / "bare"
-    report.write_json(str(bare / report.RESULTS_FILE), {"x": {}})
+    write_json(bare / report.RESULTS_FILE, {"x": {}})
     with pytest.raises(ValueError, match="provenance"):
         rt.collect(str(bare), "bare", root=str(fake))
 

@@ -17,12 +17,13 @@ from flax import nnx
 from gmpjax.data import text
 from gmpjax.data.paths import DataError
 from gmpjax.models.transformer import MLPBlock, TransformerLM
+from gmpjax.records import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "scripts"))
 import childproc  # noqa: E402
 
 sys.path.insert(0, str(childproc.REPO))
-from experiments import cli, report  # noqa: E402
+from experiments import cli  # noqa: E402
 from experiments import transformer_lm as lm  # noqa: E402
 
 
@@ -116,7 +117,7 @@ def test_quick_keeps_given_flags_and_resume_checks_the_workdir(tmp_path, capsys)
     with pytest.raises(SystemExit) as e:  # a run is there: starting over it needs --resume
         lm.main(["--quick", "--workdir", str(work)])
     assert e.value.code == 2 and "pass --resume" in capsys.readouterr().err
-    report.write_json(str(work / "jobs" / "_config.json"), {"lr": ["0.5"]})
+    write_json(work / "jobs" / "_config.json", {"lr": ["0.5"]})
     with pytest.raises(SystemExit) as e:  # resuming with other settings is refused
         lm.main(["--quick", "--resume", "--workdir", str(work), "--no-progress"])
     assert e.value.code == 2 and "other settings" in capsys.readouterr().err

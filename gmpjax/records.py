@@ -1,30 +1,42 @@
-"""Where a result comes from: the machine, the commit, the command and the load, read in one place.
+"""Results records: JSON values of arrays and dataclasses, atomic JSON files, and where a result comes from.
 
-Experiments record ``provenance()`` in their ``results.json`` and benchmarks record ``machine()`` and
-``load_average()`` in their reports, so a number in the README or a benchmark table names the CPU, cores,
-jax version and backend, git commit and command that produced it.
+Every results file of the project goes through here: experiments write ``<workdir>/results.json`` with
+``experiments.report.write_results`` (``to_json`` of the results plus ``provenance()``), and the benchmarks write
+their reports with ``write_json``, recording ``machine()`` and ``load_average()``, so a number in the README or a
+benchmark table names the CPU, cores, jax version and backend, git commit and command that produced it.
 
+``to_json`` turns arrays into lists, dataclasses into dicts and non-finite floats into ``None`` (strict JSON has no
+NaN); ``write_json`` writes it atomically (a temp file renamed over the target), so an interrupted run leaves the
+old file or the new one, never half of one. The JSON half needs only numpy: ``benchmarks/released_uci_compare.py``
+writes with it under a TensorFlow venv that has no jax (``machine()`` imports jax when called).
+
+>>> to_json({"x": np.arange(2), "y": float("nan"), "z": (1.5, np.float32(2))})
+{'x': [0, 1], 'y': None, 'z': [1.5, 2.0]}
 >>> sorted(machine())
 ['backend', 'cores', 'cpu', 'devices', 'jax', 'memory_gib', 'os', 'python']
 >>> sorted(provenance(["bench.py"]))
 ['command', 'commit', 'date', 'load_average', 'machine']
 >>> command_line([__file__, "--quick"])
-'python -m gmpjax.provenance --quick'
+'python -m gmpjax.records --quick'
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
+import math
 import os
 import platform
+import secrets
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
+import numpy as np
 
-__all__ = ["command_line", "cpu_model", "load_average", "machine", "provenance"]
+__all__ = ["command_line", "cpu_model", "load_average", "machine", "provenance", "to_json", "write_json"]
 
 
 def _git(*args: str, cwd: str) -> str:
@@ -72,6 +84,8 @@ def machine() -> dict[str, Any]:
       unknown), ``os``, ``python`` and ``jax`` versions, jax's default ``backend`` (``"cpu"``, ``"gpu"``,
       ``"tpu"``) and its ``devices`` as ``"count x kind"`` (e.g. ``"8 x TPU v4"``).
     """
+    import jax  # here, not at the top: the JSON half of this module works without jax
+
     mem_gib = None
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         mem_gib = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -135,3 +149,63 @@ def provenance(argv: Sequence[str] | None = None, repo: str | None = None) -> di
         "command": command,
         "load_average": load[0] if load else None,
     }
+
+
+# --------------------------------------------------------------------------- JSON values and files
+
+
+def to_json(obj: Any) -> Any:
+    """``obj`` as JSON values.
+
+    Mappings become dicts with ``str`` keys, lists and tuples lists, dataclass instances dicts of their fields,
+    arrays and numpy scalars (anything with ``tolist``) Python lists and numbers, and non-finite floats (NaN,
+    +-inf) ``None``; everything else is returned as it is (``json`` raises on what it cannot write).
+
+    >>> import dataclasses
+    >>> @dataclasses.dataclass
+    ... class Run:
+    ...     lr: float
+    ...     rmse: np.ndarray
+    >>> to_json({1: Run(0.1, np.array([0.5, np.inf]))})
+    {'1': {'lr': 0.1, 'rmse': [0.5, None]}}
+    """
+    if isinstance(obj, Mapping):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_json(dataclasses.asdict(obj))
+    if hasattr(obj, "tolist"):
+        return to_json(np.asarray(obj).tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``to_json(obj)`` to ``path`` atomically, creating its folders.
+
+    The JSON (indent 1) goes to a new temp file ``.tmp_<name>.<random>`` beside ``path``, is flushed to disk, then
+    renamed over ``path`` (``os.replace``): readers and an interrupted run see the old file or the new one, never
+    half of one. On any error (e.g. a value ``json`` cannot write) the temp file is removed, the old file is left
+    as it was and the error is raised. The file gets the permissions of ``open(path, "w")`` (the umask's).
+
+    Args:
+      path: the file to write.
+      obj: anything ``to_json`` turns into JSON values.
+    """
+    path = os.fspath(path)
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".tmp_{name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # 0o666 & ~umask, as open() does
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(to_json(obj), f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
