@@ -24,6 +24,7 @@ import tyro
 from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, StructConstructorSpec
 
 from gmpjax.data.paths import DataError
+from gmpjax.layers.registry import check_parameterization, learning_rates
 
 __all__ = ["Common", "field", "check_choice", "positive", "parse", "main", "entry"]
 
@@ -62,8 +63,6 @@ class Common:
     resume: bool = field(False, "continue the run in --workdir (it must exist)")
 
     def __post_init__(self) -> None:
-        from gmpjax.layers.registry import learning_rates
-
         if not self.methods:
             raise ValueError("--methods needs at least one parameterization (e.g. --methods sp gmp)")
         # one spelling from here on, each name once (a registry name: "GmP+IMN" -> gmp_imn): lrs and tables key on it
@@ -86,8 +85,7 @@ class Common:
         except ValueError as e:
             raise ValueError(f"--lr {e}") from None
         positive(self, "seeds")
-        if self.seed < 0:
-            raise ValueError(f"--seed must be >= 0 (got {self.seed})")
+        positive(self, "seed", least=0)
 
     def runs(self, methods: Sequence[str] | None = None) -> dict[str, tuple[str, float]]:
         """``name -> (method, lr)`` for every method (default ``self.methods``) x its learning rates
@@ -96,8 +94,6 @@ class Common:
         >>> Common(methods=("sp", "gmp"), lr=("cv", "0.1")).runs()
         {'sp@0.01': ('sp', 0.01), 'sp@0.1': ('sp', 0.1), 'gmp@0.1': ('gmp', 0.1)}
         """
-        from gmpjax.layers.registry import learning_rates
-
         rates = {m: learning_rates(self.lr, m if self.lr_cv else None) for m in methods or self.methods}
         many = any(len(r) > 1 for r in rates.values())
         return {f"{m}@{lr:g}" if many else m: (m, lr) for m, r in rates.items() for lr in r}
@@ -105,8 +101,6 @@ class Common:
 
 def _spelling(name: str, strict: bool) -> str:
     """The registry's name of a parameterization ("GmP+IMN" -> gmp_imn); any other name as given unless ``strict``."""
-    from gmpjax.layers import check_parameterization
-
     try:
         return check_parameterization(name)
     except ValueError as e:
