@@ -130,13 +130,12 @@ def test_angular_change_bound_and_first_order():
         np.testing.assert_allclose(actual, pred, rtol=1e-2)
 
 
-@pytest.mark.parametrize("impl", hs.available_impls())
-def test_check_grads_angles_to_unit(impl):
+def test_check_grads_angles_to_unit():
+    """The public map with its default implementation, second order in both modes (every implementation on its own:
+    ``tests/test_unit_impls.py::test_check_grads``)."""
     with jax.enable_x64(True):
         theta = jax.random.normal(jax.random.key(7), (3, 5), jnp.float64)
-        check_grads(lambda t: hs.angles_to_unit(t, impl=impl), (theta,), order=1, modes=("rev",))
-        if impl in ("cumprod", "native"):  # second order, both modes: the reference and the default
-            check_grads(lambda t: hs.angles_to_unit(t, impl=impl), (theta,), order=2, modes=("fwd", "rev"))
+        check_grads(hs.angles_to_unit, (theta,), order=2, modes=("fwd", "rev"))
 
 
 def test_check_grads_unit_to_angles_and_metric():
@@ -147,13 +146,15 @@ def test_check_grads_unit_to_angles_and_metric():
         check_grads(hs.angular_metric, (theta,), order=2, modes=("fwd", "rev"))
 
 
-@pytest.mark.parametrize("impl", hs.available_impls())
-def test_gradients_finite_and_exact_at_zero_and_pi(impl):
-    """sin(theta_k) = 0 exactly: gradients are finite and match central differences."""
+def test_gradients_finite_and_exact_at_zero_and_pi():
+    """sin(theta_k) = 0 exactly: gradients of the public map are finite and match central differences.
+
+    Every implementation on its own, against the analytic Jacobian: ``test_unit_impls.py``.
+    """
     with jax.enable_x64(True):
         theta = jnp.array([[0.0, 1.0, np.pi, 0.5, 0.0], [1.2, 0.0, 0.0, -0.3, 2.0]], jnp.float64)
         c = jax.random.normal(jax.random.key(10), (2, 6), jnp.float64)
-        f = lambda t: jnp.sum(c * hs.angles_to_unit(t, impl=impl))  # noqa: E731
+        f = lambda t: jnp.sum(c * hs.angles_to_unit(t))  # noqa: E731
         g = jax.grad(f)(theta)
         assert np.all(np.isfinite(g))
         h = 1e-6
@@ -163,7 +164,7 @@ def test_gradients_finite_and_exact_at_zero_and_pi(impl):
             fd[i, j] = (f(theta + e) - f(theta - e)) / (2 * h)
         np.testing.assert_allclose(g, fd, atol=1e-8)
     with jax.enable_x64(False):
-        g32 = jax.grad(lambda t: jnp.sum(hs.angles_to_unit(t, impl=impl)))(jnp.zeros((3, 8)))
+        g32 = jax.grad(lambda t: jnp.sum(hs.angles_to_unit(t)))(jnp.zeros((3, 8)))
         assert np.all(np.isfinite(g32))
 
 
