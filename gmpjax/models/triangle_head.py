@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from gmpjax.layers.checks import _as_size
 from gmpjax.layers.triangle import TriangleActivation
 
 __all__ = ["HEAD_ACTIVATIONS", "TriangleHead", "triangle_head_macs"]
@@ -21,26 +22,24 @@ HEAD_ACTIVATIONS: tuple[str, ...] = ("relu", "triangle")
 """The hidden activations of ``TriangleHead``: ReLU, or one ``TriangleActivation`` per hidden layer."""
 
 
-def _positive_int(name: str, v: object) -> int:
-    if not isinstance(v, int | np.integer) or isinstance(v, bool) or v < 1:
-        raise ValueError(f"TriangleHead: {name} must be a positive int; got {v!r}.")
-    return int(v)
-
-
 def _head_sizes(
     in_features: int, hidden: Sequence[int] | int, out_features: int, activation: str, depth: int
 ) -> tuple[int, ...]:
     """Validated layer sizes ``(in_features, *hidden, out_features)``; checks ``activation`` and ``depth`` too."""
     if activation not in HEAD_ACTIVATIONS:
         raise ValueError(f"TriangleHead: activation must be one of {HEAD_ACTIVATIONS}; got {activation!r}.")
-    _positive_int("depth", depth)
+    _as_size(depth, "depth", "TriangleHead")
     if isinstance(hidden, int | np.integer) and not isinstance(hidden, bool):
         hidden = (hidden,)
     if isinstance(hidden, str) or not isinstance(hidden, Sequence) or len(hidden) == 0:
         raise ValueError(f"TriangleHead: hidden must be an int or a non-empty sequence of ints, e.g. (128, 128); "
                          f"got {hidden!r}.")  # fmt: skip
-    widths = tuple(_positive_int(f"hidden[{i}]", h) for i, h in enumerate(hidden))
-    return (_positive_int("in_features", in_features), *widths, _positive_int("out_features", out_features))
+    widths = tuple(_as_size(h, f"hidden[{i}]", "TriangleHead") for i, h in enumerate(hidden))
+    n_in, n_out = (
+        _as_size(in_features, "in_features", "TriangleHead"),
+        _as_size(out_features, "out_features", "TriangleHead"),
+    )
+    return (n_in, *widths, n_out)
 
 
 def triangle_head_macs(
