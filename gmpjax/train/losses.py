@@ -113,8 +113,7 @@ def xent_top_k(logits: Array, labels: Array, ks: tuple[int, ...] = (1, 5)) -> tu
     >>> round(float(loss), 4), float(tops["top1"])
     (1.0032, 0.5)
     """
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    return ce.mean(), {k: v.mean() for k, v in top_k_hits(logits, labels, ks).items()}
+    return xent(logits, labels), {k: v.mean() for k, v in top_k_hits(logits, labels, ks).items()}
 
 
 def xent_sums(logits: Array, labels: Array, mask: Array | None = None, ks: tuple[int, ...] = ()) -> dict[str, Array]:
