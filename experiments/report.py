@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from gmpjax.records import provenance, to_json, write_json
+from gmpjax.records import provenance, to_json, without_keys, write_json
 
 __all__ = [
     "COLORS",
@@ -125,10 +125,6 @@ RESULTS_FILE = "results.json"
 """The file every experiment writes in its ``--workdir`` (``write_results``)."""
 
 
-def _public(obj: Any) -> Any:
-    return {k: _public(v) for k, v in obj.items() if not str(k).startswith("_")} if isinstance(obj, Mapping) else obj
-
-
 def write_results(
     workdir: str, results: Mapping[str, Any], tables: Callable[[Mapping[str, Any]], Mapping[str, str]] | None = None
 ) -> dict[str, Any]:
@@ -137,8 +133,8 @@ def write_results(
     ``<workdir>/tables.md``. Keys starting with ``_`` (data only a figure reads) are left out at every depth.
     Returns the JSON values written (``scripts/results_tables.py`` builds the docs from them).
     """
-    public = _public({**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))})
-    out = to_json(public)
+    results = {**results, "provenance": provenance(repo=os.path.dirname(os.path.abspath(__file__)))}
+    out = to_json(without_keys(results, lambda k: k.startswith("_")))
     write_json(os.path.join(workdir, RESULTS_FILE), out)
     if tables is not None:
         text = "\n\n".join(f"## {name}\n\n{table}" for name, table in tables(out).items())

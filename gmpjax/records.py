@@ -31,12 +31,21 @@ import platform
 import secrets
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-__all__ = ["command_line", "cpu_model", "load_average", "machine", "provenance", "to_json", "write_json"]
+__all__ = [
+    "command_line",
+    "cpu_model",
+    "load_average",
+    "machine",
+    "provenance",
+    "to_json",
+    "without_keys",
+    "write_json",
+]
 
 
 def _git(*args: str, cwd: str) -> str:
@@ -180,6 +189,17 @@ def to_json(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def without_keys(obj: Any, drop: Callable[[str], bool]) -> Any:
+    """``obj`` without the mapping entries whose key ``k`` has ``drop(str(k))``, at every depth (mappings, lists).
+
+    >>> without_keys({"a": [{"_x": 1, "y": 2}], "_b": 3}, lambda k: k.startswith("_"))
+    {'a': [{'y': 2}]}
+    """
+    if isinstance(obj, Mapping):
+        return {k: without_keys(v, drop) for k, v in obj.items() if not drop(str(k))}
+    return [without_keys(v, drop) for v in obj] if isinstance(obj, list) else obj
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

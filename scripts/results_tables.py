@@ -35,7 +35,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from experiments.report import RESULTS_FILE  # noqa: E402 (after the repository root is on sys.path)
-from gmpjax.records import write_json  # noqa: E402
+from gmpjax.records import without_keys, write_json  # noqa: E402
 
 COMMAND = "python scripts/results_tables.py"
 _BLOCK = re.compile(r"(<!-- results (\w+):(\w+)(?: ([\w.-]+))? -->\n)(.*?)(<!-- /results -->)", re.S)
@@ -87,12 +87,6 @@ def rebuild(text: str, root: str = ".") -> str:
     return _BLOCK.sub(lambda m: m[1] + render_block(m[2], m[3], m[4] or m[2], root) + m[6], text)
 
 
-def _drop(obj: Any, keys: frozenset[str]) -> Any:
-    if isinstance(obj, dict):
-        return {k: _drop(v, keys) for k, v in obj.items() if k not in keys}
-    return [_drop(v, keys) for v in obj] if isinstance(obj, list) else obj
-
-
 def collect(workdir: str, name: str, root: str = ".", drop: Sequence[str] = ()) -> str:
     """Copy a full run's ``<workdir>/results.json`` to ``results/<name>.json`` (it must carry provenance).
 
@@ -104,7 +98,10 @@ def collect(workdir: str, name: str, root: str = ".", drop: Sequence[str] = ()) 
     if "provenance" not in results:
         raise ValueError(f"{src} has no provenance: it was not written by report.write_results.")
     if drop:
-        results = {**_drop(results, frozenset(drop)), "provenance": {**results["provenance"], "dropped": sorted(drop)}}
+        results = {
+            **without_keys(results, frozenset(drop).__contains__),
+            "provenance": {**results["provenance"], "dropped": sorted(drop)},
+        }
     dst = os.path.join(root, RESULTS_DIR, f"{name}.json")
     write_json(dst, results)
     os.chmod(dst, 0o644)
