@@ -234,7 +234,13 @@ def main(argv: Sequence[str] | None, module_name: str) -> Any:
 
 
 def entry(module_name: str) -> Callable[[Sequence[str] | None], Any]:
-    """A script's ``main(argv=None)``: ``main(argv, module_name)`` (``argv=None`` reads ``sys.argv``)."""
+    """A script's ``main(argv=None)``: ``main(argv, module_name)`` (``argv=None`` reads ``sys.argv``).
+
+    >>> import experiments.quickstart as q
+    >>> q.main(["--seeds", "0"])
+    Traceback (most recent call last):
+    SystemExit: 2
+    """
 
     def script_main(argv: Sequence[str] | None = None) -> Any:
         return main(argv, module_name)

@@ -323,6 +323,12 @@ def plot_cab(ax: Any, cab: CAB, color: Any = "k", *, label: str | None = None, l
 
     Returns:
       ``ax``.
+
+    >>> import matplotlib.pyplot as plt
+    >>> fig, ax = plt.subplots()
+    >>> ax = plot_cab(ax, CAB(jnp.array([0.6, 0.8]), jnp.array([0.3, 0.4])), "tab:blue", label="unit 0")
+    >>> [line.get_label() for line in ax.get_lines()], plt.close(fig)
+    (['unit 0', '_child1'], None)
     """
     import numpy as np
 

@@ -33,6 +33,8 @@ its compiled steps.
 ...                   tempfile.mkdtemp(), eval_batches=lambda: itertools.repeat((x, y)), progress=False)
 >>> [h["step"] for h in run.history], run.final["val_mse"] < 0.1, run.num_params
 ([10, 20], True, 3)
+>>> run.plot(os.path.join(tempfile.mkdtemp(), "curves.png"), ["val_mse"]).endswith("curves.png")
+True
 """
 
 from __future__ import annotations
